@@ -1,0 +1,28 @@
+"""Atomic file writes: a reader (or a retried job) sees the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+
+def write_bytes(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str, text: str, *, fsync: bool = True) -> None:
+    write_bytes(path, text.encode("utf-8"), fsync=fsync)

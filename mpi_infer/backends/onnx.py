@@ -1,0 +1,83 @@
+"""ONNX Runtime backend: the model loaded once per rank, dynamic batch, threads sized to the rank."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from ..profiles import Profile
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0):
+        import onnxruntime as ort
+
+        self.path = path
+        self.threads = max(1, int(threads))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning intra-op threads would steal the cores our loader threads decode on.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        available = ort.get_available_providers()
+        if gpu and "CUDAExecutionProvider" in available:
+            providers: list = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.gpu_requested = gpu
+        try:
+            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
+            raise ModelError(f"{path}: cannot load ONNX model: {str(exc).strip().splitlines()[0]}") from exc
+        self.providers = self.session.get_providers()
+        self._check(profile)
+
+    def _check(self, profile: Profile) -> None:
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path}: expected one input, the model has {len(inputs)}")
+        shape = inputs[0].shape
+        if len(shape) != 4:
+            raise ModelError(f"{self.path}: input '{inputs[0].name}' has shape {shape}, expected [N, C, H, W]")
+        channels, h, w = shape[1], shape[2], shape[3]
+        if isinstance(channels, int) and channels != 3:
+            raise ModelError(f"{self.path}: input '{inputs[0].name}' takes {channels} channels, "
+                             f"the profile gives 3 (RGB)")
+        for got, want, what in ((h, profile.height, "height"), (w, profile.width, "width")):
+            if isinstance(got, int) and got != want:
+                raise ModelError(f"{self.path}: input '{inputs[0].name}' {what} is {got}, but profile "
+                                 f"{profile.name} resizes to {want} (shape {shape}); pick the matching "
+                                 f"--profile or --size")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            raise ModelError(f"{self.path}: input batch dimension is fixed at {shape[0]}; export the model "
+                             f"with a dynamic batch axis")
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+        self.fixed_batch = isinstance(shape[0], int)
+        probe = self._run(np.zeros((1, 3, profile.height, profile.width), np.float32))
+        if probe.ndim == 4 and probe.shape[1] == 1:
+            probe = probe[:, 0]
+        if probe.shape != (1, profile.height, profile.width):
+            raise ModelError(f"{self.path}: output '{self.output_name}' has shape {list(probe.shape)} for one "
+                             f"image; expected [N, 1, {profile.height}, {profile.width}] foreground "
+                             f"probabilities")
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            raise ModelError(f"{self.path}: inference failed: {str(exc).strip().splitlines()[0]}") from exc
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.fixed_batch and len(x) != 1:
+            return np.concatenate([self.predict(x[k : k + 1]) for k in range(len(x))])
+        y = self._run(x)
+        return (y[:, 0] if y.ndim == 4 else y).astype(np.float32, copy=False)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "providers": self.providers, "threads": self.threads,
+                "gpu_requested": self.gpu_requested}

@@ -1,0 +1,197 @@
+"""Command line: ``mpi_infer run|split|synth|convert|manifest|report`` (also ``python -m mpi_infer``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import EXIT_CODES, EXIT_OK, MpiInferError
+
+DEMO_MODELS = {"demo": "bin", "demo-bin": "bin", "demo-onnx": "onnx"}
+
+
+def _model_path(value: str) -> str:
+    if value in DEMO_MODELS:
+        from .modelfile import demo_model
+
+        return demo_model(DEMO_MODELS[value])
+    return value
+
+
+def _add_profile_options(p: argparse.ArgumentParser) -> None:
+    from .profiles import INTERPOLATIONS, PROFILES
+
+    g = p.add_argument_group("preprocessing (a named profile, any field overridable)")
+    g.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default segnet-192)")
+    g.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="network input height and width")
+    g.add_argument("--interp", choices=INTERPOLATIONS, help="image resize interpolation (masks: nearest)")
+    g.add_argument("--mean", nargs=3, type=float, metavar=("R", "G", "B"), help="per-channel mean, [0,1] units")
+    g.add_argument("--std", nargs=3, type=float, metavar=("R", "G", "B"), help="per-channel std, [0,1] units")
+    g.add_argument("--threshold", type=float, help="binarisation threshold (prediction and ground truth)")
+
+
+def _profile(args: argparse.Namespace):
+    from .profiles import get_profile
+
+    return get_profile(args.profile, size=args.size, interpolation=args.interp, mean=args.mean, std=args.std,
+                       threshold=args.threshold)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    exit_help = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(
+        prog="mpi_infer",
+        description="Segmentation inference over a whole ECVL dataset with MPI; one exact report.",
+        epilog=f"exit codes:\n{exit_help}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mpi_infer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run inference (under mpirun, or as one process)",
+                         description="mpirun -n N python -m mpi_infer run --dataset D.yml --model M --out DIR")
+    run.add_argument("--dataset", required=True, help="ECVL dataset YAML")
+    run.add_argument("--model", required=True,
+                     help="ONNX model or EDDL .bin (with --arch); 'demo' / 'demo-onnx' = the shipped demo model")
+    run.add_argument("--arch", default="segnet", choices=("segnet", "segnet-bn"), help="architecture of a .bin")
+    run.add_argument("--out", required=True, help="output folder (on shared storage for multi-host runs)")
+    run.add_argument("--split", action="append", default=None,
+                     help="split(s) to run, repeatable or comma-separated; 'all' = every split (default: test)")
+    run.add_argument("--batch-size", type=int, default=8)
+    _add_profile_options(run)
+    run.add_argument("--backend", default="auto", choices=("auto", "onnx", "ecvl"))
+    run.add_argument("--gpu", action="store_true", help="use the rank's local GPU (local rank mod GPUs)")
+    run.add_argument("--threads", type=int, default=0, help="intra-op threads per rank (default: cores/ranks)")
+    run.add_argument("--loader-threads", type=int, default=0, help="image-loading threads per rank")
+    run.add_argument("--save-masks", action="store_true", help="write predicted masks (0/255 PNG, original size)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan; load no model, write nothing")
+    run.add_argument("--balance", action="store_true", help="shard sizes differ by at most one per split")
+    run.add_argument("--schedule", choices=("static", "dynamic"), default="static",
+                     help="dynamic: rank 0 hands out chunks pull-style (absorbs slow ranks)")
+    run.add_argument("--chunk-size", type=int, default=0, help="dynamic schedule: images per chunk")
+    run.add_argument("--allow-overlap", action="store_true", help="accept images listed in two splits")
+    run.add_argument("--resume", action="store_true", help="skip images finished by an earlier attempt")
+    run.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    run.add_argument("--expect-hosts", type=int, default=0, help="fail unless ranks span this many hosts")
+    run.add_argument("--report", action="store_true", help="also write report.html")
+    run.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress log lines")
+    run.add_argument("--quiet", action="store_true")
+    run.add_argument("--verbose", action="store_true")
+
+    split = sub.add_parser("split", help="write N ECVL sub-YAMLs (part-000-<name> ...), one per shard")
+    split.add_argument("dataset")
+    split.add_argument("-n", "--parts", type=int, required=True)
+    split.add_argument("-o", "--out", required=True)
+    split.add_argument("--split", action="append", default=None, help="split(s) to keep (default: all)")
+    split.add_argument("--balance", action="store_true")
+    split.add_argument("--allow-overlap", action="store_true")
+
+    synth = sub.add_parser("synth", help="generate the synthetic lesion dataset")
+    synth.add_argument("out")
+    synth.add_argument("--n", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+
+    conv = sub.add_parser("convert", help="EDDL .bin (SegNet family) -> ONNX")
+    conv.add_argument("model")
+    conv.add_argument("--arch", default="segnet", choices=("segnet", "segnet-bn"))
+    conv.add_argument("--out", required=True)
+    conv.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
+                      help="input size, multiples of 32 (default: the profile's)")
+    conv.add_argument("--profile", default=None)
+
+    man = sub.add_parser("manifest", help="render the Kubernetes PV/PVC/MPIJob YAML")
+    from .k8s import add_manifest_arguments
+
+    add_manifest_arguments(man)
+
+    rep = sub.add_parser("report", help="write <DIR>/report.html from a finished run")
+    rep.add_argument("dir")
+    rep.add_argument("--worst", type=int, default=8, help="how many worst and best images to show")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except MpiInferError as exc:
+        print(f"mpi_infer: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from .config import RunConfig
+        from .job import run_job
+
+        if args.batch_size < 1:
+            from .errors import ConfigError
+
+            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        cfg = RunConfig(
+            dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=_profile(args),
+            splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, arch=args.arch,
+            save_masks=args.save_masks, dry_run=args.dry_run, balance=args.balance,
+            allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
+            threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
+            schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
+            verbose=args.verbose, progress_interval=args.progress_interval,
+        )
+        return run_job(cfg)
+    if args.command == "split":
+        return _split(args)
+    if args.command == "synth":
+        from .synth import SynthSpec, make_dataset
+
+        path = make_dataset(args.out, SynthSpec(n=args.n, seed=args.seed))
+        print(f"wrote {args.n} images and {path}")
+        return EXIT_OK
+    if args.command == "convert":
+        from .modelfile import convert_bin
+
+        if args.size:
+            h, w = args.size
+        else:
+            from .profiles import get_profile
+
+            h, w = get_profile(args.profile).size
+        out = convert_bin(_model_path(args.model), args.arch, h, w, args.out)
+        print(f"wrote {out} ({args.arch}, input [batch, 3, {h}, {w}])")
+        return EXIT_OK
+    if args.command == "manifest":
+        from .k8s import manifest_from_args
+
+        text = manifest_from_args(args)
+        if args.output in (None, "-"):
+            sys.stdout.write(text)
+        else:
+            from .atomic import write_text
+
+            write_text(args.output, text)
+        return EXIT_OK
+    if args.command == "report":
+        from .report import write_report
+
+        path = write_report(args.dir, k=args.worst)
+        print(f"wrote {path}")
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def _split(args: argparse.Namespace) -> int:
+    from .dataset import load_dataset, select_splits, selected_items, write_parts
+    from .partition import plan
+
+    dataset = load_dataset(args.dataset, allow_overlap=args.allow_overlap)
+    for w in dataset.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    splits = select_splits(dataset, args.split or ["all"])
+    shards = plan(selected_items(dataset, splits), args.parts, balance=args.balance)
+    paths = write_parts(dataset, [s.parts for s in shards], args.out)
+    for path, shard in zip(paths, shards):
+        per = ", ".join(f"{k} {v}" for k, v in shard.sizes().items())
+        print(f"{os.path.basename(path)}: {len(shard)} image(s) ({per})")
+    return EXIT_OK

@@ -1,0 +1,35 @@
+"""The run's settings, as every rank sees them (parsed from the same argv on each rank)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .profiles import Profile
+
+
+@dataclass
+class RunConfig:
+    dataset: str
+    model: str
+    out: str
+    profile: Profile
+    splits: list[str] = field(default_factory=lambda: ["test"])
+    batch_size: int = 8
+    backend: str = "auto"
+    arch: str = "segnet"
+    save_masks: bool = False
+    dry_run: bool = False
+    balance: bool = False
+    allow_overlap: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    gpu: bool = False
+    threads: int = 0  # 0: cores on the host / ranks on the host
+    loader_threads: int = 0  # 0: automatic
+    expect_hosts: int = 0
+    schedule: str = "static"
+    chunk_size: int = 0  # dynamic schedule: images per request (0: automatic)
+    report: bool = False
+    quiet: bool = False
+    verbose: bool = False
+    progress_interval: float = 5.0

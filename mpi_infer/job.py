@@ -1,0 +1,292 @@
+"""The only MPI code: plan on rank 0, scatter descriptors, run every shard, gather records, report.
+
+Failure rules: an error found before inference (bad YAML, model, options, output folder, topology)
+is broadcast, reported once by rank 0, and every rank returns the same exit code; no rank is left
+waiting in a collective. An exception on any rank during inference calls MPI_Abort at once, with the
+rank and traceback on stderr; finished records are already in that rank's ledger on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from .backends import choose_backend, open_backend
+from .config import RunConfig
+from .errors import EXIT_OK, exit_code_for
+from .loader import WorkItem
+from .orchestrate import (
+    Topology,
+    check_topology,
+    finish_run,
+    prepare_run,
+    to_work_items,
+    topology_lines,
+)
+from .progress import ProgressDisplay, configure, log
+from .results import Ledger, summary_table
+from .runner import Fault, RankTimings, run_items
+
+TAG_PROGRESS, TAG_REQUEST, TAG_WORK = 11, 12, 13
+PROGRESS_EVERY_S = 0.5
+
+
+class Channel:
+    """The run's point-to-point traffic: progress counts to rank 0 and, for ``--schedule dynamic``,
+    chunk requests to rank 0. Everything is non-blocking for the ranks that compute."""
+
+    def __init__(self, comm: Any, total: int, cfg: RunConfig):
+        self.comm = comm
+        self.rank, self.size = comm.rank, comm.size
+        self.done = self.failed = 0
+        self.sends: list[Any] = []
+        self.last_sent = 0.0
+        self.rank_counts = {r: (0, 0) for r in range(self.size)}
+        self.finished: set[int] = set()
+        self.display = ProgressDisplay(total, interval=cfg.progress_interval,
+                                       enabled=self.rank == 0 and not cfg.quiet)
+        # dynamic schedule state (rank 0 hands out chunks; others ask for them)
+        self.chunks: list[list[WorkItem]] = []
+        self.stopped: set[int] = set()
+
+    # -- progress ----------------------------------------------------------------------------
+    def on_batch(self, records: list[dict[str, Any]]) -> None:
+        self.done += len(records)
+        self.failed += sum(r["status"] == "failed" for r in records)
+        if self.rank == 0:
+            self.rank_counts[0] = (self.done, self.failed)
+            self.poll()
+        elif time.perf_counter() - self.last_sent >= PROGRESS_EVERY_S:
+            self._send_progress(final=False)
+
+    def _send_progress(self, final: bool) -> None:
+        self.last_sent = time.perf_counter()
+        self.sends.append(self.comm.isend((self.done, self.failed, final), dest=0, tag=TAG_PROGRESS))
+        self.sends = [r for r in self.sends if not r.Test()] if not final else self.sends
+
+    def poll(self) -> None:
+        """Rank 0: take in whatever progress and chunk requests have arrived; answer requests."""
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            src, tag = status.Get_source(), status.Get_tag()
+            msg = self.comm.recv(source=src, tag=tag)
+            if tag == TAG_PROGRESS:
+                done, failed, final = msg
+                self.rank_counts[src] = (done, failed)
+                if final:
+                    self.finished.add(src)
+            elif tag == TAG_REQUEST:
+                chunk = self.chunks.pop(0) if self.chunks else None
+                if chunk is None:
+                    self.stopped.add(src)
+                self.sends.append(self.comm.isend(chunk, dest=src, tag=TAG_WORK))
+        done = sum(d for d, _ in self.rank_counts.values())
+        failed = sum(f for _, f in self.rank_counts.values())
+        self.display.update(done, failed)
+
+    def finish(self, dynamic: bool) -> None:
+        """Everyone: report the final count; rank 0 waits for all of them (and stops idle askers)."""
+        if self.rank != 0:
+            self._send_progress(final=True)
+        else:
+            others = set(range(1, self.size))
+            while self.finished != others or (dynamic and self.stopped != others):
+                self.poll()
+                time.sleep(0.005)
+            self.display.close()
+        for req in self.sends:
+            req.wait()
+
+    # -- dynamic schedule ----------------------------------------------------------------------
+    def master_items(self, items: list[WorkItem], chunk: int) -> Any:
+        """Rank 0's own work under the dynamic schedule: it takes chunks from the same queue it serves."""
+        self.chunks = [items[k : k + chunk] for k in range(0, len(items), chunk)]
+        while True:
+            self.poll()
+            if not self.chunks:
+                return
+            for item in self.chunks.pop(0):
+                yield item
+                self.poll()  # answer waiting workers promptly, between our own items
+
+    def worker_items(self) -> Any:
+        """A worker's work: ask rank 0 for chunks, one request always in flight to hide the latency."""
+        pending = self.comm.isend(None, dest=0, tag=TAG_REQUEST)
+        self.sends.append(pending)
+        while True:
+            chunk = self.comm.recv(source=0, tag=TAG_WORK)
+            if chunk is None:
+                return
+            self.sends.append(self.comm.isend(None, dest=0, tag=TAG_REQUEST))
+            yield from chunk
+
+
+def _gpu_for(local_rank: int) -> int | None:
+    """Local rank modulo the GPUs this host shows (None without GPUs)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    else:
+        count = sum(1 for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit()) \
+            if os.path.isdir("/dev") else 0
+    return local_rank % count if count else None
+
+
+def rank_threads(cfg: RunConfig, local_size: int) -> int:
+    """Intra-op threads: what this rank is bound to, else the host's cores divided among its ranks."""
+    if cfg.threads > 0:
+        return cfg.threads
+    cores = os.cpu_count() or 1
+    try:
+        bound = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        bound = cores
+    if bound < cores:
+        return max(1, bound)
+    return max(1, cores // max(1, local_size))
+
+
+def _fail_together(comm: Any, error: tuple[int, str, int] | None, quiet: bool) -> int | None:
+    """All ranks learn whether any rank failed; rank 0 reports the first failure once."""
+    errors = [e for e in comm.allgather(error) if e is not None]
+    if not errors:
+        return None
+    if comm.rank == 0:
+        src, message, code = errors[0]
+        print(f"mpi_infer: error (rank {src}): {message}", file=sys.stderr, flush=True)
+        if len(errors) > 1:
+            print(f"mpi_infer: {len(errors) - 1} other rank(s) failed too", file=sys.stderr, flush=True)
+    return errors[0][2]
+
+
+def run_job(cfg: RunConfig) -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    try:
+        return _run(cfg, comm, MPI)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
+        code = exit_code_for(exc)
+        sys.stderr.write(f"[rank {comm.rank}] mpi_infer: fatal {type(exc).__name__}: {exc}\n"
+                         + "".join(f"[rank {comm.rank}] {line}\n" for line in
+                                   "".join(traceback.format_exception(exc)).rstrip().splitlines()))
+        sys.stderr.flush()
+        comm.Abort(code)
+        return code  # not reached
+
+
+def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
+    t_start = time.perf_counter()
+    configure(cfg.quiet, cfg.verbose)
+    rank, size = comm.rank, comm.size
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    me = Topology(rank, MPI.Get_processor_name(), node.rank, node.size, None)
+    me.gpu = _gpu_for(me.local_rank) if cfg.gpu else None
+    topology = [Topology(**t) for t in comm.allgather(me.__dict__)]
+
+    # 1. Rank 0 loads, validates and plans; a failure there ends every rank with the same code.
+    header: dict[str, Any] = {}
+    payloads: list[Any] = [None] * size
+    if rank == 0:
+        try:
+            check_topology(topology, cfg.expect_hosts)
+            backend_name, why = choose_backend(cfg.backend)
+            prepared, payloads = prepare_run(cfg, size)
+            header = {"prepared": prepared, "backend": backend_name, "why": why}
+        except Exception as exc:  # noqa: BLE001 - reported below, once
+            header = {"error": (0, str(exc), exit_code_for(exc))}
+    header = comm.bcast(header, root=0)
+    if "error" in header:
+        return _fail_together(comm, header["error"] if rank == 0 else None, cfg.quiet) or 1
+    prepared = header["prepared"]
+    if rank == 0 and not cfg.quiet:
+        for w in prepared.warnings:
+            log(0, f"warning: {w}")
+        for line in topology_lines(topology):
+            log(0, line)
+        log(0, f"backend {header['backend']} ({header['why']}); profile {cfg.profile.name}; "
+               f"splits {', '.join(prepared.splits)}; {prepared.selected} image(s) selected"
+               + (f", {len(prepared.previous)} already done" if prepared.previous else ""))
+
+    if cfg.dry_run:
+        if rank == 0:
+            print_plan(prepared)
+        return EXIT_OK
+
+    dynamic = cfg.schedule == "dynamic" and size > 1
+    rows = comm.scatter(payloads if not dynamic else [None] * size, root=0)
+    items = to_work_items(rows or [])
+    if dynamic and rank == 0:
+        items = to_work_items([r for p in payloads for r in p])
+    del payloads
+
+    # 2. Every rank opens the model and its ledger; any failure stops all before inference.
+    error = None
+    backend = ledger = None
+    threads = rank_threads(cfg, me.local_size)
+    try:
+        backend = open_backend(header["backend"], prepared.run_model, cfg.profile, threads=threads,
+                               gpu=cfg.gpu, device_id=me.gpu or 0, arch=cfg.arch)
+        ledger = Ledger(cfg.out, prepared.attempt, rank)
+    except Exception as exc:  # noqa: BLE001
+        error = (rank, str(exc), exit_code_for(exc))
+    failed = _fail_together(comm, error, cfg.quiet)
+    if failed is not None:
+        return failed
+
+    # 3. Inference. Exceptions here abort the job (run_job's handler): nothing may wait forever.
+    timings = RankTimings()
+    channel = Channel(comm, prepared.selected - len(prepared.previous), cfg)
+    loader_threads = cfg.loader_threads or max(2, min(4, threads))
+    fault = Fault.from_env(rank)
+    comm.Barrier()
+    t_run = time.perf_counter()
+    if dynamic:
+        chunk = cfg.chunk_size or cfg.batch_size
+        source = channel.master_items(items, chunk) if rank == 0 else channel.worker_items()
+    else:
+        source = items
+    records = run_items(source, backend.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
+                        threads=loader_threads, ledger=ledger, masks_dir=cfg.out if cfg.save_masks else None,
+                        on_batch=channel.on_batch, fault=fault, timings=timings)
+    ledger.close()
+    timings.total_s = time.perf_counter() - t_run
+    channel.finish(dynamic)
+
+    # 4. Gather records (small dicts) to rank 0, which writes the one report.
+    stats = {"rank": rank, "host": me.host, "images": timings.images, "threads": threads,
+             "wall_s": round(timings.total_s, 4), "predict_s": round(timings.predict_s, 4),
+             "wait_s": round(timings.wait_s, 4), "score_s": round(timings.score_s, 4)}
+    gathered = comm.gather((records, stats), root=0)
+    code = EXIT_OK
+    if rank == 0:
+        all_records = [r for recs, _ in gathered for r in recs]
+        rank_stats = [s for _, s in gathered]
+        summary, code = finish_run(cfg, prepared, all_records, topology, rank_stats,
+                                   {**backend.describe(), "chosen_because": header["why"]},
+                                   time.perf_counter() - t_start)
+        if cfg.report:
+            from .report import write_report
+
+            write_report(cfg.out)
+        if not cfg.quiet:
+            print(summary_table(summary), flush=True)
+            print(f"results: {os.path.join(cfg.out, 'summary.json')}, "
+                  f"{os.path.join(cfg.out, 'per_image.csv')}", flush=True)
+    return comm.bcast(code, root=0)
+
+
+def print_plan(prepared: Any) -> None:
+    print(f"plan: {prepared.selected} image(s) in {len(prepared.shard_sizes)} shard(s), "
+          f"splits {', '.join(prepared.splits)}")
+    for row in prepared.shard_sizes:
+        per = ", ".join(f"{k} {v}" for k, v in row["per_split"].items())
+        print(f"  rank {row['rank']:>4}: {row['images']:>8} image(s)  ({per})")
+    sys.stdout.flush()

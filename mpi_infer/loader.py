@@ -1,0 +1,212 @@
+"""Read, check, resize and normalise images and masks exactly as ECVL does, in background threads.
+
+ECVL path (reference/ecvl.md 2.4, 2.5, 7): cv2 decode with IMREAD_ANYCOLOR (8-bit, alpha dropped),
+BGR -> RGB (grey replicated), resize on uint8 with the profile's interpolation (masks: nearest),
+float32 / 255, optional (x - mean) / std, CHW. OpenCV releases the GIL while decoding and resizing,
+so a few threads keep the next batches ready while the model runs on the current one.
+
+Per-image faults never stop the run: the item comes back with status ``failed`` and a reason, or
+``converted`` (scored, with a warning) where the fault is harmless and ECVL would convert too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .profiles import Profile
+
+CV_INTERP = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "cubic": cv2.INTER_CUBIC,
+    "lanczos4": cv2.INTER_LANCZOS4,
+}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageFault(Exception):
+    """This image (or its mask) cannot be scored; the message says why."""
+
+
+@dataclass
+class WorkItem:
+    """One selected image: where it is in the dataset and which files to read."""
+
+    index: int
+    split: str
+    locations: tuple[str, ...]
+    label_path: str | None
+
+
+@dataclass
+class Loaded:
+    """A work item after loading: network-size pixels, or the reason it failed."""
+
+    item: WorkItem
+    image: np.ndarray | None = None  # uint8 H x W x 3, RGB, resized
+    mask: np.ndarray | None = None  # uint8 H x W, 0..255, resized (nearest)
+    original_hw: tuple[int, int] | None = None
+    status: str = "ok"  # ok | converted | unscored | failed
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise ImageFault(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise ImageFault(f"{what} path is a folder: {path}") from None
+    except PermissionError:
+        raise ImageFault(f"{what} file not readable (permission denied): {path}") from None
+
+
+def _png_depth_and_colour(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG header, or None for other formats."""
+    if len(data) >= 26 and data[:8] == _PNG_MAGIC:
+        return data[24], data[25]
+    return None
+
+
+def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
+    """ECVL's ImRead: cv2 IMREAD_ANYCOLOR (8-bit; alpha dropped). Notes what got converted."""
+    data = _read_bytes(path, what)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR)
+    if img is None:
+        raise ImageFault(f"{what} cannot be decoded (not an image OpenCV reads): {path}")
+    header = _png_depth_and_colour(data)
+    if header is not None:
+        depth, colour = header
+        if depth == 16:
+            notes.append(f"{what} is 16-bit; converted to 8-bit as ECVL does")
+        if colour in (4, 6):
+            notes.append(f"{what} has an alpha channel; dropped as ECVL does")
+    return img
+
+
+def read_rgb(path: str, notes: list[str]) -> np.ndarray:
+    """An image as RGB uint8; a grey image is replicated (ECVL's GRAY -> RGB)."""
+    img = decode(path, "image", notes)
+    if img.ndim == 2:
+        notes.append("image is grey; replicated to RGB")
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_planes(paths: Sequence[str], notes: list[str]) -> np.ndarray:
+    """Several same-size grey planes stacked into one image (ECVL's multi-location ``Stack``)."""
+    planes = [decode(p, f"plane {k}", notes) for k, p in enumerate(paths)]
+    if any(p.ndim != 2 for p in planes) or len(planes) != 3:
+        raise ImageFault(f"multi-plane image needs 3 grey planes for an RGB model, got "
+                         f"{[p.shape for p in planes]}")
+    if len({p.shape for p in planes}) != 1:
+        raise ImageFault(f"planes differ in size: {[p.shape for p in planes]}")
+    return np.dstack(planes)
+
+
+def read_mask(path: str, image_hw: tuple[int, int], notes: list[str]) -> np.ndarray:
+    """A ground-truth mask as uint8 grey, checked against the image's size and the 0/255 convention."""
+    mask = decode(path, "mask", notes)
+    if mask.ndim == 3:
+        notes.append("mask is colour; converted to grey with ECVL's 0.299R+0.587G+0.114B")
+        b, g, r = (mask[..., k].astype(np.float64) for k in range(3))
+        mask = np.clip(np.rint(0.299 * r + 0.587 * g + 0.114 * b), 0, 255).astype(np.uint8)
+    if mask.shape[:2] != image_hw:
+        raise ImageFault(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
+                         f"{image_hw[1]}x{image_hw[0]}: {path}")
+    present = np.bincount(mask.ravel(), minlength=256)
+    odd = np.count_nonzero(present[1:255])
+    if odd:
+        top = int(np.flatnonzero(present)[-1])
+        if top < 128:
+            raise ImageFault(f"mask values are 0..{top}, not 0/255 (a 0/1 label image?); "
+                             f"every pixel would binarise to background: {path}")
+        notes.append(f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold")
+    return mask
+
+
+def load_item(item: WorkItem, profile: Profile) -> Loaded:
+    """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``."""
+    out = Loaded(item)
+    try:
+        if len(item.locations) == 1:
+            rgb = read_rgb(item.locations[0], out.notes)
+        else:
+            rgb = read_planes(item.locations, out.notes)
+        hw = rgb.shape[:2]
+        out.original_hw = (int(hw[0]), int(hw[1]))
+        size = (profile.width, profile.height)
+        out.image = cv2.resize(rgb, size, interpolation=CV_INTERP[profile.interpolation])
+        if item.label_path:
+            mask = read_mask(item.label_path, out.original_hw, out.notes)
+            out.mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        out.status = "converted" if out.notes else ("ok" if item.label_path else "unscored")
+    except ImageFault as exc:
+        out.status, out.image, out.mask = "failed", None, None
+        out.notes.append(str(exc))
+    except (cv2.error, ValueError, MemoryError) as exc:
+        out.status, out.image, out.mask = "failed", None, None
+        out.notes.append(f"cannot process image: {exc}".strip())
+    return out
+
+
+def to_tensor(images: Sequence[np.ndarray], profile: Profile) -> np.ndarray:
+    """uint8 RGB HWC images -> float32 NCHW, /255 then (x - mean) / std, as ECVL's augmentations."""
+    batch = np.stack(images).astype(np.float32)
+    batch *= np.float32(1.0 / 255.0)
+    if profile.mean is not None and profile.std is not None:
+        batch -= np.asarray(profile.mean, np.float32)
+        batch /= np.asarray(profile.std, np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+@dataclass
+class Batch:
+    """Consecutive loaded items; ``x`` holds only those with pixels (``rows`` say which)."""
+
+    items: list[Loaded]
+    x: np.ndarray | None
+    rows: list[int]
+
+
+def iter_batches(
+    items: Iterable[WorkItem], profile: Profile, batch_size: int, threads: int = 2, prefetch: int = 2
+) -> Iterator[Batch]:
+    """Batches in order; the short last batch is yielded, never dropped.
+
+    ``items`` is pulled lazily (the dynamic schedule hands out chunks as it goes); a thread pool
+    loads up to ``prefetch`` batches ahead of the consumer.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    source = iter(items)
+    window = batch_size * (prefetch + 1)
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="loader") as pool:
+        pending: deque[Future[Loaded]] = deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < window:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                else:
+                    pending.append(pool.submit(load_item, item, profile))
+            if not pending:
+                return
+            loaded = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            rows = [k for k, it in enumerate(loaded) if it.image is not None]
+            x = to_tensor([loaded[k].image for k in rows], profile) if rows else None
+            yield Batch(loaded, x, rows)
+
+
+def default_threads() -> int:
+    return max(1, min(4, (os.cpu_count() or 2)))

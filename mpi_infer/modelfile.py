@@ -1,0 +1,59 @@
+"""Model files: hashing, the shipped demo model, and EDDL .bin -> ONNX conversion with a shared cache.
+
+A .bin is converted once per content hash into ``<cache>/`` (on the output volume, which every rank
+can read), so N ranks on a shared volume do not each redo it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import resources
+
+from .archs import build_onnx, layers_from_records
+from .atomic import write_bytes
+from .eddl_bin import read_records
+from .errors import ModelError
+
+DEMO_MODEL = "demo_segnet"
+
+
+def demo_model(kind: str = "bin") -> str:
+    """Path of the shipped demo model (``bin`` or ``onnx``)."""
+    return str(resources.files("mpi_infer") / "models" / f"{DEMO_MODEL}.{kind}")
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file does not exist") from None
+    except IsADirectoryError:
+        raise ModelError(f"{path}: model path is a folder, expected a .onnx or .bin file") from None
+    return digest.hexdigest()
+
+
+def model_format(path: str) -> str:
+    """``bin`` for EDDL record streams (by extension), else ``onnx``."""
+    return "bin" if path.lower().endswith(".bin") else "onnx"
+
+
+def convert_bin(bin_path: str, arch: str, height: int, width: int, out_path: str) -> str:
+    """Build the ONNX graph for an EDDL .bin and write it atomically to ``out_path``."""
+    layers = layers_from_records(read_records(bin_path), arch, source=bin_path)
+    model = build_onnx(layers, height, width, name=f"{arch}-{os.path.basename(bin_path)}")
+    folder = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(folder, exist_ok=True)
+    write_bytes(out_path, model.SerializeToString(), fsync=False)
+    return out_path
+
+
+def cached_onnx(bin_path: str, sha256: str, arch: str, height: int, width: int, cache_dir: str) -> str:
+    """The ONNX for this .bin content, converting only when the cache does not have it yet."""
+    target = os.path.join(cache_dir, f"{sha256[:20]}-{arch}-{height}x{width}.onnx")
+    if not os.path.exists(target):
+        convert_bin(bin_path, arch, height, width, target)
+    return target

@@ -1,0 +1,224 @@
+"""Rank 0's work before and after inference, as plain functions (job.py adds the MPI around them).
+
+Before: load and validate the dataset, check the output folder, hash (and if needed convert) the
+model, skip what a previous attempt finished (--resume), plan the shards. After: merge records,
+aggregate, write summary.json and per_image.csv, pick the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .atomic import write_text
+from .config import RunConfig
+from .dataset import Dataset, load_dataset, select_splits, selected_items
+from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError
+from .loader import WorkItem
+from .metrics import EMPTY_GT_POLICY, summarise
+from .modelfile import cached_onnx, file_sha256, model_format
+from .partition import describe, plan
+from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
+
+RUN_FILE = "run.json"
+OUR_OUTPUTS = ("summary.json", "per_image.csv", RUN_FILE, "report.html", "report", LEDGER_DIR, MASK_DIR, ".cache")
+
+
+@dataclass
+class Topology:
+    rank: int
+    host: str
+    local_rank: int
+    local_size: int
+    gpu: int | None = None
+
+
+@dataclass
+class Prepared:
+    """What rank 0 knows after preparing: broadcast (minus the shards) to every rank."""
+
+    run_model: str  # the file the backend opens (the cached ONNX for a .bin on the onnx backend)
+    model_sha256: str
+    dataset_sha256: str
+    splits: list[str]
+    attempt: int
+    shard_sizes: list[dict[str, Any]]
+    selected: int
+    previous: list[dict[str, Any]] = field(default_factory=list)  # records kept from earlier attempts
+    warnings: list[str] = field(default_factory=list)
+    prepare_s: float = 0.0
+
+
+def check_topology(topology: list[Topology], expect_hosts: int) -> None:
+    hosts = sorted({t.host for t in topology})
+    if expect_hosts and len(hosts) < expect_hosts:
+        raise TopologyError(
+            f"ranks run on {len(hosts)} host(s) ({', '.join(hosts)}) but --expect-hosts is {expect_hosts}: "
+            f"mpirun did not use the hostfile (Open MPI 5 ignores OMPI_MCA_orte_default_hostfile; pass "
+            f"--hostfile /etc/mpi/hostfile)")
+
+
+def topology_lines(topology: list[Topology]) -> list[str]:
+    lines = []
+    for host in sorted({t.host for t in topology}):
+        ranks = [t for t in topology if t.host == host]
+        gpus = {t.rank: t.gpu for t in ranks if t.gpu is not None}
+        lines.append(f"host {host}: ranks {[t.rank for t in ranks]}" + (f", GPUs {gpus}" if gpus else ""))
+    return lines
+
+
+def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[str]) -> dict[str, Any]:
+    """What must match for --resume to reuse earlier records."""
+    return {"model_sha256": model_sha, "dataset_sha256": dataset_sha, "profile": cfg.profile.to_dict(),
+            "splits": splits, "arch": cfg.arch if model_format(cfg.model) == "bin" else None}
+
+
+def prepare_output(cfg: RunConfig) -> None:
+    """Refuse a non-empty folder unless --resume or --overwrite; check it can be written."""
+    out = cfg.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pick one")
+    busy = os.path.isdir(out) and any(True for _ in os.scandir(out))
+    if busy and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(f"--out {out}: folder is not empty; pass --resume to continue the run there, "
+                          f"or --overwrite to replace its results")
+    if busy and cfg.overwrite:
+        for name in OUR_OUTPUTS:
+            p = os.path.join(out, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.unlink(p)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write there: {exc.strerror or exc}") from exc
+
+
+def work_items(dataset: Dataset, split: str, indices: Any) -> list[tuple]:
+    """Shard descriptors: (index, split, locations, mask path) tuples; paths only, never pixels."""
+    out = []
+    for i in indices:
+        s = dataset.sample(int(i))
+        out.append((s.index, split, s.locations, s.label_path))
+    return out
+
+
+def to_work_items(rows: list[tuple]) -> list[WorkItem]:
+    return [WorkItem(*r) for r in rows]
+
+
+def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[list[tuple]]]:
+    """Everything before inference; raises our errors (with exit codes) on bad input."""
+    t0 = time.perf_counter()
+    dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
+    splits = select_splits(dataset, cfg.splits)
+    model_sha = file_sha256(cfg.model)
+    if not cfg.dry_run:
+        prepare_output(cfg)
+    identity = run_identity(cfg, model_sha, dataset.sha256, splits)
+    previous: list[dict[str, Any]] = []
+    attempt = 0
+    run_file = os.path.join(cfg.out, RUN_FILE)
+    if cfg.resume and os.path.exists(run_file):
+        with open(run_file, encoding="utf-8") as fh:
+            before = json.load(fh)
+        differs = [k for k in identity if before.get(k) != identity[k]]
+        if differs:
+            raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
+                              f"use a new --out, or --overwrite")
+        previous = latest_records(read_ledgers(cfg.out))
+        attempt = next_attempt(cfg.out)
+    if not cfg.dry_run:
+        write_text(run_file, json.dumps({**identity, "dataset": os.path.abspath(cfg.dataset),
+                                         "model": os.path.abspath(cfg.model), "version": __version__}, indent=2))
+    done = {r["index"] for r in previous if r["status"] != "failed"}
+    previous = [r for r in previous if r["index"] in done]
+    selected = selected_items(dataset, splits)
+    todo = {s: [i for i in idx if int(i) not in done] for s, idx in selected.items()} if done else selected
+    shards = plan(todo, world, balance=cfg.balance)
+    run_model = cfg.model
+    if model_format(cfg.model) == "bin" and cfg.backend != "ecvl" and not cfg.dry_run:
+        run_model = cached_onnx(cfg.model, model_sha, cfg.arch, cfg.profile.height, cfg.profile.width,
+                                os.path.join(cfg.out, ".cache"))
+    payloads = [[row for split, idx in s.parts.items() for row in work_items(dataset, split, idx)]
+                for s in shards]
+    prepared = Prepared(
+        run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
+        attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),
+        previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0,
+    )
+    return prepared, payloads
+
+
+def latest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per image: the last one written (ledgers are read in attempt order)."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for r in records:
+        by_index[r["index"]] = r
+    return list(by_index.values())
+
+
+def finish_run(
+    cfg: RunConfig,
+    prepared: Prepared,
+    records: list[dict[str, Any]],
+    topology: list[Topology],
+    rank_stats: list[dict[str, Any]],
+    backend_info: dict[str, Any],
+    wall_s: float,
+) -> tuple[dict[str, Any], int]:
+    """Aggregate every record (this attempt's and kept earlier ones) and write the reports."""
+    all_records = prepared.previous + records
+    summary = summarise(all_records, prepared.splits)
+    exit_code = EXIT_PARTIAL if summary["images"]["failed"] else EXIT_OK
+    if summary["images"]["selected"] != prepared.selected:
+        raise RuntimeError(f"internal error: {summary['images']['selected']} records for "
+                           f"{prepared.selected} selected images")
+    new_images = len(records)
+    summary.update({
+        "world_size": len(topology),
+        "hosts": sorted({t.host for t in topology}),
+        "backend": backend_info,
+        "profile": cfg.profile.to_dict(),
+        "threshold": cfg.profile.threshold,
+        "empty_gt_policy": EMPTY_GT_POLICY,
+        "metric_resolution": f"network input ({cfg.profile.height}x{cfg.profile.width})",
+        "model": os.path.abspath(cfg.model),
+        "model_sha256": prepared.model_sha256,
+        "dataset": os.path.abspath(cfg.dataset),
+        "dataset_sha256": prepared.dataset_sha256,
+        "splits": prepared.splits,
+        "schedule": cfg.schedule,
+        "batch_size": cfg.batch_size,
+        "attempt": prepared.attempt,
+        "resumed_images": len(prepared.previous),
+        "timings": {
+            "total_s": wall_s,
+            "prepare_s": prepared.prepare_s,
+            "images_this_attempt": new_images,
+            "images_per_s": new_images / wall_s if wall_s > 0 else 0.0,
+            "per_rank": rank_stats,
+        },
+        "topology": [t.__dict__ for t in topology],
+        "warnings": prepared.warnings,
+        "exit_code": exit_code,
+        "exit_meaning": EXIT_CODES[exit_code],
+        "version": __version__,
+        "launcher_host": socket.gethostname(),
+    })
+    write_per_image_csv(cfg.out, all_records)
+    write_summary(cfg.out, summary)
+    return summary, exit_code

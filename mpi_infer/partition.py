@@ -1,0 +1,97 @@
+"""Cut the selected images into N shards, and prove that every image lands in exactly one.
+
+Within each split (in file order) every shard takes a contiguous run. The default rule is the one
+DeepHealth users know from the split tool: floor(n/N) each, the last shard also takes the remainder
+(2750 ISIC images in 4 parts: 687, 687, 687, 689). ``balance=True`` spreads each split's remainder one
+image at a time, rotating across splits, so sizes differ by at most one per split and in total.
+The split tool's bugs (re-labelled splits, extra parts, dropped tails) cannot happen here: the plan
+checks itself and raises PlanError if it does not hold every selected image exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError, PlanError
+
+
+@dataclass
+class Shard:
+    """What one rank runs: per split, the original image indices, in file order."""
+
+    rank: int
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(sum(len(v) for v in self.parts.values()))
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        for split, indices in self.parts.items():
+            for i in indices:
+                yield split, int(i)
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.parts.items()}
+
+
+def split_sizes(count: int, n: int, balance: bool = False, offset: int = 0) -> list[int]:
+    """Sizes of one split's N runs. ``offset`` rotates where balanced remainders go."""
+    q, r = divmod(count, n)
+    sizes = [q] * n
+    if balance:
+        for k in range(r):
+            sizes[(offset + k) % n] += 1
+    else:
+        sizes[-1] += r
+    return sizes
+
+
+def plan(selected: Mapping[str, np.ndarray], n: int, balance: bool = False) -> list[Shard]:
+    """N shards over ``selected`` (split -> indices). N may exceed the image count (empty shards)."""
+    if n < 1:
+        raise ConfigError(f"number of shards must be >= 1, got {n}")
+    shards = [Shard(rank) for rank in range(n)]
+    offset = 0
+    for split, indices in selected.items():
+        indices = np.asarray(indices, dtype=np.int64)
+        sizes = split_sizes(len(indices), n, balance, offset)
+        offset = (offset + len(indices) % n) % n
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        for rank, shard in enumerate(shards):
+            shard.parts[split] = indices[bounds[rank] : bounds[rank + 1]]
+    check_plan(selected, shards, balance)
+    return shards
+
+
+def check_plan(selected: Mapping[str, np.ndarray], shards: list[Shard], balance: bool) -> None:
+    """Raise PlanError unless the shards hold every selected image exactly once, in its own split,
+    with the sizes the rule promises."""
+    n = len(shards)
+    seen: list[np.ndarray] = []
+    offset = 0
+    for split, indices in selected.items():
+        indices = np.asarray(indices, dtype=np.int64)
+        runs = [s.parts.get(split, np.empty(0, np.int64)) for s in shards]
+        got = np.concatenate(runs) if runs else np.empty(0, np.int64)
+        if not np.array_equal(got, indices):
+            raise PlanError(f"plan check failed: split '{split}' is not covered exactly once in order")
+        want = split_sizes(len(indices), n, balance, offset)
+        offset = (offset + len(indices) % n) % n
+        if [len(r) for r in runs] != want:
+            raise PlanError(f"plan check failed: split '{split}' sizes {[len(r) for r in runs]} != {want}")
+        seen.append(got)
+    for shard in shards:
+        extra = set(shard.parts) - set(selected)
+        if extra:
+            raise PlanError(f"plan check failed: shard {shard.rank} has unselected split(s) {sorted(extra)}")
+    everything = np.concatenate(seen) if seen else np.empty(0, np.int64)
+    if everything.size and np.unique(everything).size != everything.size:
+        raise PlanError("plan check failed: an image is in more than one split's shards")
+
+
+def describe(shards: list[Shard]) -> list[dict[str, object]]:
+    """One row per shard: its rank, total and per-split sizes (for --dry-run and logs)."""
+    return [{"rank": s.rank, "images": len(s), "per_split": s.sizes()} for s in shards]

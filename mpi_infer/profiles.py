@@ -1,0 +1,95 @@
+"""Preprocessing recipes: what a model was trained with, as named presets (reference/ecvl.md section 7).
+
+A profile fixes everything between the file and the tensor, so the same model gives the same scores
+whatever backend runs it: RGB order, resize on uint8 with this interpolation (masks always nearest),
+float32 / 255, then (x - mean) / std per channel when mean and std are set, CHW.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import ConfigError
+
+INTERPOLATIONS = ("nearest", "linear", "area", "cubic", "lanczos4")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    height: int
+    width: int
+    interpolation: str = "linear"
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    threshold: float = 0.5
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ConfigError(f"profile {self.name}: size must be positive, got {self.height}x{self.width}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"profile {self.name}: interpolation must be one of {INTERPOLATIONS}, "
+                              f"got {self.interpolation!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError(f"profile {self.name}: give both mean and std, or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ConfigError(f"profile {self.name}: std must be positive, got {self.std}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"profile {self.name}: threshold must be in (0, 1], got {self.threshold}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full recipe, as summary.json records it."""
+        d = asdict(self)
+        d["size"] = [self.height, self.width]
+        return d
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("segnet-192", 192, 192, "linear", None, None, 0.5,
+                "recipe A: the SegNet .bin era (UCP inference script @ff7a6de): 192x192 linear, RGB/255"),
+        Profile("unet-224", 224, 224, "cubic", (0.6681, 0.5301, 0.5247), (0.1337, 0.1480, 0.1595), 0.5,
+                "recipe B: current Python UNet/ONNX pipeline: 224x224 cubic, ISIC mean/std (ECVL numbers)"),
+        Profile("cpp-512", 512, 512, "cubic", (0.67501814, 0.5663187, 0.52339128),
+                (0.11092593, 0.10669603, 0.119005), 0.3,
+                "recipe C: the C++ pipeline: 512x512 cubic, ISIC mean/std, threshold 0.3"),
+    )
+}
+DEFAULT_PROFILE = "segnet-192"
+
+
+def get_profile(
+    name: str | None = None,
+    *,
+    size: tuple[int, int] | None = None,
+    interpolation: str | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+    threshold: float | None = None,
+) -> Profile:
+    """A named profile (default segnet-192), with any field overridden by explicit options."""
+    base_name = name or DEFAULT_PROFILE
+    if base_name not in PROFILES:
+        raise ConfigError(f"unknown profile {base_name!r}; known: {', '.join(PROFILES)}")
+    profile = PROFILES[base_name]
+    changes: dict[str, Any] = {}
+    if size is not None:
+        changes["height"], changes["width"] = int(size[0]), int(size[1])
+    if interpolation is not None:
+        changes["interpolation"] = interpolation
+    if mean is not None:
+        changes["mean"] = tuple(float(x) for x in mean)
+    if std is not None:
+        changes["std"] = tuple(float(x) for x in std)
+    if threshold is not None:
+        changes["threshold"] = float(threshold)
+    if changes:
+        profile = replace(profile, name=profile.name + "+custom", **changes)
+    return profile

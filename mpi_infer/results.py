@@ -1,0 +1,157 @@
+"""Per-image records -> summary.json, per_image.csv, the ledger, predicted masks, a stdout table.
+
+Every file a user reads is written atomically (temp file, fsync, rename): a killed job leaves the old
+file or the new one, never half of one. The ledger is append-only, one complete JSON record per line,
+flushed and fsync'd per batch, so finished work survives a crash and ``--resume`` can skip it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .atomic import write_text
+
+CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
+LEDGER_DIR = "ledger"
+MASK_DIR = "masks"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def write_summary(out_dir: str, summary: Mapping[str, Any]) -> str:
+    path = os.path.join(out_dir, "summary.json")
+    write_text(path, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]]) -> str:
+    """One row per selected image, in dataset order (``index`` = position in the original YAML)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in sorted(records, key=lambda r: (r["index"], r["split"])):
+        writer.writerow([_fmt(r.get(c)) for c in CSV_COLUMNS])
+    path = os.path.join(out_dir, "per_image.csv")
+    write_text(path, buf.getvalue())
+    return path
+
+
+def read_per_image_csv(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def mask_file_name(index: int, location: str) -> str:
+    """``<index>_<image stem>.png``: unique per image (the index), safe (no folders, no ``..``)."""
+    stem = os.path.splitext(os.path.basename(location.rstrip("/")))[0]
+    stem = _UNSAFE.sub("_", stem).strip("._") or "image"
+    return f"{index:07d}_{stem[:100]}.png"
+
+
+def save_mask(out_dir: str, index: int, location: str, prob: np.ndarray, threshold: float,
+              original_hw: tuple[int, int]) -> str:
+    """The prediction at the image's original size as a 0/255 PNG (probabilities resized linearly,
+    then thresholded), written atomically under ``<out>/masks/``."""
+    h, w = original_hw
+    full = cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    png = ((full >= threshold).astype(np.uint8) * 255)
+    ok, data = cv2.imencode(".png", png)
+    if not ok:
+        raise OSError("PNG encoding failed")
+    folder = os.path.join(out_dir, MASK_DIR)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, mask_file_name(index, location))
+    from .atomic import write_bytes
+
+    write_bytes(path, data.tobytes(), fsync=False)
+    return path
+
+
+class Ledger:
+    """Append-only per-rank record log on the output volume (one attempt, one rank, one file)."""
+
+    def __init__(self, out_dir: str, attempt: int, rank: int):
+        folder = os.path.join(out_dir, LEDGER_DIR)
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, f"attempt-{attempt:03d}-rank-{rank:05d}.jsonl")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        if lines:
+            self._fh.write(lines)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_ledgers(out_dir: str) -> list[dict[str, Any]]:
+    """Every complete record from every attempt's ledger; a torn last line (a crash) is ignored."""
+    folder = os.path.join(out_dir, LEDGER_DIR)
+    records: list[dict[str, Any]] = []
+    if not os.path.isdir(folder):
+        return records
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".jsonl"):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8") as fh:
+            for line in fh:
+                if not line.endswith("\n"):
+                    break  # torn write: the crash happened mid-line
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+    return records
+
+
+def next_attempt(out_dir: str) -> int:
+    folder = os.path.join(out_dir, LEDGER_DIR)
+    if not os.path.isdir(folder):
+        return 0
+    nums = [int(m.group(1)) for n in os.listdir(folder) if (m := re.match(r"attempt-(\d+)-", n))]
+    return max(nums) + 1 if nums else 0
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def summary_table(summary: Mapping[str, Any]) -> str:
+    """A one-screen table: counts and metrics per split and overall."""
+    rows = [("split", "selected", "scored", "unscored", "failed", "mean IoU", "mean Dice", "global IoU",
+             "global Dice")]
+    parts = list(summary.get("per_split", {}).items()) + [("all", summary)]
+    for name, s in parts:
+        im, m = s["images"], s["metrics"]
+        rows.append((name, str(im["selected"]), str(im["scored"]), str(im["unscored"]), str(im["failed"]),
+                     _num(m["mean_iou"]), _num(m["mean_dice"]), _num(m["global_iou"]), _num(m["global_dice"])))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    t = summary.get("timings", {})
+    head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
+            f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
+            f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
+    tail = (f"wall {t.get('total_s', 0):.2f} s, {t.get('images_per_s', 0):.1f} images/s; "
+            f"exit {summary.get('exit_code')}: {summary.get('exit_meaning', '')}")
+    return "\n".join([head, *lines, tail])

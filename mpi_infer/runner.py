@@ -1,0 +1,135 @@
+"""Run one rank's images: load in the background, predict, score, record. No MPI here.
+
+Records are plain dicts (JSON- and pickle-friendly), one per image, whatever happened to it, so the
+report counts every selected image exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .loader import Loaded, WorkItem, iter_batches
+from .metrics import confusion, iou_dice
+from .profiles import Profile
+from .results import Ledger, save_mask
+
+FAULT_ENV = "MPI_INFER_FAULT"
+
+
+@dataclass
+class Fault:
+    """Test-only fault injection, from $MPI_INFER_FAULT, e.g. ``raise:rank=1:after=3``,
+    ``kill:rank=0:after=2`` or ``slow:rank=1:factor=2``. Never set outside tests and benchmarks."""
+
+    kind: str = ""
+    rank: int = -1
+    after: int = 0
+    factor: float = 1.0
+
+    @classmethod
+    def from_env(cls, rank: int) -> Fault:
+        spec = os.environ.get(FAULT_ENV, "")
+        if not spec:
+            return cls()
+        kind, *opts = spec.split(":")
+        kv = dict(o.split("=", 1) for o in opts if "=" in o)
+        fault = cls(kind, int(kv.get("rank", -1)), int(kv.get("after", 0)), float(kv.get("factor", 1)))
+        return fault if fault.rank in (-1, rank) else cls()
+
+    def check(self, done: int) -> None:
+        if self.kind == "raise" and done >= self.after:
+            raise RuntimeError(f"injected fault ({FAULT_ENV}) after {done} images")
+        if self.kind == "kill" and done >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class RankTimings:
+    wait_s: float = 0.0  # waiting for the loader
+    predict_s: float = 0.0
+    score_s: float = 0.0
+    total_s: float = 0.0
+    images: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def record_for(loaded: Loaded, rank: int) -> dict[str, Any]:
+    item = loaded.item
+    return {
+        "index": item.index,
+        "split": item.split,
+        "location": ";".join(item.locations),
+        "label": item.label_path or "",
+        "rank": rank,
+        "iou": None,
+        "dice": None,
+        "tp": None,
+        "fp": None,
+        "fn": None,
+        "status": loaded.status,
+        "error": "; ".join(loaded.notes),
+    }
+
+
+def run_items(
+    items: Iterable[WorkItem],
+    predict: Callable[[np.ndarray], np.ndarray],
+    profile: Profile,
+    *,
+    rank: int = 0,
+    batch_size: int = 8,
+    threads: int = 2,
+    ledger: Ledger | None = None,
+    masks_dir: str | None = None,
+    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+    fault: Fault | None = None,
+    timings: RankTimings | None = None,
+) -> list[dict[str, Any]]:
+    """Every item's record, in ``items`` order; the short last batch is run like any other."""
+    fault = fault or Fault()
+    timings = timings if timings is not None else RankTimings()
+    out: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    t_wait = time.perf_counter()
+    for batch in iter_batches(items, profile, batch_size, threads=threads):
+        t0 = time.perf_counter()
+        timings.wait_s += t0 - t_wait
+        records = [record_for(it, rank) for it in batch.items]
+        if batch.x is not None:
+            probs = predict(batch.x)
+            t1 = time.perf_counter()
+            timings.predict_s += t1 - t0
+            scored = [k for k in batch.rows if batch.items[k].mask is not None]
+            if scored:
+                pos = [batch.rows.index(k) for k in scored]
+                tp, fp, fn = confusion(probs[pos], np.stack([batch.items[k].mask for k in scored]),
+                                       profile.threshold)
+                iou, dice = iou_dice(tp, fp, fn)
+                for j, k in enumerate(scored):
+                    records[k].update(iou=float(iou[j]), dice=float(dice[j]), tp=int(tp[j]), fp=int(fp[j]),
+                                      fn=int(fn[j]))
+            if masks_dir is not None:
+                for j, k in enumerate(batch.rows):
+                    it = batch.items[k]
+                    save_mask(masks_dir, it.item.index, it.item.locations[0], probs[j], profile.threshold,
+                              it.original_hw)
+            timings.score_s += time.perf_counter() - t1
+            if fault.kind == "slow" and fault.factor > 1:
+                time.sleep((t1 - t0) * (fault.factor - 1))
+        if ledger is not None:
+            ledger.append(records)
+        out.extend(records)
+        timings.images += len(records)
+        if on_batch is not None:
+            on_batch(records)
+        fault.check(len(out))
+        t_wait = time.perf_counter()
+    timings.total_s += time.perf_counter() - start
+    return out
