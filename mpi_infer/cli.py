@@ -134,7 +134,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = RunConfig(
             dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=_profile(args),
             splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, arch=args.arch,
-            save_masks=args.save_masks, dry_run=args.dry_run, balance=args.balance,
+            save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
             schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,

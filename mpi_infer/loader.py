@@ -59,6 +59,8 @@ class Loaded:
 
 
 def _read_bytes(path: str, what: str) -> bytes:
+    if path.lower().startswith(("http://", "https://")):
+        raise ImageFault(f"{what} is a remote location, which mpi_infer does not download: {path}")
     try:
         with open(path, "rb") as fh:
             return fh.read()

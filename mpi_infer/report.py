@@ -1,0 +1,203 @@
+"""``report.html``: one self-contained page (no network) that shows what a run found.
+
+Figures are matplotlib PNGs embedded as data URIs: Dice and IoU histograms per split, per-rank images
+and throughput, and a contact sheet of the worst and best images with the ground-truth (green) and
+predicted (magenta) contours drawn over the image. Predicted contours need the run's ``--save-masks``
+(``run --report`` turns it on).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .atomic import write_text
+from .results import MASK_DIR, mask_file_name, read_per_image_csv
+
+GT_COLOUR = (0, 200, 0)  # RGB
+PRED_COLOUR = (230, 0, 230)
+TILE = 220
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def histograms(rows: list[dict[str, str]], splits: list[str]) -> str:
+    plt = _plt()
+    scored = [r for r in rows if r["dice"] != ""]
+    present = [s for s in splits if any(r["split"] == s for r in scored)] or ["(none)"]
+    fig, axes = plt.subplots(len(present), 2, figsize=(10, 2.6 * len(present)), squeeze=False)
+    bins = np.linspace(0, 1, 41)
+    for k, split in enumerate(present):
+        for j, metric in enumerate(("dice", "iou")):
+            ax = axes[k][j]
+            values = [float(r[metric]) for r in scored if r["split"] == split]
+            ax.hist(values, bins=bins, color="#3b75af" if metric == "dice" else "#e1812c", edgecolor="white")
+            mean = float(np.mean(values)) if values else float("nan")
+            ax.axvline(mean, color="black", linestyle="--", linewidth=1)
+            ax.set_title(f"{split}: {metric.upper() if metric == 'iou' else 'Dice'} "
+                         f"(n={len(values)}, mean {mean:.3f})", fontsize=10)
+            ax.set_xlim(0, 1)
+            ax.set_ylabel("images")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def rank_chart(per_rank: list[dict[str, Any]]) -> str:
+    plt = _plt()
+    ranks = [r["rank"] for r in per_rank]
+    images = [r["images"] for r in per_rank]
+    rate = [r["images"] / r["wall_s"] if r.get("wall_s") else 0.0 for r in per_rank]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 2.8))
+    axes[0].bar(ranks, images, color="#3b75af")
+    axes[0].set_title("images per rank", fontsize=10)
+    axes[0].set_xlabel("rank")
+    axes[1].bar(ranks, rate, color="#55a868")
+    axes[1].set_title("throughput per rank (images/s of its own wall time)", fontsize=10)
+    axes[1].set_xlabel("rank")
+    for ax in axes:
+        ax.set_xticks(ranks if len(ranks) <= 32 else ranks[:: max(1, len(ranks) // 16)])
+    fig.tight_layout()
+    return _png(fig)
+
+
+def overlay(image_path: str, gt_path: str, pred_path: str | None) -> np.ndarray | None:
+    """The image (RGB) with ground-truth and predicted contours, scaled to a TILE-wide tile."""
+    img = cv2.imread(image_path, cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    scale = TILE / max(rgb.shape[:2])
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    tile = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    for path, colour in ((gt_path, GT_COLOUR), (pred_path, PRED_COLOUR)):
+        if not path or not os.path.exists(path):
+            continue
+        mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            continue
+        mask = cv2.resize((mask >= 128).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(tile, contours, -1, colour, 2)
+    return tile
+
+
+def contact_sheet(run_dir: str, picked: list[dict[str, str]], title: str) -> str | None:
+    plt = _plt()
+    if not picked:
+        return None
+    cols = min(4, len(picked))
+    rows_n = (len(picked) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.0 * rows_n), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, r in zip(axes.ravel(), picked):
+        loc = r["location"].split(";")[0]
+        pred = os.path.join(run_dir, MASK_DIR, mask_file_name(int(r["index"]), loc))
+        tile = overlay(loc, r["label"], pred)
+        if tile is not None:
+            ax.imshow(tile)
+        ax.set_title(f"#{r['index']} {r['split']}  Dice {float(r['dice']):.3f}", fontsize=9)
+    fig.suptitle(title + "   (green: ground truth, magenta: prediction)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _table(summary: dict[str, Any]) -> str:
+    def cell(v: Any) -> str:
+        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    head = ("split", "selected", "scored", "unscored", "failed", "mean IoU", "mean Dice", "global IoU",
+            "global Dice")
+    body = []
+    for name, s in [*summary.get("per_split", {}).items(), ("all", summary)]:
+        im, m = s["images"], s["metrics"]
+        vals = (name, im["selected"], im["scored"], im["unscored"], im["failed"], m["mean_iou"], m["mean_dice"],
+                m["global_iou"], m["global_dice"])
+        cls = ' class="total"' if name == "all" else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in vals) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(body) + "</tbody></table>")
+
+
+def write_report(run_dir: str, k: int = 8) -> str:
+    """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
+    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as fh:
+        summary = json.load(fh)
+    rows = read_per_image_csv(os.path.join(run_dir, "per_image.csv"))
+    scored = sorted((r for r in rows if r["dice"] != ""), key=lambda r: (float(r["dice"]), int(r["index"])))
+    worst = scored[:k]
+    best = list(reversed(scored[-k:])) if len(scored) > k else []
+    has_masks = os.path.isdir(os.path.join(run_dir, MASK_DIR))
+    figures = [("Dice and IoU per image, by split", histograms(rows, summary.get("splits", [])), "histograms")]
+    per_rank = summary.get("timings", {}).get("per_rank", [])
+    if per_rank:
+        figures.append(("Ranks", rank_chart(per_rank), "ranks"))
+    for title, picked, fid in ((f"Worst {len(worst)} images", worst, "worst"), (f"Best {len(best)} images", best,
+                                                                                  "best")):
+        png = contact_sheet(run_dir, picked, title)
+        if png:
+            figures.append((title, png, fid))
+    failed = [r for r in rows if r["status"] == "failed"]
+    prof = summary.get("profile", {})
+    meta = [
+        ("dataset", summary.get("dataset")), ("model", summary.get("model")),
+        ("model sha256", summary.get("model_sha256", "")[:16]), ("backend", summary.get("backend", {}).get("backend")),
+        ("profile", f"{prof.get('name')}: {prof.get('height')}x{prof.get('width')} {prof.get('interpolation')}, "
+                    f"mean {prof.get('mean')}, std {prof.get('std')}"),
+        ("threshold", summary.get("threshold")), ("ranks / hosts", f"{summary.get('world_size')} / "
+                                                                   f"{len(summary.get('hosts', []))}"),
+        ("wall time", f"{summary.get('timings', {}).get('total_s', 0):.2f} s"),
+        ("empty ground truth", summary.get("empty_gt_policy")),
+        ("exit code", f"{summary.get('exit_code')}: {summary.get('exit_meaning')}"),
+    ]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>mpi_infer report</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}",
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}",
+        "td:first-child,th:first-child{text-align:left}tr.total{font-weight:bold;background:#f4f4f4}",
+        "dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:bold}",
+        "figure{margin:1.5em 0}img{max-width:100%}.note{color:#a33}",
+        "</style></head><body>",
+        "<h1>mpi_infer report</h1>",
+        _table(summary),
+        "<dl>" + "".join(f"<dt>{html.escape(str(a))}</dt><dd>{html.escape(str(b))}</dd>" for a, b in meta) + "</dl>",
+    ]
+    if not has_masks:
+        parts.append("<p class='note'>Predicted masks were not saved (run with --save-masks or --report); "
+                     "the contact sheets show ground truth only.</p>")
+    for title, png, fid in figures:
+        parts.append(f"<figure id='{fid}'><figcaption><h2>{html.escape(title)}</h2></figcaption>"
+                     f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'></figure>")
+    if failed:
+        parts.append(f"<h2>Failed images ({len(failed)})</h2><table><tr><th>index</th><th>location</th>"
+                     "<th>error</th></tr>" + "".join(
+                         f"<tr><td>{r['index']}</td><td>{html.escape(r['location'])}</td>"
+                         f"<td>{html.escape(r['error'])}</td></tr>" for r in failed[:200]) + "</table>")
+    parts.append("</body></html>")
+    path = os.path.join(run_dir, "report.html")
+    write_text(path, "\n".join(parts))
+    return path
