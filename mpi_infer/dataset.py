@@ -28,6 +28,7 @@ from .errors import DatasetError
 
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 _INT = re.compile(r"^[-+]?[0-9]+$")
+_NOT_PLAIN = frozenset("/+-0123456789")  # first characters that need the full rules (absolute, numeric)
 DEFAULT_NAME = "DeepHealth dataset"
 DEFAULT_DESCRIPTION = "This is the DeepHealth example dataset!"
 
@@ -41,6 +42,49 @@ class Sample:
     label: tuple[int, ...] | None = None  # class indices (classification)
     label_path: str | None = None  # ground-truth mask (segmentation)
     values: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class WorkList:
+    """A shard's images as columns: cheap to build, pickle and scatter for a million images.
+
+    ``prefix`` is prepended to every path (the YAML folder for plain datasets; empty when the paths
+    are already resolved). A location is a string, or a tuple of plane paths."""
+
+    prefix: str
+    indices: list[int]
+    runs: list[tuple[str, int]]  # (split, how many of the following indices), in order
+    locations: list[Any]
+    labels: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def splits(self) -> list[str]:
+        return [name for name, count in self.runs for _ in range(count)]
+
+    def __iter__(self) -> Any:
+        from .loader import WorkItem
+
+        p = self.prefix
+        for index, split, loc, lab in zip(self.indices, self.splits(), self.locations, self.labels):
+            locs = (p + loc,) if isinstance(loc, str) else tuple(p + x for x in loc)
+            yield WorkItem(index, split, locs, None if lab is None else p + lab)
+
+    def chunks(self, size: int) -> list[WorkList]:
+        """Consecutive pieces of at most ``size`` images (for the dynamic schedule)."""
+        splits = self.splits()
+        out = []
+        for a in range(0, len(self), size):
+            b = min(a + size, len(self))
+            runs: list[tuple[str, int]] = []
+            for name in splits[a:b]:
+                if runs and runs[-1][0] == name:
+                    runs[-1] = (name, runs[-1][1] + 1)
+                else:
+                    runs.append((name, 1))
+            out.append(WorkList(self.prefix, self.indices[a:b], runs, self.locations[a:b], self.labels[a:b]))
+        return out
 
 
 @dataclass
@@ -58,6 +102,7 @@ class Dataset:
     has_split_key: bool = True
     warnings: list[str] = field(default_factory=list)
     sha256: str = ""
+    plain: bool = False  # every entry is {location: relative path[, label: relative mask path]}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -105,6 +150,32 @@ class Dataset:
         # Mapping form. ECVL maps an unknown feature name to index 0 by accident; we refuse it in
         # validation, so every name here is known.
         return {self.features.index(_scalar(k)): _scalar(v) for k, v in raw.items() if v is not None}
+
+    def work_list(self, parts: Mapping[str, Sequence[int]]) -> WorkList:
+        """The descriptors of these images (split -> indices): paths and splits, never pixels.
+
+        Plain datasets ship relative paths and the root once (compact to pickle, no per-image rules);
+        any other form is resolved here with the full ECVL rules of ``sample()``."""
+        entries = self.entries
+        indices: list[int] = []
+        runs: list[tuple[str, int]] = []
+        locations: list[Any] = []
+        labels: list[str | None] = []
+        for split, idx in parts.items():
+            idx = [int(i) for i in idx]
+            runs.append((split, len(idx)))
+            indices += idx
+            if self.plain:
+                sub = [entries[i] for i in idx]
+                locations += [e["location"] for e in sub]
+                labels += [e.get("label") for e in sub]
+            else:
+                for i in idx:
+                    smp = self.sample(i)
+                    locations.append(smp.locations[0] if len(smp.locations) == 1 else smp.locations)
+                    labels.append(smp.label_path)
+        prefix = self.root.rstrip(os.sep) + os.sep if self.plain else ""
+        return WorkList(prefix, indices, runs, locations, labels)
 
     def is_label_path(self, element: Any) -> bool:
         """FindLabel's last resort: a label element that is neither a class index nor a class name."""
@@ -185,7 +256,7 @@ def build_dataset(doc: Any, path: str, *, allow_overlap: bool = False, allow_emp
         raise DatasetError(f"{path}: missing 'images': expected a list of image entries")
     if not isinstance(entries, list) or not (entries or allow_empty):
         raise DatasetError(f"{path}: 'images' must be a non-empty list of image entries")
-    _check_entries(entries, features, path)
+    plain = _check_entries(entries, features, classes, path)
     raw_split = doc.get("split")
     has_split_key = raw_split is not None
     if raw_split is None:
@@ -209,6 +280,7 @@ def build_dataset(doc: Any, path: str, *, allow_overlap: bool = False, allow_emp
         splits=splits,
         has_split_key=has_split_key,
         warnings=warnings,
+        plain=plain,
     )
 
 
@@ -221,15 +293,23 @@ def _string_list(doc: dict, key: str, path: str) -> list[str]:
     return [_scalar(x) for x in raw]
 
 
-def _check_entries(entries: list, features: list[str], path: str) -> None:
-    """Type-check every entry once (a tight loop: this is the hot part of validating 1M images)."""
+def _check_entries(entries: list, features: list[str], classes: list[str], path: str) -> bool:
+    """Type-check every entry once (a tight loop: this is the hot part of validating 1M images).
+
+    Returns whether every entry has the plain ISIC form (one relative string location, no label or a
+    relative string mask path), which lets ``work_list`` skip the general rules for each image."""
+    plain = True
+    known = set(classes)
     for i, entry in enumerate(entries):
-        if isinstance(entry, str):
-            if not entry:
-                raise DatasetError(f"{path}: images[{i}]: empty location")
-            continue
-        if isinstance(entry, dict):
+        if type(entry) is dict:
             loc = entry.get("location")
+            label = entry.get("label")
+            if type(loc) is str and loc and (label is None or type(label) is str) and "values" not in entry:
+                if plain and (loc[0] == "/" or "://" in loc or (label is not None and (
+                        not label or label[0] in _NOT_PLAIN or "://" in label or label in known))):
+                    plain = False
+                continue
+            plain = False
             if isinstance(loc, str) and loc or isinstance(loc, list) and loc and all(_is_scalar(x) for x in loc):
                 pass
             elif loc is None:
@@ -239,7 +319,6 @@ def _check_entries(entries: list, features: list[str], path: str) -> None:
             else:
                 raise DatasetError(f"{path}: images[{i}].location: expected a path or a non-empty "
                                    f"list of paths, got {loc!r}")
-            label = entry.get("label")
             if label is not None and not _is_scalar(label) and not (
                 isinstance(label, list) and all(_is_scalar(x) for x in label)
             ):
@@ -249,12 +328,18 @@ def _check_entries(entries: list, features: list[str], path: str) -> None:
             if values is not None:
                 _check_values(values, features, f"{path}: images[{i}].values")
             continue
+        plain = False
+        if isinstance(entry, str):
+            if not entry:
+                raise DatasetError(f"{path}: images[{i}]: empty location")
+            continue
         if isinstance(entry, list) and entry and all(_is_scalar(x) for x in entry):
             continue
         if _is_scalar(entry):
             continue
         raise DatasetError(f"{path}: images[{i}]: expected a path, a list of paths, or a mapping with "
                            f"'location', got {entry!r}")
+    return plain
 
 
 def _check_values(values: Any, features: list[str], where: str) -> None:

@@ -16,14 +16,13 @@ from typing import Any
 
 from .backends import choose_backend, open_backend
 from .config import RunConfig
+from .dataset import WorkList
 from .errors import EXIT_OK, exit_code_for
-from .loader import WorkItem
 from .orchestrate import (
     Topology,
     check_topology,
     finish_run,
     prepare_run,
-    to_work_items,
     topology_lines,
 )
 from .progress import ProgressDisplay, configure, log
@@ -49,7 +48,7 @@ class Channel:
         self.display = ProgressDisplay(total, interval=cfg.progress_interval,
                                        enabled=self.rank == 0 and not cfg.quiet)
         # dynamic schedule state (rank 0 hands out chunks; others ask for them)
-        self.chunks: list[list[WorkItem]] = []
+        self.chunks: list[WorkList] = []
         self.stopped: set[int] = set()
 
     # -- progress ----------------------------------------------------------------------------
@@ -103,9 +102,9 @@ class Channel:
             req.wait()
 
     # -- dynamic schedule ----------------------------------------------------------------------
-    def master_items(self, items: list[WorkItem], chunk: int) -> Any:
+    def master_items(self, work: WorkList, chunk: int) -> Any:
         """Rank 0's own work under the dynamic schedule: it takes chunks from the same queue it serves."""
-        self.chunks = [items[k : k + chunk] for k in range(0, len(items), chunk)]
+        self.chunks = work.chunks(chunk)
         while True:
             self.poll()
             if not self.chunks:
@@ -221,10 +220,10 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         return EXIT_OK
 
     dynamic = cfg.schedule == "dynamic" and size > 1
-    rows = comm.scatter(payloads if not dynamic else [None] * size, root=0)
-    items = to_work_items(rows or [])
-    if dynamic and rank == 0:
-        items = to_work_items([r for p in payloads for r in p])
+    if dynamic:
+        work = payloads[0] if rank == 0 else None
+    else:
+        work = comm.scatter(payloads, root=0)
     del payloads
 
     # 2. Every rank opens the model and its ledger; any failure stops all before inference.
@@ -250,9 +249,9 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     t_run = time.perf_counter()
     if dynamic:
         chunk = cfg.chunk_size or cfg.batch_size
-        source = channel.master_items(items, chunk) if rank == 0 else channel.worker_items()
+        source = channel.master_items(work, chunk) if rank == 0 else channel.worker_items()
     else:
-        source = items
+        source = work
     records = run_items(source, backend.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
                         threads=loader_threads, ledger=ledger, masks_dir=cfg.out if cfg.save_masks else None,
                         on_batch=channel.on_batch, fault=fault, timings=timings)

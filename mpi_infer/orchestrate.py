@@ -18,9 +18,8 @@ from typing import Any
 from . import __version__
 from .atomic import write_text
 from .config import RunConfig
-from .dataset import Dataset, load_dataset, select_splits, selected_items
+from .dataset import WorkList, load_dataset, select_splits, selected_items
 from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError
-from .loader import WorkItem
 from .metrics import EMPTY_GT_POLICY, summarise
 from .modelfile import cached_onnx, file_sha256, model_format
 from .partition import describe, plan
@@ -107,20 +106,7 @@ def prepare_output(cfg: RunConfig) -> None:
         raise ConfigError(f"--out {out}: cannot write there: {exc.strerror or exc}") from exc
 
 
-def work_items(dataset: Dataset, split: str, indices: Any) -> list[tuple]:
-    """Shard descriptors: (index, split, locations, mask path) tuples; paths only, never pixels."""
-    out = []
-    for i in indices:
-        s = dataset.sample(int(i))
-        out.append((s.index, split, s.locations, s.label_path))
-    return out
-
-
-def to_work_items(rows: list[tuple]) -> list[WorkItem]:
-    return [WorkItem(*r) for r in rows]
-
-
-def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[list[tuple]]]:
+def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[WorkList]]:
     """Everything before inference; raises our errors (with exit codes) on bad input."""
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
@@ -148,13 +134,13 @@ def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[list[tuple]]
     previous = [r for r in previous if r["index"] in done]
     selected = selected_items(dataset, splits)
     todo = {s: [i for i in idx if int(i) not in done] for s, idx in selected.items()} if done else selected
-    shards = plan(todo, world, balance=cfg.balance)
+    # The dynamic schedule hands out chunks from one list on rank 0; the static one scatters N shards.
+    shards = plan(todo, 1 if cfg.schedule == "dynamic" else world, balance=cfg.balance)
     run_model = cfg.model
     if model_format(cfg.model) == "bin" and cfg.backend != "ecvl" and not cfg.dry_run:
         run_model = cached_onnx(cfg.model, model_sha, cfg.arch, cfg.profile.height, cfg.profile.width,
                                 os.path.join(cfg.out, ".cache"))
-    payloads = [[row for split, idx in s.parts.items() for row in work_items(dataset, split, idx)]
-                for s in shards]
+    payloads = [dataset.work_list(s.parts) for s in shards]
     prepared = Prepared(
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
         attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),

@@ -191,3 +191,40 @@ def test_yaml_is_loaded_without_object_construction(tmp_path):
     ds = load_dataset(p)  # the tag is ignored: the value is plain data, a path that is never run
     assert not marker.exists()
     assert ds.entries == [f"touch {marker}"]
+
+
+def _items_via_sample(ds, parts):
+    return [(i, split, ds.sample(i).locations, ds.sample(i).label_path) for split, idx in parts.items() for i in idx]
+
+
+def test_work_list_matches_sample_for_plain_and_general_datasets(tmp_path, ecvl_example):
+    plain = load_dataset(write(tmp_path, """\
+        images:
+          - {location: a/x.jpg, label: gt/x.png}
+          - {location: b.jpg}
+          - {location: c.jpg, label: gt/c.png}
+        split: {training: [0], test: [2, 1]}
+        """))
+    assert plain.plain
+    general = load_dataset(ecvl_example)
+    assert not general.plain
+    for ds, parts in ((plain, {"test": [2, 1], "training": [0]}), (general, {"training": [1, 0], "test": [3]})):
+        wl = ds.work_list(parts)
+        got = [(w.index, w.split, w.locations, w.label_path) for w in wl]
+        assert got == _items_via_sample(ds, parts)
+        pieces = wl.chunks(2)
+        assert [len(p) for p in pieces] == [2, 1]
+        assert [(w.index, w.split) for p in pieces for w in p] == [(g[0], g[1]) for g in got]
+
+
+@pytest.mark.parametrize("label", ["/abs/m.png", "3", "7th.png", "cat", "http://x/m.png"])
+def test_work_list_general_rules_when_any_entry_is_not_plain(tmp_path, label):
+    ds = load_dataset(write(tmp_path, f"""\
+        classes: [cat]
+        images:
+          - {{location: a.jpg, label: gt.png}}
+          - {{location: b.jpg, label: "{label}"}}
+        """))
+    assert not ds.plain
+    parts = {"all": [0, 1]}
+    assert [(w.index, w.split, w.locations, w.label_path) for w in ds.work_list(parts)] == _items_via_sample(ds, parts)
