@@ -71,20 +71,20 @@ class WorkList:
             locs = (p + loc,) if isinstance(loc, str) else tuple(p + x for x in loc)
             yield WorkItem(index, split, locs, None if lab is None else p + lab)
 
+    def slice(self, a: int, b: int) -> WorkList:
+        """Images a..b-1 (for the dynamic schedule's chunks)."""
+        runs: list[tuple[str, int]] = []
+        pos = 0
+        for name, count in self.runs:
+            lo, hi = max(a, pos), min(b, pos + count)
+            if hi > lo:
+                runs.append((name, hi - lo))
+            pos += count
+        return WorkList(self.prefix, self.indices[a:b], runs, self.locations[a:b], self.labels[a:b])
+
     def chunks(self, size: int) -> list[WorkList]:
-        """Consecutive pieces of at most ``size`` images (for the dynamic schedule)."""
-        splits = self.splits()
-        out = []
-        for a in range(0, len(self), size):
-            b = min(a + size, len(self))
-            runs: list[tuple[str, int]] = []
-            for name in splits[a:b]:
-                if runs and runs[-1][0] == name:
-                    runs[-1] = (name, runs[-1][1] + 1)
-                else:
-                    runs.append((name, 1))
-            out.append(WorkList(self.prefix, self.indices[a:b], runs, self.locations[a:b], self.labels[a:b]))
-        return out
+        """Consecutive pieces of at most ``size`` images."""
+        return [self.slice(a, min(a + size, len(self))) for a in range(0, len(self), size)]
 
 
 @dataclass

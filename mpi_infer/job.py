@@ -9,6 +9,7 @@ rank and traceback on stderr; finished records are already in that rank's ledger
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import time
 import traceback
@@ -48,7 +49,9 @@ class Channel:
         self.display = ProgressDisplay(total, interval=cfg.progress_interval,
                                        enabled=self.rank == 0 and not cfg.quiet)
         # dynamic schedule state (rank 0 hands out chunks; others ask for them)
-        self.chunks: list[WorkList] = []
+        self.queue: WorkList | None = None
+        self.cursor = 0
+        self.chunk_size = 1
         self.stopped: set[int] = set()
 
     # -- progress ----------------------------------------------------------------------------
@@ -80,7 +83,7 @@ class Channel:
                 if final:
                     self.finished.add(src)
             elif tag == TAG_REQUEST:
-                chunk = self.chunks.pop(0) if self.chunks else None
+                chunk = self._next_chunk()
                 if chunk is None:
                     self.stopped.add(src)
                 self.sends.append(self.comm.isend(chunk, dest=src, tag=TAG_WORK))
@@ -102,14 +105,24 @@ class Channel:
             req.wait()
 
     # -- dynamic schedule ----------------------------------------------------------------------
-    def master_items(self, work: WorkList, chunk: int) -> Any:
+    def _next_chunk(self) -> WorkList | None:
+        """The next fixed-size chunk (small chunks keep the tail short: a slow rank holds at most its
+        current chunk and the one it asked for ahead)."""
+        if self.queue is None or self.cursor >= len(self.queue):
+            return None
+        chunk = self.queue.slice(self.cursor, min(self.cursor + self.chunk_size, len(self.queue)))
+        self.cursor += len(chunk)
+        return chunk
+
+    def master_items(self, work: WorkList, chunk_size: int) -> Any:
         """Rank 0's own work under the dynamic schedule: it takes chunks from the same queue it serves."""
-        self.chunks = work.chunks(chunk)
+        self.queue, self.cursor, self.chunk_size = work, 0, max(1, chunk_size)
         while True:
             self.poll()
-            if not self.chunks:
+            chunk = self._next_chunk()
+            if chunk is None:
                 return
-            for item in self.chunks.pop(0):
+            for item in chunk:
                 yield item
                 self.poll()  # answer waiting workers promptly, between our own items
 
@@ -214,17 +227,20 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
                f"splits {', '.join(prepared.splits)}; {prepared.selected} image(s) selected"
                + (f", {len(prepared.previous)} already done" if prepared.previous else ""))
 
-    if cfg.dry_run:
-        if rank == 0:
-            print_plan(prepared)
-        return EXIT_OK
-
     dynamic = cfg.schedule == "dynamic" and size > 1
+    t_scatter = time.perf_counter()
     if dynamic:
         work = payloads[0] if rank == 0 else None
     else:
         work = comm.scatter(payloads, root=0)
     del payloads
+    received = comm.gather(len(work) if work is not None else 0, root=0)
+    scatter_s = time.perf_counter() - t_scatter
+
+    if cfg.dry_run:  # the plan, as every rank received it; no model is opened, nothing is written
+        if rank == 0:
+            print_plan(prepared, received, scatter_s, dynamic)
+        return EXIT_OK
 
     # 2. Every rank opens the model and its ledger; any failure stops all before inference.
     error = None
@@ -261,6 +277,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
 
     # 4. Gather records (small dicts) to rank 0, which writes the one report.
     stats = {"rank": rank, "host": me.host, "images": timings.images, "threads": threads,
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "wall_s": round(timings.total_s, 4), "predict_s": round(timings.predict_s, 4),
              "wait_s": round(timings.wait_s, 4), "score_s": round(timings.score_s, 4)}
     gathered = comm.gather((records, stats), root=0)
@@ -282,10 +299,16 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     return comm.bcast(code, root=0)
 
 
-def print_plan(prepared: Any) -> None:
-    print(f"plan: {prepared.selected} image(s) in {len(prepared.shard_sizes)} shard(s), "
-          f"splits {', '.join(prepared.splits)}")
-    for row in prepared.shard_sizes:
-        per = ", ".join(f"{k} {v}" for k, v in row["per_split"].items())
-        print(f"  rank {row['rank']:>4}: {row['images']:>8} image(s)  ({per})")
+def print_plan(prepared: Any, received: list[int], scatter_s: float, dynamic: bool) -> None:
+    if dynamic:
+        print(f"plan: {prepared.selected} image(s), dynamic schedule: rank 0 hands out chunks to "
+              f"{len(received)} rank(s); splits {', '.join(prepared.splits)}")
+    else:
+        print(f"plan: {prepared.selected} image(s) in {len(prepared.shard_sizes)} shard(s), "
+              f"splits {', '.join(prepared.splits)}")
+        for row, got in zip(prepared.shard_sizes, received):
+            per = ", ".join(f"{k} {v}" for k, v in row["per_split"].items())
+            check = "" if got == row["images"] else f"  (received {got}!)"
+            print(f"  rank {row['rank']:>4}: {row['images']:>8} image(s)  ({per}){check}")
+    print(f"timing: load+validate+plan {prepared.prepare_s:.3f} s, scatter {scatter_s:.3f} s")
     sys.stdout.flush()

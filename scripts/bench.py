@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Performance, measured side by side in one run. Prints one JSON line per figure and writes
+bench/results.json and bench/scaling.png (throughput against ranks), with the machine recorded.
+
+    python scripts/bench.py                  # everything, sized for a 2-core machine (~5 min)
+    python scripts/bench.py --ranks 1 2 4 8 16 --images 256   # on a bigger machine
+    python scripts/bench.py --only efficiency scaling
+
+Figures and targets (issue 8):
+  efficiency  end-to-end images/s / pure forward images/s (same batch, preloaded tensors) >= 0.9,
+              for the full-width SegNet (random weights, 192x192) and the demo model
+  scaling     N ranks (threads divided) vs the best single process on the same cores: efficiency >= 0.9
+  deephealth  MPI run wall vs N independent single-rank processes on pre-split YAMLs: <= 1.05x
+  dynamic     one rank slowed 2x: dynamic makespan within 1.10x of ideal (static printed beside)
+  planning    1M-image YAML loaded, validated, planned and scattered at N=2: <= 5 s
+  memory      peak RSS per rank flat (within 10%) from 1k to 100k images, apart from the records
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mpi_infer.archs import build_onnx, random_layers, records_from_layers, segnet_widths  # noqa: E402
+from mpi_infer.backends.onnx import OnnxBackend  # noqa: E402
+from mpi_infer.dataset import load_dataset  # noqa: E402
+from mpi_infer.eddl_bin import write_records  # noqa: E402
+from mpi_infer.loader import load_item, to_tensor  # noqa: E402
+from mpi_infer.modelfile import demo_model  # noqa: E402
+from mpi_infer.profiles import get_profile  # noqa: E402
+from mpi_infer.synth import SynthSpec, make_dataset  # noqa: E402
+
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
+           "PRTE_MCA_rmaps_default_binding_policy": "none", "MPIEXEC_TIMEOUT": "1200"}
+RESULTS: list[dict] = []
+
+
+def emit(figure: str, **values) -> dict:
+    row = {"figure": figure, **values}
+    RESULTS.append(row)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+            model = names[0] if names else model
+    except OSError:
+        pass
+    import onnxruntime
+
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "host": platform.node()}
+
+
+def mpirun(n: int, args: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    mpirun_bin = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    if not os.path.exists(mpirun_bin):
+        mpirun_bin = shutil.which("mpirun") or "mpirun"
+    cmd = [mpirun_bin, "-n", str(n), sys.executable, "-m", "mpi_infer", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, **MPI_ENV, **(env or {})}, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return wall, proc
+
+
+def run_summary(out: str) -> dict:
+    with open(os.path.join(out, "summary.json")) as fh:
+        return json.load(fh)
+
+
+def phase_rate(summary: dict) -> float:
+    """Images per second of the inference phase: all images / the slowest rank's wall time."""
+    per = summary["timings"]["per_rank"]
+    return sum(r["images"] for r in per) / max(r["wall_s"] for r in per)
+
+
+def run_job(work: str, name: str, n: int, dataset: str, model: str, extra: list[str] | None = None,
+            env: dict | None = None) -> tuple[float, dict]:
+    out = os.path.join(work, "runs", name)
+    shutil.rmtree(out, ignore_errors=True)
+    wall, _ = mpirun(n, ["run", "--dataset", dataset, "--model", model, "--out", out, "--split", "all",
+                         "--quiet", *(extra or [])], env)
+    return wall, run_summary(out)
+
+
+def pure_forward_rate(model: str, dataset: str, threads: int, batch: int, repeats: int = 2) -> float:
+    """Forward-only images/s on preloaded tensors, same batch size and threads as the run."""
+    profile = get_profile("segnet-192")
+    ds = load_dataset(dataset)
+    items = list(ds.work_list({"all": list(range(len(ds)))}))
+    loaded = [load_item(it, profile).image for it in items]
+    batches = [to_tensor(loaded[k : k + batch], profile) for k in range(0, len(loaded), batch)]
+    backend = OnnxBackend(model, profile, threads=threads)
+    backend.predict(batches[0])
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for x in batches:
+            backend.predict(x)
+        best = max(best, len(loaded) / (time.perf_counter() - t0))
+    return best
+
+
+def efficiency(work: str, models: dict, args) -> None:
+    cores = os.cpu_count() or 1
+    for name, (model, dataset) in models.items():
+        pure = pure_forward_rate(model, dataset, cores, args.batch_size)
+        wall, s = run_job(work, f"eff-{name}", 1, dataset, model, ["--batch-size", str(args.batch_size),
+                                                                   "--threads", str(cores)])
+        e2e = phase_rate(s)
+        emit("efficiency", model=name, batch_size=args.batch_size, threads=cores, pure_forward_ips=round(pure, 2),
+             end_to_end_ips=round(e2e, 2), ratio=round(e2e / pure, 3), target=0.9,
+             command_wall_s=round(wall, 2), images=s["images"]["selected"])
+
+
+def scaling(work: str, models: dict, args) -> list[dict]:
+    cores = os.cpu_count() or 1
+    model, dataset = models[args.scaling_model]
+    rows = []
+    singles = []
+    for threads in sorted({cores, max(1, cores // 2)}):
+        _, s = run_job(work, f"single-t{threads}", 1, dataset, model, ["--threads", str(threads)])
+        singles.append((phase_rate(s), threads))
+    best, best_threads = max(singles)
+    for n in args.ranks:
+        wall, s = run_job(work, f"scale-n{n}", n, dataset, model)
+        rate = phase_rate(s)
+        rows.append(emit("scaling", model=args.scaling_model, ranks=n,
+                         threads_per_rank=s["timings"]["per_rank"][0]["threads"], images_per_s=round(rate, 2),
+                         best_single_process_ips=round(best, 2), best_single_threads=best_threads,
+                         parallel_efficiency=round(rate / best, 3), target=0.9, command_wall_s=round(wall, 2)))
+    return rows
+
+
+def deephealth(work: str, models: dict, args) -> None:
+    """MPI run vs the DeepHealth way: pre-split YAMLs, N independent single-rank processes at once."""
+    cores = os.cpu_count() or 1
+    n = args.dh_ranks
+    model, dataset = models[args.scaling_model]
+    parts = os.path.join(work, "dh-parts")
+    shutil.rmtree(parts, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "mpi_infer", "split", dataset, "-n", str(n), "-o", parts],
+                   check=True, capture_output=True)
+    threads = max(1, cores // n)
+    procs = []
+    t0 = time.perf_counter()
+    for k, part in enumerate(sorted(os.listdir(parts))):
+        out = os.path.join(work, "runs", f"dh-{k}")
+        shutil.rmtree(out, ignore_errors=True)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "mpi_infer", "run", "--dataset", os.path.join(parts, part), "--model", model,
+             "--out", out, "--split", "all", "--threads", str(threads), "--quiet"],
+            env={**os.environ, **MPI_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"independent process failed: {err.decode()[-2000:]}")
+    theirs = time.perf_counter() - t0
+    ours, s = run_job(work, "dh-mpi", n, dataset, model)
+    emit("deephealth", model=args.scaling_model, ranks=n, mpi_wall_s=round(ours, 2),
+         independent_processes_wall_s=round(theirs, 2), ratio=round(ours / theirs, 3), target=1.05,
+         note="the MPI run alone writes the combined report")
+
+
+def dynamic(work: str, models: dict, args) -> None:
+    model, dataset = models["demo"]
+    common = ["--batch-size", "4"]
+    _, base = run_job(work, "dyn-base", 2, dataset, model, common)
+    speeds = [r["images"] / r["wall_s"] for r in base["timings"]["per_rank"]]
+    slow_env = {"MPI_INFER_FAULT": "slow:rank=1:factor=2"}
+    total = base["images"]["selected"]
+    ideal = total / (speeds[0] + speeds[1] / 2)
+    _, st = run_job(work, "dyn-static", 2, dataset, model, common, slow_env)
+    _, dy = run_job(work, "dyn-dynamic", 2, dataset, model,
+                    [*common, "--schedule", "dynamic", "--chunk-size", "4"], slow_env)
+
+    def makespan(s: dict) -> float:
+        return max(r["wall_s"] for r in s["timings"]["per_rank"])
+
+    same = _same_scores(os.path.join(work, "runs", "dyn-static"), os.path.join(work, "runs", "dyn-dynamic"))
+    emit("dynamic", slowed_rank=1, factor=2, ideal_s=round(ideal, 3), dynamic_makespan_s=round(makespan(dy), 3),
+         dynamic_over_ideal=round(makespan(dy) / ideal, 3), static_makespan_s=round(makespan(st), 3),
+         static_over_ideal=round(makespan(st) / ideal, 3), target=1.10, per_image_identical=same,
+         dynamic_images_per_rank=[r["images"] for r in dy["timings"]["per_rank"]])
+
+
+def _same_scores(a: str, b: str) -> bool:
+    def load(d: str) -> list:
+        with open(os.path.join(d, "per_image.csv"), newline="") as fh:
+            return [(r["index"], r["split"], r["status"], r["iou"], r["dice"]) for r in csv.DictReader(fh)]
+
+    return load(a) == load(b)
+
+
+def planning(work: str, args) -> None:
+    from bench_plan import write_yaml
+
+    path = os.path.join(work, "plan-1m.yml")
+    if not os.path.exists(path):
+        write_yaml(path, 1_000_000)
+    wall, proc = mpirun(2, ["run", "--dataset", path, "--model", "none", "--out", os.path.join(work, "x"),
+                            "--split", "all", "--dry-run", "--quiet"])
+    m = re.search(r"load\+validate\+plan ([\d.]+) s, scatter ([\d.]+) s", proc.stdout)
+    prep, scat = float(m.group(1)), float(m.group(2))
+    emit("planning", images=1_000_000, ranks=2, yaml_mb=round(os.path.getsize(path) / 1e6, 1),
+         load_validate_plan_s=prep, scatter_s=scat, total_s=round(prep + scat, 3), target_s=5.0,
+         command_wall_s=round(wall, 2))
+
+
+def memory(work: str, args) -> None:
+    """Peak RSS per rank for 1k vs 100k images, with a tiny model so the run is bookkeeping-bound."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    tiny = os.path.join(work, "tiny.onnx")
+    w = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.3, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["output"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, 32, 32])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tiny)
+    src = make_dataset(os.path.join(work, "tiny-src"), SynthSpec(n=50, seed=5, min_size=(32, 32),
+                                                                max_size=(40, 40)))
+    base = load_dataset(src)
+    results = {}
+    for n in (1_000, 100_000):
+        lines = ["images:"]
+        for i in range(n):
+            s = base.sample(i % len(base))
+            lines.append(f"  - {{location: {s.locations[0]}, label: {s.label_path}}}")
+        lines.append("split:\n  test: [" + ", ".join(map(str, range(n))) + "]")
+        path = os.path.join(work, f"mem-{n}.yml")
+        with open(path, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        _, s = run_job(work, f"mem-{n}", 2, path, tiny, ["--size", "32", "32", "--batch-size", "64"])
+        results[n] = {r["rank"]: r["peak_rss_mb"] for r in s["timings"]["per_rank"]}
+    # what the per-image records themselves take (they are kept until the gather)
+    import tracemalloc
+
+    tracemalloc.start()
+    recs = [{"index": i, "split": "test", "location": "/x/" * 20, "label": "/y/" * 20, "rank": 1, "iou": 0.5,
+             "dice": 0.5, "tp": 1, "fp": 2, "fn": 3, "status": "ok", "error": ""} for i in range(10_000)]
+    per_record_kb = tracemalloc.get_traced_memory()[0] / len(recs) / 1024
+    tracemalloc.stop()
+    del recs
+    for rank in (0, 1):
+        small, big = results[1_000][rank], results[100_000][rank]
+        records_mb = per_record_kb * (100_000 - 1_000) / 2 / 1024 * (2 if rank == 0 else 1)
+        emit("memory", rank=rank, peak_rss_1k_mb=small, peak_rss_100k_mb=big,
+             records_estimate_mb=round(records_mb, 1), rss_less_records_ratio=round((big - records_mb) / small, 3),
+             target="within 10% (ratio <= 1.10)",
+             note="rank 0 also holds the dataset, every descriptor and, after the gather, every record")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
+    ap.add_argument("--images", type=int, default=240, help="images for the demo-model runs")
+    ap.add_argument("--full-images", type=int, default=32, help="images for the full-width SegNet runs")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--ranks", type=int, nargs="+", default=None)
+    ap.add_argument("--dh-ranks", type=int, default=2)
+    ap.add_argument("--scaling-model", choices=("full", "demo"), default="full")
+    ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
+                                                    "memory"])
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    args.ranks = args.ranks or [n for n in (1, 2, 4, 8, 16) if n <= cores]
+    work = args.out
+    os.makedirs(work, exist_ok=True)
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    info = machine()
+    emit("machine", **info)
+
+    demo_data = os.path.join(work, "data-demo", "dataset.yml")
+    full_data = os.path.join(work, "data-full", "dataset.yml")
+    if not os.path.exists(demo_data):
+        make_dataset(os.path.dirname(demo_data), SynthSpec(n=args.images, seed=99))
+    if not os.path.exists(full_data):
+        make_dataset(os.path.dirname(full_data), SynthSpec(n=args.full_images, seed=98))
+    full_bin = os.path.join(work, "segnet_full.bin")
+    full_onnx = os.path.join(work, "segnet_full.onnx")
+    if not os.path.exists(full_onnx):
+        layers = random_layers(segnet_widths(1), seed=0)
+        write_records(full_bin, records_from_layers(layers))
+        with open(full_onnx, "wb") as fh:
+            fh.write(build_onnx(layers, 192, 192).SerializeToString())
+    models = {"full": (full_onnx, full_data), "demo": (demo_model("onnx"), demo_data)}
+
+    scaling_rows: list[dict] = []
+    if "efficiency" in args.only:
+        efficiency(work, models, args)
+    if "scaling" in args.only:
+        scaling_rows = scaling(work, models, args)
+    if "deephealth" in args.only:
+        deephealth(work, models, args)
+    if "dynamic" in args.only:
+        dynamic(work, models, args)
+    if "planning" in args.only:
+        planning(work, args)
+    if "memory" in args.only:
+        memory(work, args)
+
+    with open(os.path.join(work, "results.json"), "w") as fh:
+        json.dump({"machine": info, "figures": RESULTS}, fh, indent=2)
+    if scaling_rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ranks = [r["ranks"] for r in scaling_rows]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(ranks, [r["images_per_s"] for r in scaling_rows], "o-", label="mpi_infer")
+        ax.axhline(scaling_rows[0]["best_single_process_ips"], color="grey", linestyle="--",
+                   label="best single process")
+        ax.set_xlabel("ranks")
+        ax.set_ylabel("images/s")
+        ax.set_title(f"{args.scaling_model} SegNet 192x192 on {info['cores']} cores\n{info['cpu']}", fontsize=9)
+        ax.legend()
+        fig.savefig(os.path.join(work, "scaling.png"), dpi=100, bbox_inches="tight")
+    print(f"wrote {os.path.join(work, 'results.json')}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
