@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--balance", action="store_true", help="shard sizes differ by at most one per split")
     run.add_argument("--schedule", choices=("static", "dynamic"), default="static",
                      help="dynamic: rank 0 hands out chunks pull-style (absorbs slow ranks)")
-    run.add_argument("--chunk-size", type=int, default=0, help="dynamic schedule: images per chunk (default: the batch size)")
+    run.add_argument("--chunk-size", type=int, default=0,
+                     help="dynamic schedule: images per chunk (default: the batch size)")
     run.add_argument("--allow-overlap", action="store_true", help="accept images listed in two splits")
     run.add_argument("--resume", action="store_true", help="skip images finished by an earlier attempt")
     run.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
