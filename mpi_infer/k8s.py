@@ -1,13 +1,203 @@
-"""Kubernetes manifests (PV, PVC, MPIJob kubeflow.org/v2beta1) for a run. Filled in by the k8s issue."""
+"""Kubernetes manifests for a run: an NFS PersistentVolume, a ReadWriteMany claim, and a Kubeflow MPIJob.
+
+Every pitfall in reference/mpijob-and-peers.md sections 0 and 1.5 is designed out here:
+- Open MPI 5 ignores the operator's ``OMPI_MCA_orte_default_hostfile``: the launcher passes
+  ``--hostfile /etc/mpi/hostfile`` itself, and the program is told ``--expect-hosts W`` so a run whose
+  ranks all landed on the launcher fails at once instead of "succeeding" on one pod;
+- the launcher can start before the workers' sshd: ``launcherCreationPolicy: WaitForWorkersReady`` plus
+  a TCP readiness probe on 2222;
+- non-root everywhere (uid 1000, sshd on 2222 with its own config, ``sshAuthMountPath`` to match),
+  no privilege escalation, all capabilities dropped;
+- retries: the launcher Job's ``backoffLimit`` re-runs mpirun from scratch, so the command always has
+  ``--resume`` (finished images are skipped), and ``restartPolicy: ExitCode`` stops retrying on the
+  program's permanent errors (1-127) while retrying 128-255;
+- logs survive: ``cleanPodPolicy: Running`` and a ``ttlSecondsAfterFinished`` of a day by default;
+- GPUs only on workers (the operator blanks them on the launcher), slots = GPUs per worker;
+- the Istio sidecar, which breaks ssh, is switched off.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+API_VERSION = "kubeflow.org/v2beta1"
+UID = 1000
+USER_HOME = "/home/mpiuser"
+SSH_PORT = 2222
+DATA_MOUNT = "/data"
+HOSTFILE = "/etc/mpi/hostfile"
 
 
 def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="MPIJob name (also names the PV)")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--workers", type=int, required=True, help="worker pods")
+    p.add_argument("--slots", type=int, default=0, help="ranks per worker (default: GPUs per worker, else 1)")
+    p.add_argument("--image", required=True, help="container image (pin a tag or digest)")
+    p.add_argument("--pvc", required=True, help="ReadWriteMany claim holding dataset, model and output")
+    p.add_argument("--dataset", required=True, help="dataset YAML path inside the pods (under /data)")
+    p.add_argument("--model", required=True, help="model path inside the pods")
+    p.add_argument("--out", required=True, help="output folder inside the pods")
+    p.add_argument("--gpus-per-worker", type=int, default=0)
+    p.add_argument("--nfs-server", help="render an NFS PersistentVolume for this server (with --nfs-path)")
+    p.add_argument("--nfs-path", help="exported path on the NFS server")
+    p.add_argument("--storage", default="100Gi", help="PV/PVC size")
+    p.add_argument("--cpu", default="2", help="CPU request and limit per worker (a number of cores)")
+    p.add_argument("--memory", default="4Gi", help="memory request and limit per worker")
+    p.add_argument("--deadline", type=int, default=24 * 3600, help="activeDeadlineSeconds")
+    p.add_argument("--backoff-limit", type=int, default=3, help="launcher retries (each resumes)")
+    p.add_argument("--ttl", type=int, default=24 * 3600, help="ttlSecondsAfterFinished (time to read logs)")
+    p.add_argument("--run-args", default="", help="extra arguments for `mpi_infer run` (one string)")
+    p.add_argument("-o", "--output", default=None, help="write the YAML here instead of stdout")
+
+
+def _security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+            "runAsUser": UID, "runAsGroup": UID}
+
+
+def _pod_meta(name: str, role: str) -> dict[str, Any]:
+    return {"labels": {"app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name,
+                       "mpi-infer/role": role},
+            "annotations": {"sidecar.istio.io/inject": "false"}}
+
+
+def _volumes(pvc: str) -> list[dict[str, Any]]:
+    return [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}]
+
+
+def launcher_command(ranks: int, workers: int, dataset: str, model: str, out: str, gpu: bool,
+                     extra: list[str]) -> list[str]:
+    """The launcher's full command line: explicit hostfile, --expect-hosts, --resume for retries."""
+    cmd = ["mpirun", "--hostfile", HOSTFILE, "-n", str(ranks), "--map-by", "slot", "--bind-to", "none",
+           "-x", "PATH", "-x", "PYTHONUNBUFFERED=1",
+           "python", "-m", "mpi4py", "-m", "mpi_infer", "run", "--dataset", dataset, "--model", model,
+           "--out", out, "--expect-hosts", str(workers), "--resume"]
+    if gpu:
+        cmd.append("--gpu")
+    return cmd + extra
+
+
+def render(
+    *, name: str, namespace: str, workers: int, slots: int, image: str, pvc: str, dataset: str, model: str,
+    out: str, gpus_per_worker: int = 0, nfs_server: str | None = None, nfs_path: str | None = None,
+    storage: str = "100Gi", cpu: str = "2", memory: str = "4Gi", deadline: int = 86400, backoff_limit: int = 3,
+    ttl: int = 86400, run_args: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The documents: [PV, PVC] (when an NFS server is given) + the MPIJob."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    slots = slots or max(1, gpus_per_worker)
+    if gpus_per_worker and slots != gpus_per_worker:
+        raise ConfigError(f"--slots {slots} != --gpus-per-worker {gpus_per_worker}: one rank per GPU")
+    if bool(nfs_server) != bool(nfs_path):
+        raise ConfigError("give both --nfs-server and --nfs-path, or neither")
+    docs: list[dict[str, Any]] = []
+    if nfs_server:
+        docs += [
+            {"apiVersion": "v1", "kind": "PersistentVolume",
+             "metadata": {"name": f"{name}-data", "labels": {"app.kubernetes.io/instance": name}},
+             "spec": {"capacity": {"storage": storage}, "accessModes": ["ReadWriteMany"],
+                      "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                      "mountOptions": ["nfsvers=4.1", "hard"],
+                      "nfs": {"server": nfs_server, "path": nfs_path}}},
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": pvc, "namespace": namespace},
+             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-data",
+                      "resources": {"requests": {"storage": storage}}}},
+        ]
+    ranks = workers * slots
+    command = launcher_command(ranks, workers, dataset, model, out, bool(gpus_per_worker), run_args or [])
+    worker_resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory},
+                                        "limits": {"cpu": cpu, "memory": memory}}
+    if gpus_per_worker:
+        worker_resources["limits"]["nvidia.com/gpu"] = gpus_per_worker
+    mount = [{"name": "data", "mountPath": DATA_MOUNT}]
+    pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
+    launcher = {
+        "replicas": 1,
+        "restartPolicy": "ExitCode",
+        "template": {
+            "metadata": _pod_meta(name, "launcher"),
+            "spec": {
+                "securityContext": pod_security,
+                "containers": [{
+                    "name": "launcher", "image": image, "imagePullPolicy": "IfNotPresent",
+                    "command": command[:1],
+                    "args": command[1:],
+                    "securityContext": _security(),
+                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                  "limits": {"cpu": "1", "memory": "2Gi"}},
+                    "volumeMounts": mount,
+                }],
+                "volumes": _volumes(pvc),
+            },
+        },
+    }
+    worker = {
+        "replicas": workers,
+        "restartPolicy": "ExitCode",
+        "template": {
+            "metadata": _pod_meta(name, "worker"),
+            "spec": {
+                "securityContext": pod_security,
+                "containers": [{
+                    "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",
+                    "command": ["/usr/sbin/sshd"], "args": ["-De", "-f", f"{USER_HOME}/.sshd_config"],
+                    "ports": [{"name": "ssh", "containerPort": SSH_PORT}],
+                    "readinessProbe": {"tcpSocket": {"port": SSH_PORT}, "initialDelaySeconds": 2,
+                                       "periodSeconds": 2},
+                    "securityContext": _security(),
+                    "resources": worker_resources,
+                    "volumeMounts": mount,
+                }],
+                "volumes": _volumes(pvc),
+            },
+        },
+    }
+    docs.append({
+        "apiVersion": API_VERSION, "kind": "MPIJob",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "mpi-infer",
+                                                                       "app.kubernetes.io/instance": name}},
+        "spec": {
+            "slotsPerWorker": slots,
+            "runPolicy": {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": ttl,
+                          "activeDeadlineSeconds": deadline, "backoffLimit": backoff_limit},
+            "sshAuthMountPath": f"{USER_HOME}/.ssh",
+            "launcherCreationPolicy": "WaitForWorkersReady",
+            "mpiImplementation": "OpenMPI",
+            "mpiReplicaSpecs": {"Launcher": launcher, "Worker": worker},
+        },
+    })
+    return docs
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """No anchors/aliases: every manifest reads on its own."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(docs: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(docs, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False, width=120)
 
 
 def manifest_from_args(args: argparse.Namespace) -> str:
-    raise NotImplementedError
+    import shlex
+
+    docs = render(
+        name=args.name, namespace=args.namespace, workers=args.workers, slots=args.slots, image=args.image,
+        pvc=args.pvc, dataset=args.dataset, model=args.model, out=args.out, gpus_per_worker=args.gpus_per_worker,
+        nfs_server=args.nfs_server, nfs_path=args.nfs_path, storage=args.storage, cpu=args.cpu,
+        memory=args.memory, deadline=args.deadline, backoff_limit=args.backoff_limit, ttl=args.ttl,
+        run_args=shlex.split(args.run_args),
+    )
+    return dump(docs)

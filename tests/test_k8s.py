@@ -1,0 +1,137 @@
+"""Kubernetes manifests: they parse, the pods validate against a pinned Kubernetes schema (a real
+validator), the MPIJob uses only kubeflow.org/v2beta1 fields with the values the pitfalls call for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from mpi_infer.cli import main
+from mpi_infer.errors import ConfigError
+from mpi_infer.k8s import HOSTFILE, dump, render
+
+K8S_VERSION = "1.31.0"  # pinned: the validator ships schemas per Kubernetes release
+MANIFESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "manifests")
+
+# The MPIJob v2beta1 spec (reference/mpijob-and-peers.md 1.1): the only fields we may use.
+SPEC_FIELDS = {"slotsPerWorker", "runLauncherAsWorker", "sshAuthMountPath", "launcherCreationPolicy",
+               "mpiImplementation", "runPolicy", "mpiReplicaSpecs"}
+RUN_POLICY_FIELDS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit",
+                     "suspend", "schedulingPolicy", "managedBy"}
+REPLICA_FIELDS = {"replicas", "restartPolicy", "template"}
+
+
+def docs_for(**overrides):
+    kw = dict(name="job", namespace="ns", workers=3, slots=2, image="img:1", pvc="claim", dataset="/data/d.yml",
+              model="/data/m.onnx", out="/data/out", nfs_server="nfs", nfs_path="/export")
+    kw.update(overrides)
+    return render(**kw)
+
+
+def mpijob(docs):
+    return next(d for d in docs if d["kind"] == "MPIJob")
+
+
+def as_pod(template, namespace="ns"):
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": "p",
+                                                            "namespace": namespace}, "spec": template["spec"]}
+
+
+def all_rendered():
+    yield "cpu", docs_for()
+    yield "gpu", docs_for(slots=0, gpus_per_worker=4, nfs_server=None, nfs_path=None)
+    for name in sorted(os.listdir(MANIFESTS)):
+        if name.endswith(".yaml"):
+            with open(os.path.join(MANIFESTS, name)) as fh:
+                yield name, list(yaml.safe_load_all(fh))
+
+
+@pytest.mark.parametrize(("label", "docs"), list(all_rendered()))
+def test_manifests_parse_and_validate(label, docs):
+    docs = yaml.safe_load_all(dump(docs)) if label in ("cpu", "gpu") else docs
+    for doc in docs:
+        if doc["kind"] == "MPIJob":
+            job = doc
+            assert job["apiVersion"] == "kubeflow.org/v2beta1"
+            for role, replica in job["spec"]["mpiReplicaSpecs"].items():
+                kubernetes_validate.validate(as_pod(replica["template"]), K8S_VERSION, strict=True)
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(("label", "docs"), list(all_rendered()))
+def test_mpijob_fields_follow_v2beta1_and_the_pitfalls(label, docs):
+    job = mpijob(docs)
+    spec = job["spec"]
+    assert set(spec) <= SPEC_FIELDS
+    assert set(spec["runPolicy"]) <= RUN_POLICY_FIELDS
+    assert set(spec["mpiReplicaSpecs"]) == {"Launcher", "Worker"}
+    for replica in spec["mpiReplicaSpecs"].values():
+        assert set(replica) <= REPLICA_FIELDS
+        assert replica["restartPolicy"] == "ExitCode"
+        pod = replica["template"]["spec"]
+        assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"]
+        c = pod["containers"][0]
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert "requests" in c["resources"] and "limits" in c["resources"]
+        assert replica["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
+    assert spec["sshAuthMountPath"] == "/home/mpiuser/.ssh"
+    assert spec["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert spec["runPolicy"]["ttlSecondsAfterFinished"] >= 3600
+    assert spec["runPolicy"]["activeDeadlineSeconds"] > 0 and spec["runPolicy"]["backoffLimit"] >= 1
+    launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    worker = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    cmd = launcher["command"] + launcher["args"]
+    assert cmd[:3] == ["mpirun", "--hostfile", HOSTFILE]  # Open MPI 5 ignores the operator's variable
+    assert "--resume" in cmd  # a launcher retry continues, never redoes or double-counts
+    assert cmd[cmd.index("--expect-hosts") + 1] == str(spec["mpiReplicaSpecs"]["Worker"]["replicas"])
+    assert cmd[cmd.index("-n") + 1] == str(spec["mpiReplicaSpecs"]["Worker"]["replicas"] * spec["slotsPerWorker"])
+    assert worker["command"] == ["/usr/sbin/sshd"] and "/home/mpiuser/.sshd_config" in worker["args"]
+    assert worker["readinessProbe"]["tcpSocket"]["port"] == 2222
+    assert "nvidia.com/gpu" not in str(launcher["resources"])
+
+
+@pytest.mark.parametrize(("workers", "slots", "gpus"), [(1, 1, 0), (2, 4, 0), (8, 2, 2), (3, 0, 4)])
+def test_mpirun_ranks_equal_workers_times_slots(workers, slots, gpus):
+    job = mpijob(docs_for(workers=workers, slots=slots, gpus_per_worker=gpus))
+    args = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    expected_slots = slots or max(1, gpus)
+    assert job["spec"]["slotsPerWorker"] == expected_slots
+    assert args[args.index("-n") + 1] == str(workers * expected_slots)
+    worker = job["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"].get("nvidia.com/gpu", 0) == gpus
+    assert ("--gpu" in args) == bool(gpus)
+
+
+def test_bad_manifest_options():
+    with pytest.raises(ConfigError, match="one rank per GPU"):
+        docs_for(slots=2, gpus_per_worker=4)
+    with pytest.raises(ConfigError, match="both --nfs-server and --nfs-path"):
+        docs_for(nfs_path=None)
+    with pytest.raises(ConfigError, match="--workers must be >= 1"):
+        docs_for(workers=0)
+
+
+def test_manifest_cli_prints_yaml(capsys):
+    assert main(["manifest", "--name", "j", "--workers", "2", "--slots", "3", "--image", "i:1", "--pvc", "c",
+                 "--dataset", "/data/d.yml", "--model", "/data/m.bin", "--out", "/data/o",
+                 "--run-args", "--split all --balance"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["kind"] for d in docs] == ["MPIJob"]
+    args = docs[0]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-3:] == ["--split", "all", "--balance"] and args[args.index("-n") + 1] == "6"
+
+
+def test_committed_manifests_match_the_renderer(tmp_path):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    before = {n: open(os.path.join(MANIFESTS, n)).read() for n in os.listdir(MANIFESTS) if n.endswith(".yaml")}
+    subprocess.run(["bash", os.path.join(MANIFESTS, "render.sh")], check=True, env=env)
+    after = {n: open(os.path.join(MANIFESTS, n)).read() for n in before}
+    assert after == before, "manifests/ is stale: run manifests/render.sh"
