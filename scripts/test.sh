@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/system_deps.sh
 source scripts/mpi_env.sh
 ruff check mpi_infer scripts tests
 python -m pytest "$@"

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Multi-host rehearsal of the MPIJob on one machine: worker "hosts" are network namespaces.
+
+Each worker is a network namespace (its own address on a private bridge, nothing routed out) and a UTS
+namespace (its own hostname), running sshd with the image's configuration (docker/sshd_config) on
+port 2222 as the non-root user uid 1000. The launcher command is taken from the manifest that
+`mpi_infer manifest` renders, run as uid 1000 against a hostfile in the operator's format. Only the
+addresses of these namespaces and loopback are ever used.
+
+    sudo python scripts/rehearsal.py --workers 3 --slots 1      # prints a JSON line; exit 0 on success
+
+Needs root (to make the namespaces), iproute2, util-linux (unshare, setpriv), openssh-server and a
+system python3 that uid 1000 can run. Exit 77 with the reason when something is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP = 77
+BRIDGE = "mi-br0"
+SUBNET = "10.211.0"
+UID = 1000
+VENV = "/opt/mpi_infer-rehearsal/venv"
+
+
+class Skip(Exception):
+    pass
+
+
+def sh(cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True, **kw)
+
+
+def preflight() -> str:
+    """The name of the uid-1000 user (created as mpiuser if missing); Skip with the reason otherwise."""
+    if os.geteuid() != 0:
+        raise Skip("needs root to create network namespaces")
+    for tool in ("ip", "unshare", "setpriv", "ssh", "ssh-keygen"):
+        if not shutil.which(tool):
+            raise Skip(f"'{tool}' is not installed")
+    if not os.path.exists("/usr/sbin/sshd"):
+        raise Skip("openssh-server is not installed (apt-get install openssh-server)")
+    if not os.path.exists("/usr/bin/python3"):
+        raise Skip("no system /usr/bin/python3 that uid 1000 could run")
+    probe = sh("ip netns add mi-probe && ip netns del mi-probe", check=False)
+    if probe.returncode != 0:
+        raise Skip(f"cannot create network namespaces: {probe.stderr.strip()}")
+    if sh("unshare --uts true", check=False).returncode != 0:
+        raise Skip("cannot create UTS namespaces")
+    try:
+        return pwd.getpwuid(UID).pw_name
+    except KeyError:
+        sh(f"useradd --create-home --uid {UID} --shell /bin/bash mpiuser")
+        return "mpiuser"
+
+
+def build_venv() -> str:
+    """A venv on the system python that uid 1000 can run, with this checkout installed (not editable)."""
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        os.makedirs(os.path.dirname(VENV), exist_ok=True)
+        sh(f"/usr/bin/python3 -m venv {VENV}")
+        sh(f"{py} -m pip install --quiet --upgrade pip")
+    build = tempfile.mkdtemp(prefix="mi-src-")
+    try:
+        for name in ("pyproject.toml", "README.md", "mpi_infer"):
+            src = os.path.join(ROOT, name)
+            (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(build, name))
+        sh(f"{py} -m pip install --quiet '{build}[mpi]'")
+        sh(f"{py} -m pip install --quiet --no-deps --force-reinstall '{build}'")
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    sh(f"chmod -R a+rX {os.path.dirname(VENV)}")
+    return py
+
+
+def sshd_config(work: str, k: int) -> str:
+    """The image's sshd_config with this rehearsal's paths."""
+    with open(os.path.join(ROOT, "docker", "sshd_config")) as fh:
+        text = fh.read()
+    text = text.replace("/home/mpiuser/.ssh/id_rsa", f"{work}/ssh/id_rsa")
+    text = text.replace("/home/mpiuser/.ssh/authorized_keys", f"{work}/ssh/authorized_keys")
+    text = text.replace("/home/mpiuser/sshd.pid", f"{work}/sshd-{k}.pid")
+    text = text.replace("SetEnv PATH=/opt/venv/bin", f"SetEnv PATH={VENV}/bin")
+    text += f"ListenAddress {SUBNET}.{10 + k}\n"
+    path = os.path.join(work, f"sshd_config-{k}")
+    with open(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def up_network(workers: int) -> None:
+    down_network(workers)
+    sh(f"ip link add {BRIDGE} type bridge && ip addr add {SUBNET}.1/24 dev {BRIDGE} && ip link set {BRIDGE} up")
+    for k in range(workers):
+        ns = f"mi-w{k}"
+        sh(f"ip netns add {ns}")
+        sh(f"ip link add mi-h{k} type veth peer name mi-n{k}")
+        sh(f"ip link set mi-n{k} netns {ns}")
+        sh(f"ip link set mi-h{k} master {BRIDGE} && ip link set mi-h{k} up")
+        sh(f"ip netns exec {ns} ip addr add {SUBNET}.{10 + k}/24 dev mi-n{k}")
+        sh(f"ip netns exec {ns} ip link set mi-n{k} up && ip netns exec {ns} ip link set lo up")
+
+
+def down_network(workers: int) -> None:
+    for k in range(max(workers, 8)):
+        sh(f"ip netns del mi-w{k}", check=False)
+        sh(f"ip link del mi-h{k}", check=False)
+    sh(f"ip link del {BRIDGE}", check=False)
+
+
+def wait_port(host: str, port: int, timeout: float = 20) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"sshd on {host}:{port} did not come up")
+
+
+def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False) -> dict:
+    user = preflight()
+    py = build_venv()
+    work = tempfile.mkdtemp(prefix="mi-rehearsal-", dir="/tmp")
+    os.chmod(work, 0o755)
+    sshds: list[subprocess.Popen] = []
+    try:
+        sh(f"{py} -m mpi_infer synth {work}/data --n {images} --seed 11")
+        os.makedirs(f"{work}/ssh")
+        sh(f"ssh-keygen -q -t rsa -b 2048 -N '' -f {work}/ssh/id_rsa")
+        shutil.copy(f"{work}/ssh/id_rsa.pub", f"{work}/ssh/authorized_keys")
+        names = [f"rehearsal-worker-{k}" for k in range(workers)]
+        with open(f"{work}/ssh/config", "w") as fh:
+            for k, name in enumerate(names):
+                fh.write(f"Host {name}.rehearsal.default.svc\n  HostName {SUBNET}.{10 + k}\n  User {user}\n"
+                         f"  IdentityFile {work}/ssh/id_rsa\n  Port 2222\n  StrictHostKeyChecking no\n"
+                         f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectionAttempts 10\n")
+        with open(f"{work}/hostfile", "w") as fh:  # the operator's format for Open MPI
+            fh.writelines(f"{name}.rehearsal.default.svc slots={slots}\n" for name in names)
+        sh(f"chown -R {UID}:{UID} {work}")
+
+        up_network(workers)
+        for k, name in enumerate(names):
+            cfg = sshd_config(work, k)
+            os.chown(cfg, UID, UID)
+            inner = (f"hostname {name} && exec setpriv --reuid={UID} --regid={UID} --clear-groups "
+                     f"/usr/sbin/sshd -D -e -f {cfg}")
+            with open(f"{work}/sshd-{k}.log", "w") as log:
+                sshds.append(subprocess.Popen(
+                    ["ip", "netns", "exec", f"mi-w{k}", "unshare", "--uts", "sh", "-c", inner],
+                    stdout=log, stderr=subprocess.STDOUT))
+        for k in range(workers):
+            wait_port(f"{SUBNET}.{10 + k}", 2222)
+
+        sys.path.insert(0, ROOT)
+        from mpi_infer.k8s import HOSTFILE, render
+
+        docs = render(name="rehearsal", namespace="default", workers=workers, slots=slots, image="local",
+                      pvc="local", dataset=f"{work}/data/dataset.yml", model="demo", out=f"{work}/out",
+                      run_args=["--split", "all", "--batch-size", "4"])
+        job = next(d for d in docs if d["kind"] == "MPIJob")
+        c = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+        command = [f"{work}/hostfile" if a == HOSTFILE else a for a in c["command"] + c["args"]]
+        if drop_hostfile:  # what Open MPI 5 does with the operator's variable: every rank on the launcher
+            at = command.index("--hostfile")
+            del command[at : at + 2]
+        env = {"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8",
+               "PRTE_MCA_plm_ssh_args": f"-F {work}/ssh/config",
+               "PRTE_MCA_oob_tcp_if_include": f"{SUBNET}.0/24", "OMPI_MCA_btl_tcp_if_include": f"{SUBNET}.0/24",
+               "MPIEXEC_TIMEOUT": "180"}
+        t0 = time.monotonic()
+        proc = subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", *command],
+                              env=env, capture_output=True, text=True, cwd=work, timeout=240)
+        wall = time.monotonic() - t0
+        result = {"figure": "rehearsal", "workers": workers, "slots": slots, "returncode": proc.returncode,
+                  "wall_s": round(wall, 2), "command": shlex.join(command), "work": work}
+        if proc.returncode != 0:
+            logs = ""
+            for k in range(workers):
+                with open(f"{work}/sshd-{k}.log") as fh:
+                    logs += fh.read()
+            result["stderr"] = proc.stderr[-4000:] + "\nsshd logs:\n" + logs[-2000:]
+            return result
+        with open(f"{work}/out/summary.json") as fh:
+            summary = json.load(fh)
+        result.update(hosts=summary["hosts"], world_size=summary["world_size"],
+                      images=summary["images"], per_image_csv=f"{work}/out/per_image.csv",
+                      dataset=f"{work}/data/dataset.yml")
+        return result
+    finally:
+        for p in sshds:
+            p.terminate()
+        for p in sshds:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        down_network(workers)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--slots", type=int, default=1)
+    ap.add_argument("--images", type=int, default=12)
+    ap.add_argument("--drop-hostfile", action="store_true",
+                    help="leave out --hostfile (the Open MPI 5 trap): the run must fail with exit 13")
+    args = ap.parse_args()
+    try:
+        result = rehearse(args.workers, args.slots, args.images, args.drop_hostfile)
+    except Skip as why:
+        print(json.dumps({"figure": "rehearsal", "skipped": str(why)}))
+        return SKIP
+    print(json.dumps(result))
+    return 0 if result["returncode"] == (13 if args.drop_hostfile else 0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

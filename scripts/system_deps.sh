@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages some tests need, installed when running as root on Debian/Ubuntu (CI, fresh machines):
+# openssh-server for the multi-host rehearsal, chromium for the report's browser test.
+# Elsewhere those tests skip and say why.
+set -uo pipefail
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  exit 0
+fi
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing system packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || echo "warning: could not install ${need[*]}; the tests that need them will skip"
+fi
