@@ -15,10 +15,10 @@ import time
 import traceback
 from typing import Any
 
-from .backends import choose_backend, open_backend
+from .backends import choose_backend, open_backend, visible_gpus
 from .config import RunConfig
 from .dataset import WorkList
-from .errors import EXIT_OK, exit_code_for
+from .errors import EXIT_OK, ConfigError, exit_code_for
 from .orchestrate import (
     Topology,
     check_topology,
@@ -140,12 +140,7 @@ class Channel:
 
 def _gpu_for(local_rank: int) -> int | None:
     """Local rank modulo the GPUs this host shows (None without GPUs)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        count = len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
-    else:
-        count = sum(1 for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit()) \
-            if os.path.isdir("/dev") else 0
+    count = visible_gpus()
     return local_rank % count if count else None
 
 
@@ -210,6 +205,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         try:
             check_topology(topology, cfg.expect_hosts)
             backend_name, why = choose_backend(cfg.backend)
+            if backend_name == "ecvl" and cfg.schedule == "dynamic":
+                raise ConfigError("--schedule dynamic needs --backend onnx (DLDataset loads a whole shard)")
             prepared, payloads = prepare_run(cfg, size)
             header = {"prepared": prepared, "backend": backend_name, "why": why}
         except Exception as exc:  # noqa: BLE001 - reported below, once
@@ -270,7 +267,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         source = work
     records = run_items(source, backend.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
                         threads=loader_threads, ledger=ledger, masks_dir=cfg.out if cfg.save_masks else None,
-                        on_batch=channel.on_batch, fault=fault, timings=timings)
+                        on_batch=channel.on_batch, fault=fault, timings=timings,
+                        batch_source=getattr(backend, "batches", None))
     ledger.close()
     timings.total_s = time.perf_counter() - t_run
     channel.finish(dynamic)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .loader import Loaded, WorkItem, iter_batches
+from .loader import Batch, Loaded, WorkItem, iter_batches
 from .metrics import confusion, iou_dice
 from .profiles import Profile
 from .results import Ledger, save_mask
@@ -91,14 +91,22 @@ def run_items(
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     fault: Fault | None = None,
     timings: RankTimings | None = None,
+    batch_source: Callable[[Iterable[WorkItem], int, int], Iterable[Batch]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every item's record, in ``items`` order; the short last batch is run like any other."""
+    """Every item's record; the short last batch is run like any other.
+
+    Batches come from our OpenCV loader, or from ``batch_source(items, batch_size, threads)`` (the ecvl
+    backend's DLDataset); everything after the forward pass is the same code either way."""
     fault = fault or Fault()
     timings = timings if timings is not None else RankTimings()
     out: list[dict[str, Any]] = []
     start = time.perf_counter()
     t_wait = time.perf_counter()
-    for batch in iter_batches(items, profile, batch_size, threads=threads):
+    if batch_source is not None:
+        batches = batch_source(items, batch_size, threads)
+    else:
+        batches = iter_batches(items, profile, batch_size, threads=threads)
+    for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait
         records = [record_for(it, rank) for it in batch.items]

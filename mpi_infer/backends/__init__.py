@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +29,17 @@ class Backend(Protocol):
     def describe(self) -> dict:
         """What ran the model (backend, device, threads, providers) for summary.json."""
         ...
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else the /dev/nvidiaN devices."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    try:
+        return sum(1 for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit())
+    except OSError:
+        return 0
 
 
 def ecvl_available() -> bool:
@@ -60,5 +72,6 @@ def open_backend(kind: str, model_path: str, profile: Profile, *, threads: int, 
     if kind == "ecvl":
         from .ecvl import EcvlBackend
 
-        return EcvlBackend(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, arch=arch)
+        return EcvlBackend(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, arch=arch,
+                           visible_gpus=visible_gpus())
     raise ConfigError(f"unknown backend {kind!r}")
