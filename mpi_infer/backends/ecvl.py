@@ -136,6 +136,8 @@ class EcvlBackend:
             self.batch = n
         eddl.forward(self.net, [Tensor.fromarray(np.ascontiguousarray(x, np.float32))])
         out = eddl.getOutput(eddl.getOut(self.net)[0])
+        if self.gpu and hasattr(out, "toCPU"):
+            out.toCPU()  # numpy can only view CPU tensors
         y = np.array(out, copy=True)
         return (y[:, 0] if y.ndim == 4 else y).astype(np.float32, copy=False)
 
