@@ -48,6 +48,8 @@ class Channel:
         self.finished: set[int] = set()
         self.display = ProgressDisplay(total, interval=cfg.progress_interval,
                                        enabled=self.rank == 0 and not cfg.quiet)
+        self.cost_s = 0.0  # time this rank spent on progress and scheduling messages
+        self.messages = 0
         # dynamic schedule state (rank 0 hands out chunks; others ask for them)
         self.queue: WorkList | None = None
         self.cursor = 0
@@ -56,6 +58,11 @@ class Channel:
 
     # -- progress ----------------------------------------------------------------------------
     def on_batch(self, records: list[dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        self._count(records)
+        self.cost_s += time.perf_counter() - t0
+
+    def _count(self, records: list[dict[str, Any]]) -> None:
         self.done += len(records)
         self.failed += sum(r["status"] == "failed" for r in records)
         if self.rank == 0:
@@ -66,6 +73,7 @@ class Channel:
 
     def _send_progress(self, final: bool) -> None:
         self.last_sent = time.perf_counter()
+        self.messages += 1
         self.sends.append(self.comm.isend((self.done, self.failed, final), dest=0, tag=TAG_PROGRESS))
         self.sends = [r for r in self.sends if not r.Test()] if not final else self.sends
 
@@ -277,7 +285,10 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     stats = {"rank": rank, "host": me.host, "images": timings.images, "threads": threads,
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "wall_s": round(timings.total_s, 4), "predict_s": round(timings.predict_s, 4),
-             "wait_s": round(timings.wait_s, 4), "score_s": round(timings.score_s, 4)}
+             "wait_s": round(timings.wait_s, 4), "score_s": round(timings.score_s, 4),
+             "progress_s": round(channel.cost_s, 5), "progress_messages": channel.messages}
+    log(rank, f"done: {timings.images} image(s) in {timings.total_s:.2f} s "
+              f"(predict {timings.predict_s:.2f} s, waiting for images {timings.wait_s:.2f} s)", verbose=True)
     gathered = comm.gather((records, stats), root=0)
     code = EXIT_OK
     if rank == 0:

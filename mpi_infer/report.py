@@ -57,7 +57,7 @@ def histograms(rows: list[dict[str, str]], splits: list[str]) -> str:
             ax.hist(values, bins=bins, color="#3b75af" if metric == "dice" else "#e1812c", edgecolor="white")
             mean = float(np.mean(values)) if values else float("nan")
             ax.axvline(mean, color="black", linestyle="--", linewidth=1)
-            ax.set_title(f"{split}: {metric.upper() if metric == 'iou' else 'Dice'} "
+            ax.set_title(f"{split}: {'IoU' if metric == 'iou' else 'Dice'} "
                          f"(n={len(values)}, mean {mean:.3f})", fontsize=10)
             ax.set_xlim(0, 1)
             ax.set_ylabel("images")
@@ -162,11 +162,12 @@ def write_report(run_dir: str, k: int = 8) -> str:
             figures.append((title, png, fid))
     failed = [r for r in rows if r["status"] == "failed"]
     prof = summary.get("profile", {})
+    norm = f"mean {prof.get('mean')}, std {prof.get('std')}" if prof.get("mean") else "RGB/255, no mean/std"
     meta = [
         ("dataset", summary.get("dataset")), ("model", summary.get("model")),
         ("model sha256", summary.get("model_sha256", "")[:16]), ("backend", summary.get("backend", {}).get("backend")),
         ("profile", f"{prof.get('name')}: {prof.get('height')}x{prof.get('width')} {prof.get('interpolation')}, "
-                    f"mean {prof.get('mean')}, std {prof.get('std')}"),
+                    f"{norm}"),
         ("threshold", summary.get("threshold")), ("ranks / hosts", f"{summary.get('world_size')} / "
                                                                    f"{len(summary.get('hosts', []))}"),
         ("wall time", f"{summary.get('timings', {}).get('total_s', 0):.2f} s"),
@@ -175,6 +176,9 @@ def write_report(run_dir: str, k: int = 8) -> str:
     ]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        # self-contained: nothing may be fetched from anywhere
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
         "<title>mpi_infer report</title><style>",
         "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}",
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}",
@@ -197,6 +201,10 @@ def write_report(run_dir: str, k: int = 8) -> str:
                      "<th>error</th></tr>" + "".join(
                          f"<tr><td>{r['index']}</td><td>{html.escape(r['location'])}</td>"
                          f"<td>{html.escape(r['error'])}</td></tr>" for r in failed[:200]) + "</table>")
+    # marks the page once every figure has decoded (the browser test reads it back from the DOM)
+    parts.append("<script>window.addEventListener('load',function(){var im=document.images,n=0;"
+                 "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)n++;}"
+                 "document.body.setAttribute('data-figures-loaded',n+'/'+im.length);});</script>")
     parts.append("</body></html>")
     path = os.path.join(run_dir, "report.html")
     write_text(path, "\n".join(parts))
