@@ -27,6 +27,7 @@ from .orchestrate import (
     topology_lines,
 )
 from .progress import ProgressDisplay, configure, log
+from .records import DescriptorIndex, RecordTable
 from .results import Ledger, summary_table
 from .runner import Fault, RankTimings, run_items
 
@@ -238,6 +239,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         work = payloads[0] if rank == 0 else None
     else:
         work = comm.scatter(payloads, root=0)
+    planned = DescriptorIndex(payloads) if rank == 0 and not cfg.dry_run else None  # to rebuild records
     del payloads
     received = comm.gather(len(work) if work is not None else 0, root=0)
     scatter_s = time.perf_counter() - t_scatter
@@ -273,15 +275,21 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         source = channel.master_items(work, chunk) if rank == 0 else channel.worker_items()
     else:
         source = work
-    records = run_items(source, backend.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
-                        threads=loader_threads, ledger=ledger, masks_dir=cfg.out if cfg.save_masks else None,
-                        on_batch=channel.on_batch, fault=fault, timings=timings,
-                        batch_source=getattr(backend, "batches", None))
+    table = RecordTable(rank)
+
+    def on_batch(records: list[dict[str, Any]]) -> None:
+        table.extend(records)
+        channel.on_batch(records)
+
+    run_items(source, backend.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
+              threads=loader_threads, ledger=ledger, masks_dir=cfg.out if cfg.save_masks else None,
+              on_batch=on_batch, fault=fault, timings=timings, batch_source=getattr(backend, "batches", None),
+              keep=False)
     ledger.close()
     timings.total_s = time.perf_counter() - t_run
     channel.finish(dynamic)
 
-    # 4. Gather records (small dicts) to rank 0, which writes the one report.
+    # 4. Gather the compact record tables to rank 0, which rebuilds full records and writes the report.
     stats = {"rank": rank, "host": me.host, "images": timings.images, "threads": threads,
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "wall_s": round(timings.total_s, 4), "predict_s": round(timings.predict_s, 4),
@@ -289,10 +297,10 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
              "progress_s": round(channel.cost_s, 5), "progress_messages": channel.messages}
     log(rank, f"done: {timings.images} image(s) in {timings.total_s:.2f} s "
               f"(predict {timings.predict_s:.2f} s, waiting for images {timings.wait_s:.2f} s)", verbose=True)
-    gathered = comm.gather((records, stats), root=0)
+    gathered = comm.gather((table, stats), root=0)
     code = EXIT_OK
     if rank == 0:
-        all_records = [r for recs, _ in gathered for r in recs]
+        all_records = [r for t, _ in gathered for r in t.to_records(planned)]
         rank_stats = [s for _, s in gathered]
         summary, code = finish_run(cfg, prepared, all_records, topology, rank_stats,
                                    {**backend.describe(), "chosen_because": header["why"]},

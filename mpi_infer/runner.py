@@ -92,11 +92,14 @@ def run_items(
     fault: Fault | None = None,
     timings: RankTimings | None = None,
     batch_source: Callable[[Iterable[WorkItem], int, int], Iterable[Batch]] | None = None,
+    keep: bool = True,
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
     Batches come from our OpenCV loader, or from ``batch_source(items, batch_size, threads)`` (the ecvl
-    backend's DLDataset); everything after the forward pass is the same code either way."""
+    backend's DLDataset); everything after the forward pass is the same code either way.
+    ``keep=False`` returns nothing: the caller takes each batch's records in ``on_batch`` (the MPI job
+    keeps them compactly)."""
     fault = fault or Fault()
     timings = timings if timings is not None else RankTimings()
     out: list[dict[str, Any]] = []
@@ -133,11 +136,12 @@ def run_items(
                 time.sleep((t1 - t0) * (fault.factor - 1))
         if ledger is not None:
             ledger.append(records)
-        out.extend(records)
+        if keep:
+            out.extend(records)
         timings.images += len(records)
         if on_batch is not None:
             on_batch(records)
-        fault.check(len(out))
+        fault.check(timings.images)
         t_wait = time.perf_counter()
     timings.total_s += time.perf_counter() - start
     return out

@@ -164,3 +164,30 @@ def test_aggregate_from_records_not_rank_means():
     assert s["metrics"]["global_iou"] == pytest.approx((101 + 1e-6) / (103 + 1e-6))
     assert s["per_split"]["a"]["metrics"]["mean_dice"] == 0.5
     assert aggregate([])["metrics"]["mean_iou"] is None
+
+
+def test_record_table_round_trip_through_descriptor_index():
+    from mpi_infer.dataset import WorkList
+    from mpi_infer.records import DescriptorIndex, RecordTable
+
+    wl_a = WorkList("/root/", [5, 1], [("test", 1), ("training", 1)], ["a.jpg", "b.jpg"], ["a.png", None])
+    wl_b = WorkList("", [3], [("test", 1)], [("/x/r.png", "/x/g.png", "/x/b.png")], ["/x/m.png"])
+    recs = [
+        {"index": 5, "status": "ok", "iou": 0.25, "dice": 0.4, "tp": 1, "fp": 2, "fn": 1, "error": ""},
+        {"index": 1, "status": "unscored", "iou": None, "dice": None, "tp": None, "fp": None, "fn": None,
+         "error": ""},
+        {"index": 3, "status": "failed", "iou": None, "dice": None, "tp": None, "fp": None, "fn": None,
+         "error": "image file not found: /x/r.png"},
+    ]
+    table = RecordTable(rank=2)
+    table.extend(recs)
+    assert len(table) == 3
+    import pickle
+
+    back = pickle.loads(pickle.dumps(table)).to_records(DescriptorIndex([wl_a, None, wl_b]))
+    assert back[0] == {"index": 5, "split": "test", "location": "/root/a.jpg", "label": "/root/a.png", "rank": 2,
+                       "iou": 0.25, "dice": 0.4, "tp": 1, "fp": 2, "fn": 1, "status": "ok", "error": ""}
+    assert back[1]["split"] == "training" and back[1]["label"] == "" and back[1]["iou"] is None
+    assert back[2]["location"] == "/x/r.png;/x/g.png;/x/b.png" and back[2]["error"].startswith("image file")
+    with pytest.raises(KeyError):
+        DescriptorIndex([wl_a]).describe(3)

@@ -1,0 +1,88 @@
+"""Per-image results held compactly on each rank until the gather (numbers only, ~50 bytes an image).
+
+A rank keeps what only it knows (scores, counts, status, error text); the descriptors (split, location,
+mask path) are rebuilt on rank 0 from the work lists it planned, so a worker's memory does not grow with
+path strings and the gather moves a few arrays instead of one dict per image.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .dataset import WorkList
+
+STATUSES = ("ok", "converted", "unscored", "failed")
+_CODE = {s: k for k, s in enumerate(STATUSES)}
+
+
+class RecordTable:
+    """Columns of per-image results, in the order they were produced."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.index = array("q")
+        self.status = array("b")
+        self.iou = array("d")
+        self.dice = array("d")
+        self.counts = array("q")  # tp, fp, fn per image; -1 where not scored
+        self.errors: dict[int, str] = {}  # row -> text, only for rows that have one
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+        for r in records:
+            row = len(self.index)
+            self.index.append(int(r["index"]))
+            self.status.append(_CODE[r["status"]])
+            scored = r["iou"] is not None
+            self.iou.append(float(r["iou"]) if scored else float("nan"))
+            self.dice.append(float(r["dice"]) if scored else float("nan"))
+            self.counts.extend((int(r["tp"]), int(r["fp"]), int(r["fn"])) if scored else (-1, -1, -1))
+            if r.get("error"):
+                self.errors[row] = r["error"]
+
+    def to_records(self, lookup: DescriptorIndex) -> list[dict[str, Any]]:
+        """Full records (the ledger's shape), with split, location and mask path from ``lookup``."""
+        out = []
+        for row, index in enumerate(self.index):
+            split, location, label = lookup.describe(index)
+            scored = self.counts[3 * row] >= 0
+            out.append({
+                "index": index, "split": split, "location": location, "label": label, "rank": self.rank,
+                "iou": self.iou[row] if scored else None, "dice": self.dice[row] if scored else None,
+                "tp": self.counts[3 * row] if scored else None, "fp": self.counts[3 * row + 1] if scored else None,
+                "fn": self.counts[3 * row + 2] if scored else None, "status": STATUSES[self.status[row]],
+                "error": self.errors.get(row, ""),
+            })
+        return out
+
+
+class DescriptorIndex:
+    """Rank 0's lookup from image index to (split, location, mask path), over the planned work lists."""
+
+    def __init__(self, lists: Iterable[WorkList | None]) -> None:
+        self.lists = [w for w in lists if w is not None and len(w)]
+        self.splits = [w.splits() for w in self.lists]
+        which = [np.full(len(w), k, np.int32) for k, w in enumerate(self.lists)]
+        pos = [np.arange(len(w), dtype=np.int64) for w in self.lists]
+        keys = np.concatenate([np.asarray(w.indices, np.int64) for w in self.lists]) if self.lists else \
+            np.empty(0, np.int64)
+        order = np.argsort(keys, kind="stable")
+        self.keys = keys[order]
+        self.which = np.concatenate(which)[order] if which else np.empty(0, np.int32)
+        self.pos = np.concatenate(pos)[order] if pos else np.empty(0, np.int64)
+
+    def describe(self, index: int) -> tuple[str, str, str]:
+        at = int(np.searchsorted(self.keys, index))
+        if at >= len(self.keys) or self.keys[at] != index:
+            raise KeyError(f"image {index} was not planned")
+        k, p = int(self.which[at]), int(self.pos[at])
+        w = self.lists[k]
+        loc, lab = w.locations[p], w.labels[p]
+        location = w.prefix + loc if isinstance(loc, str) else ";".join(w.prefix + x for x in loc)
+        return self.splits[k][p], location, "" if lab is None else w.prefix + lab
