@@ -71,7 +71,10 @@ def build_venv() -> str:
     py = os.path.join(VENV, "bin", "python")
     if not os.path.exists(py):
         os.makedirs(os.path.dirname(VENV), exist_ok=True)
-        sh(f"/usr/bin/python3 -m venv {VENV}")
+        made = sh(f"/usr/bin/python3 -m venv {VENV}", check=False)
+        if made.returncode != 0:
+            shutil.rmtree(VENV, ignore_errors=True)
+            raise Skip(f"the system python3 cannot make a venv (python3-venv missing?): {made.stderr.strip()[:200]}")
         sh(f"{py} -m pip install --quiet --upgrade pip")
     build = tempfile.mkdtemp(prefix="mi-src-")
     try:
