@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a retried job) sees the old file or the new one, never half."""
+"""File I/O: atomic writes (a reader, or a retried job, sees the old file or the new one, never half),
+and input reads whose errors name the file and what it was for."""
 
 from __future__ import annotations
 
@@ -36,3 +37,16 @@ def write_bytes(path: str, data: bytes, *, fsync: bool = True) -> None:
 
 def write_text(path: str, text: str, *, fsync: bool = True) -> None:
     write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def read_input(path: str, error: type[Exception], what: str) -> bytes:
+    """The bytes of an input file; a missing or unreadable one raises ``error`` naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise error(f"{path}: {what} file does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{path}: {what} path is a folder, expected a file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} file: {exc.strerror}") from exc

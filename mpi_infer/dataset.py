@@ -223,14 +223,10 @@ def load_dataset(
     path: str | os.PathLike[str], *, allow_overlap: bool = False, allow_empty: bool = False
 ) -> Dataset:
     """Read and validate a dataset YAML; raise DatasetError naming the file and field on bad input."""
+    from .atomic import read_input
+
     path = os.path.abspath(os.fspath(path))
-    try:
-        with open(path, "rb") as fh:
-            blob = fh.read()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: dataset file does not exist") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read dataset file: {exc.strerror}") from exc
+    blob = read_input(path, DatasetError, "dataset")
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -53,15 +53,10 @@ def parse_records(blob: bytes | memoryview, source: str = "<bytes>") -> list[np.
 
 def read_records(path: str | os.PathLike[str]) -> list[np.ndarray]:
     """Read a .bin file into a list of float32 arrays, in file order."""
+    from .atomic import read_input
+
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            blob = fh.read()
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model file does not exist") from None
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
-    return parse_records(blob, path)
+    return parse_records(read_input(path, ModelError, "model"), path)
 
 
 def records_to_bytes(records: Iterable[np.ndarray]) -> bytes:
