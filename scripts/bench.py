@@ -289,7 +289,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
     ap.add_argument("--images", type=int, default=240, help="images for the demo-model runs")
-    ap.add_argument("--full-images", type=int, default=32, help="images for the full-width SegNet runs")
+    ap.add_argument("--full-images", type=int, default=64, help="images for the full-width SegNet runs")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--ranks", type=int, nargs="+", default=None)
     ap.add_argument("--dh-ranks", type=int, default=2)
