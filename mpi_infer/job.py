@@ -24,6 +24,7 @@ from .orchestrate import (
     check_topology,
     finish_run,
     prepare_run,
+    remove_outputs,
     topology_lines,
 )
 from .progress import ProgressDisplay, configure, log
@@ -60,10 +61,10 @@ class Channel:
     # -- progress ----------------------------------------------------------------------------
     def on_batch(self, records: list[dict[str, Any]]) -> None:
         t0 = time.perf_counter()
-        self._count(records)
+        self._report(records)
         self.cost_s += time.perf_counter() - t0
 
-    def _count(self, records: list[dict[str, Any]]) -> None:
+    def _report(self, records: list[dict[str, Any]]) -> None:
         self.done += len(records)
         self.failed += sum(r["status"] == "failed" for r in records)
         if self.rank == 0:
@@ -167,7 +168,7 @@ def rank_threads(cfg: RunConfig, local_size: int) -> int:
     return max(1, cores // max(1, local_size))
 
 
-def _fail_together(comm: Any, error: tuple[int, str, int] | None, quiet: bool) -> int | None:
+def _fail_together(comm: Any, error: tuple[int, str, int] | None) -> int | None:
     """All ranks learn whether any rank failed; rank 0 reports the first failure once."""
     errors = [e for e in comm.allgather(error) if e is not None]
     if not errors:
@@ -216,13 +217,13 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
             backend_name, why = choose_backend(cfg.backend)
             if backend_name == "ecvl" and cfg.schedule == "dynamic":
                 raise ConfigError("--schedule dynamic needs --backend onnx (DLDataset loads a whole shard)")
-            prepared, payloads = prepare_run(cfg, size)
+            prepared, payloads = prepare_run(cfg, size, backend_name)
             header = {"prepared": prepared, "backend": backend_name, "why": why}
         except Exception as exc:  # noqa: BLE001 - reported below, once
             header = {"error": (0, str(exc), exit_code_for(exc))}
     header = comm.bcast(header, root=0)
     if "error" in header:
-        return _fail_together(comm, header["error"] if rank == 0 else None, cfg.quiet) or 1
+        return _fail_together(comm, header["error"] if rank == 0 else None) or 1
     prepared = header["prepared"]
     if rank == 0 and not cfg.quiet:
         for w in prepared.warnings:
@@ -259,8 +260,10 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         ledger = Ledger(cfg.out, prepared.attempt, rank)
     except Exception as exc:  # noqa: BLE001
         error = (rank, str(exc), exit_code_for(exc))
-    failed = _fail_together(comm, error, cfg.quiet)
+    failed = _fail_together(comm, error)
     if failed is not None:
+        if rank == 0 and prepared.fresh_output:
+            remove_outputs(cfg.out)  # nothing ran: leave --out as empty as it was, so a fixed rerun just works
         return failed
 
     # 3. Inference. Exceptions here abort the job (run_job's handler): nothing may wait forever.

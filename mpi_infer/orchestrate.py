@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__
 from .atomic import write_text
 from .config import RunConfig
-from .dataset import WorkList, load_dataset, select_splits, selected_items
+from .dataset import Dataset, WorkList, load_dataset, select_splits, selected_items
 from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError
 from .metrics import EMPTY_GT_POLICY, summarise
 from .modelfile import cached_onnx, file_sha256, model_format
@@ -52,6 +52,7 @@ class Prepared:
     previous: list[dict[str, Any]] = field(default_factory=list)  # records kept from earlier attempts
     warnings: list[str] = field(default_factory=list)
     prepare_s: float = 0.0
+    fresh_output: bool = False  # --out was empty: a failure before inference leaves it empty again
 
 
 def check_topology(topology: list[Topology], expect_hosts: int) -> None:
@@ -78,8 +79,10 @@ def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[
             "splits": splits, "arch": cfg.arch if model_format(cfg.model) == "bin" else None}
 
 
-def prepare_output(cfg: RunConfig) -> None:
-    """Refuse a non-empty folder unless --resume or --overwrite; check it can be written."""
+def prepare_output(cfg: RunConfig) -> bool:
+    """Refuse a non-empty folder unless --resume or --overwrite; check it can be written.
+
+    Returns whether the folder was absent or empty (then a failure before inference may clear it)."""
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out}: exists and is not a folder")
@@ -90,12 +93,7 @@ def prepare_output(cfg: RunConfig) -> None:
         raise ConfigError(f"--out {out}: folder is not empty; pass --resume to continue the run there, "
                           f"or --overwrite to replace its results")
     if busy and cfg.overwrite:
-        for name in OUR_OUTPUTS:
-            p = os.path.join(out, name)
-            if os.path.isdir(p):
-                shutil.rmtree(p)
-            elif os.path.exists(p):
-                os.unlink(p)
+        remove_outputs(out)
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write-test")
@@ -104,16 +102,36 @@ def prepare_output(cfg: RunConfig) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there: {exc.strerror or exc}") from exc
+    return not busy
 
 
-def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[WorkList]]:
+def remove_outputs(out: str) -> None:
+    """Delete what mpi_infer writes in ``out`` (and nothing else)."""
+    for name in OUR_OUTPUTS:
+        p = os.path.join(out, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        elif os.path.exists(p):
+            os.unlink(p)
+
+
+def prepare_run(cfg: RunConfig, world: int, backend: str = "onnx") -> tuple[Prepared, list[WorkList]]:
     """Everything before inference; raises our errors (with exit codes) on bad input."""
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
     splits = select_splits(dataset, cfg.splits)
     model_sha = "" if cfg.dry_run else file_sha256(cfg.model)  # a dry run never touches the model
-    if not cfg.dry_run:
-        prepare_output(cfg)
+    fresh = False if cfg.dry_run else prepare_output(cfg)
+    try:
+        return _prepare(cfg, world, backend, dataset, splits, model_sha, fresh, t0)
+    except Exception:
+        if fresh:
+            remove_outputs(cfg.out)
+        raise
+
+
+def _prepare(cfg: RunConfig, world: int, backend: str, dataset: Dataset, splits: list[str], model_sha: str,
+             fresh: bool, t0: float) -> tuple[Prepared, list[WorkList]]:
     identity = run_identity(cfg, model_sha, dataset.sha256, splits)
     previous: list[dict[str, Any]] = []
     attempt = 0
@@ -137,7 +155,7 @@ def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[WorkList]]:
     # The dynamic schedule hands out chunks from one list on rank 0; the static one scatters N shards.
     shards = plan(todo, 1 if cfg.schedule == "dynamic" else world, balance=cfg.balance)
     run_model = cfg.model
-    if model_format(cfg.model) == "bin" and cfg.backend != "ecvl" and not cfg.dry_run:
+    if model_format(cfg.model) == "bin" and backend == "onnx" and not cfg.dry_run:
         run_model = cached_onnx(cfg.model, model_sha, cfg.arch, cfg.profile.height, cfg.profile.width,
                                 os.path.join(cfg.out, ".cache"))
     payloads = [dataset.work_list(s.parts) for s in shards]
@@ -145,6 +163,7 @@ def prepare_run(cfg: RunConfig, world: int) -> tuple[Prepared, list[WorkList]]:
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
         attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),
         previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0,
+        fresh_output=fresh,
     )
     return prepared, payloads
 

@@ -205,3 +205,17 @@ def test_output_names_cannot_escape_the_output_folder(synth_small, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert os.listdir(out / "masks") == ["0000000_weird_name.png"]
     assert sorted(os.listdir(tmp_path)) == ["elsewhere", "o", "sub"]
+
+
+def test_a_failure_before_inference_leaves_a_fresh_out_folder_reusable(synth_small, tmp_path):
+    out = str(tmp_path / "o")
+    bad = str(tmp_path / "bad.onnx")
+    with open(bad, "wb") as fh:
+        fh.write(b"not onnx")
+    assert mpirun(2, "run", "--dataset", synth_small, "--model", bad, "--out", out).returncode == 11
+    assert not os.path.exists(out) or os.listdir(out) == []
+    assert mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--arch", "segnet-bn",
+                  "--out", out).returncode == 11
+    assert os.listdir(out) == []
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", out)  # fixed: just works
+    assert proc.returncode == 0, proc.stderr
