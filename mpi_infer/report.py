@@ -144,8 +144,13 @@ def _table(summary: dict[str, Any]) -> str:
 
 def write_report(run_dir: str, k: int = 8) -> str:
     """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
-    with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as fh:
-        summary = json.load(fh)
+    from .errors import ConfigError
+
+    try:
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as fh:
+            summary = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir}: no summary.json here; point `report` at a finished run's --out") from None
     rows = read_per_image_csv(os.path.join(run_dir, "per_image.csv"))
     scored = sorted((r for r in rows if r["dice"] != ""), key=lambda r: (float(r["dice"]), int(r["index"])))
     worst = scored[:k]

@@ -191,3 +191,35 @@ def test_record_table_round_trip_through_descriptor_index():
     assert back[2]["location"] == "/x/r.png;/x/g.png;/x/b.png" and back[2]["error"].startswith("image file")
     with pytest.raises(KeyError):
         DescriptorIndex([wl_a]).describe(3)
+
+
+def test_onnx_backend_refuses_logits_and_wrong_shapes(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mpi_infer.backends.onnx import OnnxBackend
+    from mpi_infer.errors import ModelError
+
+    def model(path, out_channels, sigmoid, size=32):
+        w = numpy_helper.from_array(np.full((out_channels, 3, 1, 1), -1.0, np.float32), "w")
+        nodes = [helper.make_node("Conv", ["input", "w"], ["c"])]
+        nodes.append(helper.make_node("Sigmoid", ["c"], ["output"]) if sigmoid else
+                     helper.make_node("Sub", ["c", "c"], ["z"]))
+        if not sigmoid:
+            nodes.append(helper.make_node("Sub", ["z", "one"], ["output"]))
+        inits = [w] + ([] if sigmoid else [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+        graph = helper.make_graph(
+            nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], inits)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+        return str(path)
+
+    prof = get_profile("segnet-192", size=(32, 32))
+    assert OnnxBackend(model(tmp_path / "ok.onnx", 1, True), prof, threads=1).predict(
+        np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 32, 32)
+    with pytest.raises(ModelError, match="expected probabilities in \\[0, 1\\]"):
+        OnnxBackend(model(tmp_path / "logits.onnx", 1, False), prof, threads=1)
+    with pytest.raises(ModelError, match="expected \\[N, 1, 32, 32\\]"):
+        OnnxBackend(model(tmp_path / "two.onnx", 2, True), prof, threads=1)
+    with pytest.raises(ModelError, match="height is 64, but profile"):
+        OnnxBackend(model(tmp_path / "big.onnx", 1, True, size=64), prof, threads=1)

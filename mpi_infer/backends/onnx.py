@@ -65,6 +65,9 @@ class OnnxBackend:
             raise ModelError(f"{self.path}: output '{self.output_name}' has shape {list(probe.shape)} for one "
                              f"image; expected [N, 1, {profile.height}, {profile.width}] foreground "
                              f"probabilities")
+        if not np.all(np.isfinite(probe)) or probe.min() < 0.0 or probe.max() > 1.0:
+            raise ModelError(f"{self.path}: output '{self.output_name}' ranges {probe.min():.3g}..{probe.max():.3g}"
+                             f" on a blank image; expected probabilities in [0, 1] (is the final Sigmoid missing?)")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         try:
