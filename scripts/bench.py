@@ -145,7 +145,8 @@ def scaling(work: str, models: dict, args) -> list[dict]:
     for n in args.ranks:
         wall, s = run_job(work, f"scale-n{n}", n, dataset, model)
         rate = phase_rate(s)
-        rows.append(emit("scaling", model=args.scaling_model, ranks=n,
+        progress = max(r["progress_s"] / r["wall_s"] for r in s["timings"]["per_rank"] if r["wall_s"] > 0)
+        rows.append(emit("scaling", model=args.scaling_model, ranks=n, progress_cost_fraction=round(progress, 6),
                          threads_per_rank=s["timings"]["per_rank"][0]["threads"], images_per_s=round(rate, 2),
                          best_single_process_ips=round(best, 2), best_single_threads=best_threads,
                          parallel_efficiency=round(rate / best, 3), target=0.9, command_wall_s=round(wall, 2)))
