@@ -11,7 +11,6 @@ Per-image faults never stop the run: the item comes back with status ``failed`` 
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -208,7 +207,3 @@ def iter_batches(
             rows = [k for k, it in enumerate(loaded) if it.image is not None]
             x = to_tensor([loaded[k].image for k in rows], profile) if rows else None
             yield Batch(loaded, x, rows)
-
-
-def default_threads() -> int:
-    return max(1, min(4, (os.cpu_count() or 2)))
