@@ -7,8 +7,13 @@ stride 1, "same" padding, with bias; every conv but the last is followed by ReLU
 affine BatchNorm (running statistics) between every conv but the last and its ReLU.
 
 Channel widths are read from the records, so narrower variants (such as the shipped demo model) load
-too. The graph mirrors EDDL's own ONNX export: symbolic batch, Resize(nearest, half_pixel) for the
-upsampling (a pure repeat at x2).
+too. The graph is written so that it also goes back into EDDL (``import_net_from_onnx_file``): symbolic
+batch; the x2 nearest upsampling as Resize with a *named* ``roi`` input (EDDL 1.1b's importer drops empty
+input names and then reads the scales from input 2, so the usual ``Resize(X, "", scales)`` does not import)
+and ``coordinate_transformation_mode="asymmetric"`` with ``nearest_mode="floor"``: a pure repeat in ONNX
+Runtime and in EDDL alike. EDDL imports Resize as its scale layer, whose ``half_pixel`` nearest is off by
+one pixel (measured: [0, 0, 0, 1, 1, 2, 2, 3] for a row 0..3), so the half_pixel form that EDDL's own
+exporter writes would not score the same after a round trip.
 """
 
 from __future__ import annotations
@@ -128,7 +133,10 @@ def build_onnx(layers: list[ConvLayer], height: int, width: int, name: str = "se
     check_input_size(height, width)
     in_ch = int(layers[0].weight.shape[1])
     nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up_scales")]
+    inits: list[onnx.TensorProto] = [
+        numpy_helper.from_array(np.array([0, 0, 0, 0, 1, 1, 1, 1], np.float32), "up_roi"),  # the whole tensor
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up_scales"),
+    ]
     x = "input"
     conv = 0
 
@@ -161,9 +169,9 @@ def build_onnx(layers: list[ConvLayer], height: int, width: int, name: str = "se
                                       name=f"pool{block}"))
         x = f"pool{block}"
     for block, n in enumerate(DECODER_BLOCKS):
-        nodes.append(helper.make_node("Resize", [x, "", "up_scales"], [f"up{block}"], mode="nearest",
-                                      coordinate_transformation_mode="half_pixel",
-                                      nearest_mode="round_prefer_floor", name=f"up{block}"))
+        nodes.append(helper.make_node("Resize", [x, "up_roi", "up_scales"], [f"up{block}"], mode="nearest",
+                                      coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+                                      name=f"up{block}"))
         x = f"up{block}"
         for _ in range(n):
             add_conv(relu=True)

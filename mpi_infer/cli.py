@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="split(s) to run, repeatable or comma-separated; 'all' = every split (default: test)")
     run.add_argument("--batch-size", type=int, default=8)
     _add_profile_options(run)
-    run.add_argument("--backend", default="auto", choices=("auto", "onnx", "ecvl"))
+    run.add_argument("--loader", default="auto", choices=("auto", "ecvl", "opencv"),
+                     help="image loading: ECVL's DLDataset (where pyecvl imports; auto's pick) or OpenCV")
+    run.add_argument("--engine", default="auto", choices=("auto", "onnx", "eddl"),
+                     help="network: ONNX Runtime (auto's pick; a .bin is converted once) or EDDL")
+    run.add_argument("--backend", default=None, choices=("auto", "onnx", "ecvl"),
+                     help="shorthand: ecvl = --loader ecvl --engine eddl, onnx = --loader opencv --engine onnx")
+    run.add_argument("--eddl-mem", default="full_mem", choices=("full_mem", "mid_mem", "low_mem"),
+                     help="EDDL engine memory mode (default full_mem)")
     run.add_argument("--gpu", action="store_true", help="use the rank's local GPU (local rank mod GPUs)")
     run.add_argument("--threads", type=int, default=0, help="intra-op threads per rank (default: cores/ranks)")
     run.add_argument("--loader-threads", type=int, default=0, help="image-loading threads per rank")
@@ -134,7 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         cfg = RunConfig(
             dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=_profile(args),
-            splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, arch=args.arch,
+            splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, loader=args.loader,
+            engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,

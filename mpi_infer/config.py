@@ -15,7 +15,10 @@ class RunConfig:
     profile: Profile
     splits: list[str] = field(default_factory=lambda: ["test"])
     batch_size: int = 8
-    backend: str = "auto"
+    backend: str | None = None  # shorthand: ecvl = ecvl loader + eddl engine, onnx = opencv + onnx
+    loader: str = "auto"  # ecvl | opencv
+    engine: str = "auto"  # onnx | eddl
+    eddl_mem: str = "full_mem"  # EDDL's memory mode (full_mem, mid_mem, low_mem)
     arch: str = "segnet"
     save_masks: bool = False
     dry_run: bool = False

@@ -15,10 +15,10 @@ import time
 import traceback
 from typing import Any
 
-from .backends import choose_backend, open_backend, visible_gpus
 from .config import RunConfig
 from .dataset import WorkList
-from .errors import EXIT_OK, ConfigError, exit_code_for
+from .engines import Stack, choose_stack, open_engine, visible_gpus
+from .errors import EXIT_OK, exit_code_for
 from .orchestrate import (
     Topology,
     check_topology,
@@ -148,6 +148,15 @@ class Channel:
             yield from chunk
 
 
+def open_loader(kind: str, profile: Any) -> Any:
+    """ECVL's DLDataset loader, or None for our OpenCV loader (runner.py's default)."""
+    if kind == "ecvl":
+        from .ecvl_loader import EcvlLoader
+
+        return EcvlLoader(profile)
+    return None
+
+
 def _gpu_for(local_rank: int) -> int | None:
     """Local rank modulo the GPUs this host shows (None without GPUs)."""
     count = visible_gpus()
@@ -214,11 +223,9 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if rank == 0:
         try:
             check_topology(topology, cfg.expect_hosts)
-            backend_name, why = choose_backend(cfg.backend)
-            if backend_name == "ecvl" and cfg.schedule == "dynamic":
-                raise ConfigError("--schedule dynamic needs --backend onnx (DLDataset loads a whole shard)")
-            prepared, payloads = prepare_run(cfg, size, backend_name)
-            header = {"prepared": prepared, "backend": backend_name, "why": why}
+            stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model)
+            prepared, payloads = prepare_run(cfg, size, stack.engine)
+            header = {"prepared": prepared, "stack": stack}
         except Exception as exc:  # noqa: BLE001 - reported below, once
             header = {"error": (0, str(exc), exit_code_for(exc))}
     header = comm.bcast(header, root=0)
@@ -230,7 +237,9 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
             log(0, f"warning: {w}")
         for line in topology_lines(topology):
             log(0, line)
-        log(0, f"backend {header['backend']} ({header['why']}); profile {cfg.profile.name}; "
+        stack = header["stack"]
+        log(0, f"loader {stack.loader} ({stack.loader_why}), engine {stack.engine} ({stack.engine_why}); "
+               f"profile {cfg.profile.name}; "
                f"splits {', '.join(prepared.splits)}; {prepared.selected} image(s) selected"
                + (f", {len(prepared.previous)} already done" if prepared.previous else ""))
 
@@ -252,11 +261,15 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
 
     # 2. Every rank opens the model and its ledger; any failure stops all before inference.
     error = None
-    backend = ledger = None
+    engine = loader = ledger = None
+    stack = header["stack"]
     threads = rank_threads(cfg, me.local_size)
     try:
-        backend = open_backend(header["backend"], prepared.run_model, cfg.profile, threads=threads,
-                               gpu=cfg.gpu, device_id=me.gpu or 0, arch=cfg.arch)
+        engine = open_engine(stack, prepared.run_model, cfg.profile, threads=threads, gpu=cfg.gpu,
+                             device_id=me.gpu or 0, arch=cfg.arch, eddl_mem=cfg.eddl_mem)
+        if engine.name != stack.engine:  # auto fell back to EDDL's importer
+            stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
+        loader = open_loader(stack.loader, cfg.profile)
         ledger = Ledger(cfg.out, prepared.attempt, rank)
     except Exception as exc:  # noqa: BLE001
         error = (rank, str(exc), exit_code_for(exc))
@@ -284,10 +297,10 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         table.extend(records)
         channel.on_batch(records)
 
-    run_items(source, backend.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
+    run_items(source, engine.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
               threads=loader_threads, ledger=ledger, masks_dir=cfg.out if cfg.save_masks else None,
-              on_batch=on_batch, fault=fault, timings=timings, batch_source=getattr(backend, "batches", None),
-              keep=False)
+              on_batch=on_batch, fault=fault, timings=timings,
+              batch_source=loader.batches if loader is not None else None, keep=False)
     ledger.close()
     timings.total_s = time.perf_counter() - t_run
     channel.finish(dynamic)
@@ -306,7 +319,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         all_records = [r for t, _ in gathered for r in t.to_records(planned)]
         rank_stats = [s for _, s in gathered]
         summary, code = finish_run(cfg, prepared, all_records, topology, rank_stats,
-                                   {**backend.describe(), "chosen_because": header["why"]},
+                                   {**stack.describe(), **engine.describe()},
                                    time.perf_counter() - t_start)
         if cfg.report:
             from .report import write_report

@@ -11,6 +11,8 @@ Per-image faults never stop the run: the item comes back with status ``failed`` 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .atomic import read_input
 from .profiles import Profile
 
 CV_INTERP = {
@@ -57,18 +60,32 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-def _read_bytes(path: str, what: str) -> bytes:
+MAX_IMAGE_BYTES = 1 << 30  # one image or mask file; larger ones are refused, not read
+
+
+def check_image_file(path: str, what: str) -> None:
+    """Refuse, as an ImageFault, a remote location or anything that is not a regular file within the bound."""
     if path.lower().startswith(("http://", "https://")):
         raise ImageFault(f"{what} is a remote location, which mpi_infer does not download: {path}")
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        st = os.stat(path)
     except FileNotFoundError:
         raise ImageFault(f"{what} file not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageFault(f"{what} path is a folder: {path}") from None
-    except PermissionError:
-        raise ImageFault(f"{what} file not readable (permission denied): {path}") from None
+    except OSError as exc:
+        raise ImageFault(f"{what} file cannot be opened ({exc.strerror or exc}): {path}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageFault(f"{what} path is a folder: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageFault(f"{what} is not a regular file (a FIFO, device or socket): {path}")
+    if st.st_size > MAX_IMAGE_BYTES:
+        raise ImageFault(f"{what} file is {st.st_size} bytes, more than the {MAX_IMAGE_BYTES} allowed: {path}")
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    """The file's bytes, bounded, never blocking on a FIFO; only bad files become ImageFaults, while I/O
+    errors of the volume itself (EIO on NFS, say) escape and end the job as retryable (exit 200)."""
+    check_image_file(path, what)
+    return read_input(path, ImageFault, what, max_bytes=MAX_IMAGE_BYTES)
 
 
 def _png_depth_and_colour(data: bytes) -> tuple[int, int] | None:
@@ -124,15 +141,21 @@ def read_mask(path: str, image_hw: tuple[int, int], notes: list[str]) -> np.ndar
     if mask.shape[:2] != image_hw:
         raise ImageFault(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
                          f"{image_hw[1]}x{image_hw[0]}: {path}")
+    notes += mask_notes(mask, path)
+    return mask
+
+
+def mask_notes(mask: np.ndarray, path: str) -> list[str]:
+    """The 0/255 convention: a 0/1 label image is refused (ImageFault), other stray values noted."""
     present = np.bincount(mask.ravel(), minlength=256)
     odd = np.count_nonzero(present[1:255])
-    if odd:
-        top = int(np.flatnonzero(present)[-1])
-        if top < 128:
-            raise ImageFault(f"mask values are 0..{top}, not 0/255 (a 0/1 label image?); "
-                             f"every pixel would binarise to background: {path}")
-        notes.append(f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold")
-    return mask
+    if not odd:
+        return []
+    top = int(np.flatnonzero(present)[-1])
+    if top < 128:
+        raise ImageFault(f"mask values are 0..{top}, not 0/255 (a 0/1 label image?); "
+                         f"every pixel would binarise to background: {path}")
+    return [f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold"]
 
 
 def load_item(item: WorkItem, profile: Profile) -> Loaded:

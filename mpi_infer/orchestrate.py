@@ -42,7 +42,7 @@ class Topology:
 class Prepared:
     """What rank 0 knows after preparing: broadcast (minus the shards) to every rank."""
 
-    run_model: str  # the file the backend opens (the cached ONNX for a .bin on the onnx backend)
+    run_model: str  # the file the engine opens (the cached ONNX for a .bin on the onnx engine)
     model_sha256: str
     dataset_sha256: str
     splits: list[str]
@@ -115,7 +115,7 @@ def remove_outputs(out: str) -> None:
             os.unlink(p)
 
 
-def prepare_run(cfg: RunConfig, world: int, backend: str = "onnx") -> tuple[Prepared, list[WorkList]]:
+def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepared, list[WorkList]]:
     """Everything before inference; raises our errors (with exit codes) on bad input."""
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
@@ -123,14 +123,14 @@ def prepare_run(cfg: RunConfig, world: int, backend: str = "onnx") -> tuple[Prep
     model_sha = "" if cfg.dry_run else file_sha256(cfg.model)  # a dry run never touches the model
     fresh = False if cfg.dry_run else prepare_output(cfg)
     try:
-        return _prepare(cfg, world, backend, dataset, splits, model_sha, fresh, t0)
+        return _prepare(cfg, world, engine, dataset, splits, model_sha, fresh, t0)
     except Exception:
         if fresh:
             remove_outputs(cfg.out)
         raise
 
 
-def _prepare(cfg: RunConfig, world: int, backend: str, dataset: Dataset, splits: list[str], model_sha: str,
+def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
              fresh: bool, t0: float) -> tuple[Prepared, list[WorkList]]:
     identity = run_identity(cfg, model_sha, dataset.sha256, splits)
     previous: list[dict[str, Any]] = []
@@ -155,7 +155,7 @@ def _prepare(cfg: RunConfig, world: int, backend: str, dataset: Dataset, splits:
     # The dynamic schedule hands out chunks from one list on rank 0; the static one scatters N shards.
     shards = plan(todo, 1 if cfg.schedule == "dynamic" else world, balance=cfg.balance)
     run_model = cfg.model
-    if model_format(cfg.model) == "bin" and backend == "onnx" and not cfg.dry_run:
+    if model_format(cfg.model) == "bin" and engine == "onnx" and not cfg.dry_run:
         run_model = cached_onnx(cfg.model, model_sha, cfg.arch, cfg.profile.height, cfg.profile.width,
                                 os.path.join(cfg.out, ".cache"))
     payloads = [dataset.work_list(s.parts) for s in shards]

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mpi_infer.archs import build_onnx, random_layers, records_from_layers, segnet_widths  # noqa: E402
-from mpi_infer.backends.onnx import OnnxBackend  # noqa: E402
+from mpi_infer.engines.onnx import OnnxEngine  # noqa: E402
 from mpi_infer.dataset import load_dataset  # noqa: E402
 from mpi_infer.eddl_bin import write_records  # noqa: E402
 from mpi_infer.loader import load_item, to_tensor  # noqa: E402
@@ -110,7 +110,7 @@ def pure_forward_rate(model: str, dataset: str, threads: int, batch: int, repeat
     items = list(ds.work_list({"all": list(range(len(ds)))}))
     loaded = [load_item(it, profile).image for it in items]
     batches = [to_tensor(loaded[k : k + batch], profile) for k in range(0, len(loaded), batch)]
-    backend = OnnxBackend(model, profile, threads=threads)
+    backend = OnnxEngine(model, profile, threads=threads)
     backend.predict(batches[0])
     best = 0.0
     for _ in range(repeats):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from mpi_infer.archs import build_onnx, layers_from_records
-from mpi_infer.backends.onnx import OnnxBackend
+from mpi_infer.engines.onnx import OnnxEngine
 from mpi_infer.dataset import load_dataset
 from mpi_infer.eddl_bin import read_records
 from mpi_infer.loader import WorkItem
@@ -33,7 +33,7 @@ def test_demo_model_reaches_dice_085_on_a_fresh_seed(tmp_path):
     ds = load_dataset(path)
     items = [WorkItem(i, "all", ds.sample(i).locations, ds.sample(i).label_path) for i in range(len(ds))]
     profile = get_profile("segnet-192")
-    backend = OnnxBackend(demo_model("onnx"), profile, threads=2)
+    backend = OnnxEngine(demo_model("onnx"), profile, threads=2)
     records = run_items(items, backend.predict, profile, batch_size=8)
     summary = aggregate(records)
     assert summary["images"]["scored"] == 48

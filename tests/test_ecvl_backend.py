@@ -1,35 +1,34 @@
-"""The pyecvl/pyeddl backend. What needs no pyecvl is tested always; the real DLDataset + EDDL run is
-tested only where pyecvl and pyeddl import (the DeepHealth images), and skips saying why elsewhere."""
+"""Loaders x engines: what needs no pyecvl is tested always; the real DLDataset and EDDL paths run where pyecvl
+and pyeddl import (CI builds them with ../shared/deephealth and requires these tests), and skip saying why
+on a clone without them."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from mpi_infer.backends import choose_backend, ecvl_available
-from mpi_infer.backends.ecvl import NOLABEL, augmentation_spec, batch_plan, gpu_flags, shard_document
 from mpi_infer.dataset import build_dataset, dump_document, load_dataset, parse_yaml_text
+from mpi_infer.ecvl_loader import NOLABEL, augmentation_spec, batch_plan, shard_document
+from mpi_infer.engines import Stack, choose_stack, ecvl_available, pyecvl_available
+from mpi_infer.engines.eddl import gpu_flags
 from mpi_infer.errors import ConfigError
 from mpi_infer.loader import WorkItem
 from mpi_infer.profiles import get_profile
-
-NO_ECVL = "pyecvl and pyeddl are not installed (they need the ECVL/EDDL C++ libraries; DeepHealth image only)"
 
 
 def test_shard_yaml_for_dldataset(tmp_path):
     items = [WorkItem(7, "test", ("/d/a.jpg",), "/d/a_gt.png"), WorkItem(2, "test", ("/d/b.jpg",), None),
              WorkItem(9, "validation", ("/d/c.jpg",), "/d/c_gt.png"), WorkItem(3, "test", ("/d/e.jpg",), "/d/e.png")]
     doc, splits = shard_document(items, "shard")
-    assert splits == ["test", "test" + NOLABEL, "validation"]
-    assert doc["split"] == {"test": [0, 3], "test" + NOLABEL: [1], "validation": [2]}
+    assert splits == ["test", "validation", "test" + NOLABEL]  # masked images first (DLDataset sizes from #0)
+    assert doc["split"] == {"test": [0, 2], "validation": [1], "test" + NOLABEL: [3]}
     path = tmp_path / "shard.yml"
     path.write_text(dump_document(doc))
     ds = load_dataset(str(path))  # a valid ECVL dataset, with absolute paths
     assert ds.sample(0).locations == ("/d/a.jpg",) and ds.sample(0).label_path == "/d/a_gt.png"
-    assert ds.sample(1).label_path is None
+    assert ds.sample(3).label_path is None and ds.sample(3).locations == ("/d/b.jpg",)
     assert build_dataset(parse_yaml_text(dump_document(doc), "x"), str(path)).task == "segmentation"
 
 
@@ -57,32 +56,33 @@ def test_tail_is_a_short_batch_not_dropped():
     assert batch_plan(3, 8) == [3] and batch_plan(0, 8) == []
 
 
-@pytest.mark.skipif(ecvl_available(), reason="pyecvl is installed here")
-def test_auto_falls_back_to_onnx_and_says_why(synth_small, tmp_path):
-    assert choose_backend("auto") == ("onnx", "auto: pyecvl/pyeddl not installed, using ONNX Runtime")
-    with pytest.raises(ConfigError, match="needs pyecvl and pyeddl"):
-        choose_backend("ecvl")
+def test_backend_is_shorthand_for_the_pure_pairs():
+    for backend, pair in (("onnx", ("opencv", "onnx")), ("ecvl", ("ecvl", "eddl"))):
+        if backend == "ecvl" and not ecvl_available():
+            continue
+        stack = choose_stack(backend=backend, model="m.onnx")
+        assert (stack.loader, stack.engine) == pair and stack.name == backend
+    with pytest.raises(ConfigError, match="shorthand"):
+        choose_stack("opencv", "auto", backend="onnx")
+    assert Stack("ecvl", "onnx", "", "").name == "ecvl+onnx"
+
+
+def test_auto_picks_ecvl_loading_and_onnx_compute_and_says_why():
+    stack = choose_stack(model="m.bin")
+    assert stack.engine == "onnx" and stack.engine_why == "auto: the .bin converts to ONNX for ONNX Runtime"
+    if pyecvl_available():
+        assert (stack.loader, stack.loader_why) == ("ecvl", "auto: pyecvl imports")
+    else:
+        assert (stack.loader, stack.loader_why) == ("opencv", "auto: pyecvl not installed")
+
+
+@pytest.mark.skipif(ecvl_available(), reason="pyecvl and pyeddl are installed here")
+def test_without_the_stack_ecvl_choices_are_configuration_errors(synth_small, tmp_path):
+    with pytest.raises(ConfigError, match="needs pyecvl"):
+        choose_stack("ecvl")
+    with pytest.raises(ConfigError, match="needs pyeddl"):
+        choose_stack(engine="eddl")
     proc = subprocess.run([sys.executable, "-m", "mpi_infer", "run", "--dataset", synth_small, "--model", "demo",
                            "--out", str(tmp_path / "o"), "--backend", "ecvl"], capture_output=True, text=True)
     assert proc.returncode == 12
-    assert "needs pyecvl and pyeddl" in proc.stderr
-
-
-@pytest.mark.skipif(not ecvl_available(), reason=NO_ECVL)
-@pytest.mark.parametrize("model", ["demo", "demo-onnx"])
-def test_ecvl_backend_matches_onnx(model, synth_small, tmp_path):
-    from conftest import mpirun
-
-    from mpi_infer.results import read_per_image_csv
-
-    outs = {}
-    for backend in ("ecvl", "onnx"):
-        out = str(tmp_path / backend)
-        proc = mpirun(2, "run", "--dataset", synth_small, "--model", model, "--out", out, "--split", "all",
-                      "--backend", backend, "--batch-size", "4")
-        assert proc.returncode == 0, proc.stderr
-        outs[backend] = read_per_image_csv(os.path.join(out, "per_image.csv"))
-    assert len(outs["ecvl"]) == len(outs["onnx"]) == 13
-    for a, b in zip(outs["ecvl"], outs["onnx"]):
-        assert a["index"] == b["index"] and a["status"] == b["status"]
-        assert abs(float(a["dice"]) - float(b["dice"])) < 0.01  # EDDL vs ONNX Runtime float paths
+    assert "needs pyecvl" in proc.stderr

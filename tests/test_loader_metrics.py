@@ -197,7 +197,7 @@ def test_onnx_backend_refuses_logits_and_wrong_shapes(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from mpi_infer.backends.onnx import OnnxBackend
+    from mpi_infer.engines.onnx import OnnxEngine
     from mpi_infer.errors import ModelError
 
     def model(path, out_channels, sigmoid, size=32):
@@ -215,11 +215,11 @@ def test_onnx_backend_refuses_logits_and_wrong_shapes(tmp_path):
         return str(path)
 
     prof = get_profile("segnet-192", size=(32, 32))
-    assert OnnxBackend(model(tmp_path / "ok.onnx", 1, True), prof, threads=1).predict(
+    assert OnnxEngine(model(tmp_path / "ok.onnx", 1, True), prof, threads=1).predict(
         np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 32, 32)
     with pytest.raises(ModelError, match="expected probabilities in \\[0, 1\\]"):
-        OnnxBackend(model(tmp_path / "logits.onnx", 1, False), prof, threads=1)
+        OnnxEngine(model(tmp_path / "logits.onnx", 1, False), prof, threads=1)
     with pytest.raises(ModelError, match="expected \\[N, 1, 32, 32\\]"):
-        OnnxBackend(model(tmp_path / "two.onnx", 2, True), prof, threads=1)
+        OnnxEngine(model(tmp_path / "two.onnx", 2, True), prof, threads=1)
     with pytest.raises(ModelError, match="height is 64, but profile"):
-        OnnxBackend(model(tmp_path / "big.onnx", 1, True, size=64), prof, threads=1)
+        OnnxEngine(model(tmp_path / "big.onnx", 1, True, size=64), prof, threads=1)

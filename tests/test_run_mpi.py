@@ -16,6 +16,7 @@ import pytest
 from conftest import mpirun
 
 from mpi_infer.dataset import load_dataset
+from mpi_infer.engines import pyecvl_available
 from mpi_infer.modelfile import demo_model
 
 pytestmark = pytest.mark.mpi
@@ -70,7 +71,9 @@ def test_summary_counts_and_contract(runs):
         for key in ("hosts", "backend", "profile", "threshold", "model_sha256", "dataset_sha256", "timings"):
             assert key in s
         assert s["profile"]["size"] == [192, 192] and s["profile"]["interpolation"] == "linear"
-        assert s["backend"]["backend"] == "onnx"
+        assert s["backend"]["engine"] == "onnx"  # auto: ONNX Runtime computes
+        assert s["backend"]["loader"] == ("ecvl" if pyecvl_available() else "opencv")  # ECVL loads where it can
+        assert "loader ecvl (auto: pyecvl imports)" in proc.stderr or not pyecvl_available()
         assert len(s["timings"]["per_rank"]) == n
         assert "mean Dice" in proc.stdout  # the one-screen table
         assert "[rank 0] progress: 13/13" in proc.stderr

@@ -1,14 +1,24 @@
-"""ONNX Runtime backend: the model loaded once per rank, dynamic batch, threads sized to the rank."""
+"""ONNX Runtime engine: the model loaded once per rank, dynamic batch, threads sized to the rank."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..profiles import Profile
 
 
-class OnnxBackend:
+def first_line(exc: BaseException, cap: int = 300) -> str:
+    """The first line of an exception's text, capped: ONNX Runtime's messages can quote whole graphs."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= cap else text[:cap] + "..."
+
+
+class OnnxLoadError(ModelError):
+    """ONNX Runtime cannot load the file at all (``auto`` may then try EDDL's importer)."""
+
+
+class OnnxEngine:
     name = "onnx"
 
     def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0):
@@ -23,7 +33,10 @@ class OnnxBackend:
         # Spinning intra-op threads would steal the cores our loader threads decode on.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
-        if gpu and "CUDAExecutionProvider" in available:
+        if gpu and "CUDAExecutionProvider" not in available:
+            raise ConfigError(f"--gpu: this ONNX Runtime ({ort.__version__}) has no CUDAExecutionProvider "
+                              f"(providers: {', '.join(available)}); install onnxruntime-gpu with CUDA, or drop --gpu")
+        if gpu:
             providers: list = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
@@ -31,8 +44,11 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
-            raise ModelError(f"{path}: cannot load ONNX model: {str(exc).strip().splitlines()[0]}") from exc
+            raise OnnxLoadError(f"{path}: cannot load ONNX model: {first_line(exc)}") from exc
         self.providers = self.session.get_providers()
+        if gpu and "CUDAExecutionProvider" not in self.providers:  # ORT falls back to the CPU without a word
+            raise ConfigError(f"--gpu: ONNX Runtime could not start CUDA on GPU {device_id} (CUDA/cuDNN libraries "
+                              f"missing?); it would run on the CPU only: {', '.join(self.providers)}")
         self._check(profile)
 
     def _check(self, profile: Profile) -> None:
@@ -73,7 +89,7 @@ class OnnxBackend:
         try:
             return self.session.run([self.output_name], {self.input_name: x})[0]
         except Exception as exc:
-            raise ModelError(f"{self.path}: inference failed: {str(exc).strip().splitlines()[0]}") from exc
+            raise ModelError(f"{self.path}: inference failed: {first_line(exc)}") from exc
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self.fixed_batch and len(x) != 1:
@@ -82,5 +98,5 @@ class OnnxBackend:
         return (y[:, 0] if y.ndim == 4 else y).astype(np.float32, copy=False)
 
     def describe(self) -> dict:
-        return {"backend": self.name, "providers": self.providers, "threads": self.threads,
+        return {"engine": self.name, "providers": self.providers, "threads": self.threads,
                 "gpu_requested": self.gpu_requested}

@@ -1,0 +1,277 @@
+"""The ECVL loader: ECVL's own ``DLDataset`` turns a rank's images into tensors (pyecvl 1.3.0 on ECVL 1.0.3).
+
+Written against reference/ecvl.md sections 2 and 10, and run against the real libraries in CI. pyecvl is
+imported only when this loader is used; everything that does not need it (the shard YAML, the
+augmentation chain for a profile, the pre-check) is a plain function, tested everywhere.
+
+Per group of items (a rank's whole shard under the static schedule; a few batches at a time under the
+dynamic one): the items are written as an ECVL dataset YAML in a private temporary folder (images with a
+mask and images without one go to separate splits, since ECVL decides "has labels" per split); DLDataset
+loads it with one augmentation container per split (resize with the profile's interpolation, masks
+nearest; AugToFloat32(255, divisor_gt=255); AugNormalize when the profile has mean/std); Start/GetBatch
+with drop_last off yields every image, the short last batch included (LoadBatch would throw on it).
+GetBatch's order is not deterministic with several workers, so results are keyed by the returned samples.
+
+ECVL's loader threads cannot survive a bad file: ``Sample::LoadImage`` throws inside a std::thread, which
+ends the whole process (std::terminate). So every file is pre-checked first from its header, without
+decoding pixels: a regular file within the size bound; for PNG an IHDR and a complete stream (IEND: libpng
+refuses a truncated PNG); for JPEG a frame header and a scan (libjpeg decodes a JPEG truncated inside the
+scan, with grey rows, as ECVL would); any other format is decoded once. A file that fails becomes a
+``failed`` record with the reason, and the run goes on. The headers also give what the OpenCV loader
+reports (16-bit, alpha, grey, colour masks, a mask whose size differs from its image), so both loaders
+give the same statuses; 0/1 masks are recognised on the mask ECVL loaded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import struct
+import tempfile
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .atomic import read_input
+from .dataset import dump_document
+from .loader import MAX_IMAGE_BYTES, Batch, ImageFault, Loaded, WorkItem, check_image_file, mask_notes
+from .profiles import Profile
+
+NOLABEL = "--no-mask"
+GROUP_BATCHES = 4  # dynamic schedule: batches per DLDataset (each one loads its first image once more)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def shard_document(items: list[WorkItem], name: str) -> tuple[dict[str, Any], list[str]]:
+    """The ECVL YAML for a shard (absolute paths) and its split names in order.
+
+    Masked and unmasked images of a split go to ``<split>`` and ``<split>--no-mask``. A masked image comes
+    first where there is one: DLDataset sizes every split's label tensor from ``samples_[0]``'s mask, and
+    with an unmasked first sample it asks for a -1-channel tensor (16 EB) for the masked splits."""
+    images: list[Any] = []
+    split: dict[str, list[int]] = {}
+    for it in sorted(items, key=lambda it: it.label_path is None):  # stable: masked first, order kept
+        key = it.split if it.label_path else it.split + NOLABEL
+        split.setdefault(key, []).append(len(images))
+        loc: Any = it.locations[0] if len(it.locations) == 1 else list(it.locations)
+        images.append({"location": loc, "label": it.label_path} if it.label_path else {"location": loc})
+    doc = {"name": name, "description": "mpi_infer shard for ECVL's DLDataset", "images": images, "split": split}
+    return doc, list(split)
+
+
+def augmentation_spec(profile: Profile) -> list[tuple[str, tuple]]:
+    """The per-split augmentation chain for a profile, as (pyecvl class, arguments)."""
+    chain: list[tuple[str, tuple]] = [
+        ("AugResizeDim", ([profile.width, profile.height], profile.interpolation)),  # dims are [W, H]
+        ("AugToFloat32", (255, 255)),  # image /255 and mask /255
+    ]
+    if profile.mean is not None and profile.std is not None:
+        chain.append(("AugNormalize", (list(profile.mean), list(profile.std))))
+    return chain
+
+
+def batch_plan(count: int, batch_size: int) -> list[int]:
+    """Batch sizes GetBatch yields with drop_last off: full batches, then the short remainder."""
+    full, rest = divmod(count, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+@dataclass
+class Header:
+    """What a file's header says, read without decoding pixels."""
+
+    width: int
+    height: int
+    depth: int  # bits per sample
+    channels: int  # as OpenCV's IMREAD_ANYCOLOR will give them (alpha dropped, palette expanded)
+    alpha: bool = False
+
+
+def png_header(data: bytes, what: str, path: str) -> Header:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageFault(f"{what} cannot be decoded (PNG without an IHDR header): {path}")
+    if data[-12:][4:8] != b"IEND":
+        raise ImageFault(f"{what} cannot be decoded (truncated PNG: no IEND chunk): {path}")
+    width, height = struct.unpack(">II", data[16:24])
+    depth, colour = data[24], data[25]
+    channels = 1 if colour in (0, 4) else 3  # grey (+alpha) or RGB / palette (+alpha)
+    return Header(width, height, depth, channels, alpha=colour in (4, 6))
+
+
+def jpeg_header(data: bytes, what: str, path: str) -> Header:
+    """Walk the JPEG markers to the frame header (SOFn) and on to the first scan (SOS)."""
+    pos, frame = 2, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _STANDALONE:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker == 0xDA:  # start of scan: pixels follow; a truncated tail still decodes (grey rows)
+            if frame is None:
+                break
+            return frame
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 10 <= len(data):
+            depth, height, width, comps = data[pos + 4], *struct.unpack(">HH", data[pos + 5 : pos + 9]), data[pos + 9]
+            frame = Header(width, height, depth, 1 if comps == 1 else 3)
+        pos += 2 + length
+    raise ImageFault(f"{what} cannot be decoded (JPEG without a frame and a scan: truncated or corrupt): {path}")
+
+
+_STANDALONE = {0x01, *range(0xD0, 0xDA)}
+
+
+def read_header(path: str, what: str) -> Header | None:
+    """The header of a PNG or JPEG (raising ImageFault for one OpenCV could not decode); None for other
+    formats, which are decoded once here instead, so that nothing undecodable reaches ECVL's threads."""
+    check_image_file(path, what)
+    data = read_input(path, ImageFault, what, max_bytes=MAX_IMAGE_BYTES)
+    if data[:8] == _PNG_MAGIC:
+        return png_header(data, what, path)
+    if data[:2] == b"\xff\xd8":
+        return jpeg_header(data, what, path)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR)
+    if img is None:
+        raise ImageFault(f"{what} cannot be decoded (not an image OpenCV reads): {path}")
+    return Header(img.shape[1], img.shape[0], 8, 1 if img.ndim == 2 else 3)
+
+
+def precheck(item: WorkItem) -> list[str]:
+    """The notes ECVL's conversions deserve (as the OpenCV loader words them); raises ImageFault for an
+    item ECVL's loader thread would die on, or one the OpenCV loader would refuse too."""
+    notes: list[str] = []
+    if len(item.locations) == 1:
+        head = read_header(item.locations[0], "image")
+        _conversion_notes(head, "image", notes)
+        if head.channels == 1:
+            notes.append("image is grey; replicated to RGB")
+    else:
+        planes = [read_header(p, f"plane {k}") for k, p in enumerate(item.locations)]
+        if len(planes) != 3 or any(p.channels != 1 for p in planes):
+            raise ImageFault(f"multi-plane image needs 3 grey planes for an RGB model, got "
+                             f"{[(p.height, p.width, p.channels) for p in planes]}")
+        if len({(p.height, p.width) for p in planes}) != 1:
+            raise ImageFault(f"planes differ in size: {[(p.height, p.width) for p in planes]}")
+        for k, p in enumerate(planes):
+            _conversion_notes(p, f"plane {k}", notes)
+        head = planes[0]
+    if item.label_path:
+        mask = read_header(item.label_path, "mask")
+        _conversion_notes(mask, "mask", notes)
+        if mask.channels == 3:
+            notes.append("mask is colour; converted to grey with ECVL's 0.299R+0.587G+0.114B")
+        if (mask.width, mask.height) != (head.width, head.height):
+            raise ImageFault(f"mask size {mask.width}x{mask.height} differs from image size "
+                             f"{head.width}x{head.height}: {item.label_path}")
+    return notes
+
+
+def _conversion_notes(head: Header, what: str, notes: list[str]) -> None:
+    if head.depth == 16:
+        notes.append(f"{what} is 16-bit; converted to 8-bit as ECVL does")
+    if head.alpha:
+        notes.append(f"{what} has an alpha channel; dropped as ECVL does")
+
+
+class EcvlLoader:
+    """Batches from ECVL's DLDataset, keyed back to our work items (every image once, short tail included)."""
+
+    name = "ecvl"
+
+    def __init__(self, profile: Profile):
+        from pyecvl import ecvl  # noqa: F401 - fail here, clearly, when missing
+        from pyeddl import tensor  # noqa: F401 - GetBatch returns pyeddl Tensors: their type must be registered
+
+        self.profile = profile
+
+    def batches(self, items: Iterable[WorkItem], batch_size: int, threads: int) -> Iterator[Batch]:
+        if isinstance(items, list | tuple):
+            groups: Iterable[list[WorkItem]] = [list(items)]
+        else:  # the dynamic schedule: items arrive as rank 0 hands them out
+            source = iter(items)
+            groups = iter(lambda: list(itertools.islice(source, batch_size * GROUP_BATCHES)), [])
+        for group in groups:
+            yield from self._group(group, batch_size, threads)
+
+    def _group(self, items: list[WorkItem], batch_size: int, threads: int) -> Iterator[Batch]:
+        from pyecvl import ecvl
+
+        ready, notes = [], {}
+        for it in items:
+            try:
+                notes[it.index] = precheck(it)
+                ready.append(it)
+            except ImageFault as exc:
+                yield Batch([Loaded(it, status="failed", notes=[str(exc)])], None, [])
+        if not ready:
+            return
+        doc, split_names = shard_document(ready, "mpi_infer-shard")
+        folder = tempfile.mkdtemp(prefix="mpi_infer-ecvl-")
+        try:
+            path = os.path.join(folder, "shard.yml")
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(dump_document(doc))
+            augs = ecvl.DatasetAugmentations([self._container(ecvl)] * len(split_names))
+            dataset = ecvl.DLDataset(path, batch_size, augs, ecvl.ColorType.RGB, ecvl.ColorType.GRAY,
+                                     num_workers=max(1, threads), queue_ratio_size=2,
+                                     drop_last={s: False for s in split_names})
+            by_key: dict[tuple[str, str], deque[WorkItem]] = defaultdict(deque)
+            for it in ready:
+                by_key[(it.locations[0], it.label_path or "")].append(it)
+            for s, name in enumerate(split_names):
+                dataset.SetSplit(s)
+                dataset.ResetBatch(s, False)
+                dataset.Start()
+                try:
+                    for _ in range(dataset.GetNumBatches(s)):
+                        samples, x, y = dataset.GetBatch()
+                        yield self._to_batch(samples, x, y, by_key, notes, has_masks=not name.endswith(NOLABEL))
+                finally:
+                    dataset.Stop()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _container(self, ecvl: Any) -> Any:
+        chain = []
+        for name, args in augmentation_spec(self.profile):
+            if name == "AugResizeDim":
+                chain.append(ecvl.AugResizeDim(args[0], getattr(ecvl.InterpolationType, args[1])))
+            elif name == "AugToFloat32":
+                chain.append(ecvl.AugToFloat32(args[0], divisor_gt=args[1]))
+            else:
+                chain.append(ecvl.AugNormalize(*args))
+        return ecvl.SequentialAugmentationContainer(chain)
+
+    def _to_batch(self, samples: list, x: Any, y: Any, by_key: dict, notes: dict[int, list[str]],
+                  has_masks: bool) -> Batch:
+        xs = np.array(x, copy=True)
+        ys = np.array(y, copy=True) if has_masks else None
+        loaded = []
+        for k, sample in enumerate(samples):
+            label = sample.label_path_ if has_masks else None
+            item = by_key[(sample.location_[0], label or "")].popleft()
+            size = list(sample.size_)  # [W, H], filled on first load
+            entry = Loaded(item, image=None, original_hw=(int(size[1]), int(size[0])),
+                           status="ok" if has_masks else "unscored", notes=list(notes[item.index]))
+            if ys is not None:
+                mask = np.clip(np.rint(ys[k, 0] * 255.0), 0, 255).astype(np.uint8)  # back to 0..255
+                try:
+                    entry.notes += mask_notes(mask, item.label_path or "")
+                    entry.mask = mask
+                except ImageFault as exc:
+                    entry.status, entry.notes = "failed", [str(exc)]
+            if entry.notes and entry.status != "failed":
+                entry.status = "converted"
+            loaded.append(entry)
+        rows = [k for k, it in enumerate(loaded) if it.status != "failed"]
+        return Batch(loaded, xs[rows] if len(rows) < len(loaded) else xs, rows)
