@@ -7,13 +7,13 @@ stride 1, "same" padding, with bias; every conv but the last is followed by ReLU
 affine BatchNorm (running statistics) between every conv but the last and its ReLU.
 
 Channel widths are read from the records, so narrower variants (such as the shipped demo model) load
-too. The graph is written so that it also goes back into EDDL (``import_net_from_onnx_file``): symbolic
-batch; the x2 nearest upsampling as Resize with a *named* ``roi`` input (EDDL 1.1b's importer drops empty
-input names and then reads the scales from input 2, so the usual ``Resize(X, "", scales)`` does not import)
-and ``coordinate_transformation_mode="asymmetric"`` with ``nearest_mode="floor"``: a pure repeat in ONNX
-Runtime and in EDDL alike. EDDL imports Resize as its scale layer, whose ``half_pixel`` nearest is off by
-one pixel (measured: [0, 0, 0, 1, 1, 2, 2, 3] for a row 0..3), so the half_pixel form that EDDL's own
-exporter writes would not score the same after a round trip.
+too. The graph is written as EDDL 1.1b's own exporter writes an UpSampling2D, so that it also goes back
+into EDDL (``import_net_from_onnx_file``): symbolic batch; the x2 nearest upsampling as Resize with a
+*named* ``roi`` initializer (EDDL's importer drops empty input names and then reads the scales from input 2,
+so the usual ``Resize(X, "", scales)`` does not import) and ``coordinate_transformation_mode="asymmetric"``
+(nearest, floor): a pure repeat in ONNX Runtime and in EDDL alike. EDDL imports every Resize as its scale
+layer, whose ``half_pixel`` nearest is off by one pixel (measured: a row 0..3 becomes [0, 0, 0, 1, 1, 2, 2, 3]),
+so a half_pixel graph would not score the same in EDDL.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .atomic import read_input
 from .profiles import Profile
 
 CV_INTERP = {
@@ -81,27 +80,26 @@ def check_image_file(path: str, what: str) -> None:
         raise ImageFault(f"{what} file is {st.st_size} bytes, more than the {MAX_IMAGE_BYTES} allowed: {path}")
 
 
-def _read_bytes(path: str, what: str) -> bytes:
-    """The file's bytes, bounded, never blocking on a FIFO; only bad files become ImageFaults, while I/O
-    errors of the volume itself (EIO on NFS, say) escape and end the job as retryable (exit 200)."""
-    check_image_file(path, what)
-    return read_input(path, ImageFault, what, max_bytes=MAX_IMAGE_BYTES)
-
-
-def _png_depth_and_colour(data: bytes) -> tuple[int, int] | None:
+def _png_depth_and_colour(head: bytes) -> tuple[int, int] | None:
     """(bit depth, colour type) from a PNG header, or None for other formats."""
-    if len(data) >= 26 and data[:8] == _PNG_MAGIC:
-        return data[24], data[25]
+    if len(head) >= 26 and head[:8] == _PNG_MAGIC:
+        return head[24], head[25]
     return None
 
 
 def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
-    """ECVL's ImRead: cv2 IMREAD_ANYCOLOR (8-bit; alpha dropped). Notes what got converted."""
-    data = _read_bytes(path, what)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR)
+    """ECVL's ImRead: ``cv2.imread(path, IMREAD_ANYCOLOR)`` (8-bit; alpha dropped). Notes what got converted.
+
+    imread, as ECVL calls it, not imdecode on the bytes: libjpeg through imread decodes a JPEG cut short
+    inside its scan (grey rows, "Premature end of JPEG file") where imdecode refuses it, and both loaders must
+    agree. The file is checked first (a regular file within the bound), so a FIFO or a device never blocks."""
+    check_image_file(path, what)
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    img = cv2.imread(path, cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise ImageFault(f"{what} cannot be decoded (not an image OpenCV reads): {path}")
-    header = _png_depth_and_colour(data)
+    header = _png_depth_and_colour(head)
     if header is not None:
         depth, colour = header
         if depth == 16:

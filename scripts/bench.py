@@ -35,9 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from mpi_infer.archs import build_onnx, random_layers, records_from_layers, segnet_widths  # noqa: E402
-from mpi_infer.engines.onnx import OnnxEngine  # noqa: E402
 from mpi_infer.dataset import load_dataset  # noqa: E402
 from mpi_infer.eddl_bin import write_records  # noqa: E402
+from mpi_infer.engines.onnx import OnnxEngine  # noqa: E402
 from mpi_infer.loader import load_item, to_tensor  # noqa: E402
 from mpi_infer.modelfile import demo_model  # noqa: E402
 from mpi_infer.profiles import get_profile  # noqa: E402

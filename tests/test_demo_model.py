@@ -7,9 +7,9 @@ import os
 import numpy as np
 
 from mpi_infer.archs import build_onnx, layers_from_records
-from mpi_infer.engines.onnx import OnnxEngine
 from mpi_infer.dataset import load_dataset
 from mpi_infer.eddl_bin import read_records
+from mpi_infer.engines.onnx import OnnxEngine
 from mpi_infer.loader import WorkItem
 from mpi_infer.metrics import aggregate
 from mpi_infer.modelfile import demo_model
