@@ -183,12 +183,18 @@ def load_item(item: WorkItem, profile: Profile) -> Loaded:
 
 def to_tensor(images: Sequence[np.ndarray], profile: Profile) -> np.ndarray:
     """uint8 RGB HWC images -> float32 NCHW, /255 then (x - mean) / std, as ECVL's augmentations."""
-    batch = np.stack(images).astype(np.float32)
+    return normalise(np.stack(images).astype(np.float32).transpose(0, 3, 1, 2), profile)
+
+
+def normalise(batch: np.ndarray, profile: Profile) -> np.ndarray:
+    """float32 NCHW holding 0..255 values -> /255, then (x - mean) / std per channel; C-contiguous.
+    One arithmetic for both loaders, so they give the same tensor for the same pixels."""
+    batch = np.ascontiguousarray(batch, np.float32)
     batch *= np.float32(1.0 / 255.0)
     if profile.mean is not None and profile.std is not None:
-        batch -= np.asarray(profile.mean, np.float32)
-        batch /= np.asarray(profile.std, np.float32)
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        batch -= np.asarray(profile.mean, np.float32)[:, None, None]
+        batch /= np.asarray(profile.std, np.float32)[:, None, None]
+    return batch
 
 
 @dataclass

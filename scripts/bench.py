@@ -14,6 +14,9 @@ Figures and targets (issue 8):
   dynamic     one rank slowed 2x: dynamic makespan within 1.10x of ideal (static printed beside)
   planning    1M-image YAML loaded, validated, planned and scattered at N=2: <= 5 s
   memory      peak RSS per rank flat (within 10%) from 1k to 100k images, apart from the records
+  stacks      (issue 12, where pyecvl/pyeddl are installed) loader x engine on the demo model at N=2, same
+              images: ECVL loader + ONNX engine wall / OpenCV loader + ONNX engine wall <= 1.10; the EDDL
+              engine's wall against the ONNX engine's (the ECVL loader under both); peak RSS per rank of each
 """
 
 from __future__ import annotations
@@ -205,6 +208,46 @@ def dynamic(work: str, models: dict, args) -> None:
          dynamic_images_per_rank=[r["images"] for r in dy["timings"]["per_rank"]])
 
 
+def stacks(work: str, models: dict, args) -> None:
+    """Loader x engine, same images and model (the demo .bin), N=2; the ONNX pairs alternate over repeats."""
+    from mpi_infer.engines import ecvl_available
+
+    if not ecvl_available():
+        emit("stacks", skipped="pyecvl/pyeddl not installed (../shared/deephealth/build.sh installs them)")
+        return
+    _, dataset = models["demo"]
+    n = 2
+    walls: dict[tuple[str, str], list[float]] = {}
+    phases: dict[tuple[str, str], list[float]] = {}
+    rss: dict[tuple[str, str], list[float]] = {}
+    pairs = [("opencv", "onnx"), ("ecvl", "onnx")] * args.repeats + [("ecvl", "eddl"), ("opencv", "eddl")]
+    for loader, engine in pairs:
+        wall, s = run_job(work, f"stack-{loader}-{engine}", n, dataset, "demo",
+                          ["--loader", loader, "--engine", engine, "--batch-size", str(args.batch_size)])
+        walls.setdefault((loader, engine), []).append(wall)
+        phases.setdefault((loader, engine), []).append(max(r["wall_s"] for r in s["timings"]["per_rank"]))
+        rss[(loader, engine)] = [r["peak_rss_mb"] for r in s["timings"]["per_rank"]]
+    same = all(_same_scores(os.path.join(work, "runs", "stack-opencv-onnx"),
+                            os.path.join(work, "runs", f"stack-{a}-{b}"))
+               for a, b in (("ecvl", "onnx"), ("ecvl", "eddl"), ("opencv", "eddl")))
+    full_model, full_data = models["full"]
+    full: dict[str, list[float]] = {}
+    for loader in ("opencv", "ecvl") * max(1, args.repeats // 2):  # a compute-heavy model: loading hides
+        _, fs = run_job(work, f"stack-full-{loader}", n, full_data, full_model, ["--loader", loader])
+        full.setdefault(loader, []).append(max(r["wall_s"] for r in fs["timings"]["per_rank"]))
+    med = {k: float(np.median(v)) for k, v in phases.items()}
+    cmd = {k: float(np.median(v)) for k, v in walls.items()}
+    emit("stacks", ranks=n, images=s["images"]["selected"], repeats=args.repeats,
+         inference_wall_s={f"{a}+{b}": round(v, 3) for (a, b), v in med.items()},
+         command_wall_s={f"{a}+{b}": round(v, 2) for (a, b), v in cmd.items()},
+         peak_rss_mb_per_rank={f"{a}+{b}": v for (a, b), v in rss.items()},
+         ecvl_onnx_over_opencv_onnx=round(med[("ecvl", "onnx")] / med[("opencv", "onnx")], 3),
+         ecvl_onnx_over_opencv_onnx_command=round(cmd[("ecvl", "onnx")] / cmd[("opencv", "onnx")], 3), target=1.10,
+         eddl_engine_over_onnx_engine=round(med[("ecvl", "eddl")] / med[("ecvl", "onnx")], 1),
+         full_segnet_ecvl_onnx_over_opencv_onnx=round(float(np.median(full["ecvl"]) / np.median(full["opencv"])), 3),
+         per_image_identical=same)
+
+
 def _same_scores(a: str, b: str) -> bool:
     def load(d: str) -> list:
         with open(os.path.join(d, "per_image.csv"), newline="") as fh:
@@ -295,8 +338,9 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, nargs="+", default=None)
     ap.add_argument("--dh-ranks", type=int, default=2)
     ap.add_argument("--scaling-model", choices=("full", "demo"), default="full")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating repeats of the ONNX-engine stack runs")
     ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
-                                                    "memory"])
+                                                    "memory", "stacks"])
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     args.ranks = args.ranks or [n for n in (1, 2, 4, 8, 16) if n <= cores]
@@ -334,6 +378,8 @@ def main() -> None:
         planning(work, args)
     if "memory" in args.only:
         memory(work, args)
+    if "stacks" in args.only:
+        stacks(work, models, args)
 
     with open(os.path.join(work, "results.json"), "w") as fh:
         json.dump({"machine": info, "figures": RESULTS}, fh, indent=2)

@@ -22,8 +22,8 @@ def test_shard_yaml_for_dldataset(tmp_path):
     items = [WorkItem(7, "test", ("/d/a.jpg",), "/d/a_gt.png"), WorkItem(2, "test", ("/d/b.jpg",), None),
              WorkItem(9, "validation", ("/d/c.jpg",), "/d/c_gt.png"), WorkItem(3, "test", ("/d/e.jpg",), "/d/e.png")]
     doc, splits = shard_document(items, "shard")
-    assert splits == ["test", "validation", "test" + NOLABEL]  # masked images first (DLDataset sizes from #0)
-    assert doc["split"] == {"test": [0, 2], "validation": [1], "test" + NOLABEL: [3]}
+    assert splits == ["masked", NOLABEL]  # two splits at most; masked images first (DLDataset sizes from #0)
+    assert doc["split"] == {"masked": [0, 1, 2], NOLABEL: [3]}
     path = tmp_path / "shard.yml"
     path.write_text(dump_document(doc))
     ds = load_dataset(str(path))  # a valid ECVL dataset, with absolute paths
@@ -33,15 +33,20 @@ def test_shard_yaml_for_dldataset(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["segnet-192", "unet-224", "cpp-512"])
-def test_augmentations_follow_the_profile(name):
+def test_ecvl_resizes_and_numpy_normalises_as_the_profile_says(name):
+    import numpy as np
+
+    from mpi_infer.loader import normalise, to_tensor
+
     p = get_profile(name)
-    spec = augmentation_spec(p)
-    assert spec[0] == ("AugResizeDim", ([p.width, p.height], p.interpolation))  # ECVL dims are [W, H]
-    assert spec[1] == ("AugToFloat32", (255, 255))
-    if p.mean is None:
-        assert len(spec) == 2
-    else:
-        assert spec[2] == ("AugNormalize", (list(p.mean), list(p.std)))
+    assert augmentation_spec(p) == [("AugResizeDim", ([p.width, p.height], p.interpolation))]  # dims are [W, H]
+    img = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    x = normalise(img.transpose(2, 0, 1)[None].astype(np.float32), p)  # as ImageToTensor gives it
+    assert np.array_equal(x, to_tensor([img], p))  # the OpenCV loader's arithmetic, bit for bit
+    want = img.astype(np.float64) / 255
+    if p.mean is not None:
+        want = (want - np.array(p.mean)) / np.array(p.std)
+    assert np.abs(x[0].transpose(1, 2, 0) - want).max() < 1e-5
 
 
 def test_gpu_pick_is_local_rank_mod_visible():

@@ -259,6 +259,22 @@ def test_gpu_on_a_cpu_only_eddl_is_a_configuration_error(synth_small, tmp_path):
     assert proc.returncode == 12 and "no GPU is visible" in proc.stderr
 
 
+def test_both_loaders_agree_with_mean_std(synth_small, tmp_path):
+    """The unet-224 recipe's mean/std, at the demo model's size, linear: both loaders give the same scores.
+    (With cubic they need not: pip's OpenCV 5.0 and the Debian OpenCV 4.6 that ECVL links differ by one grey
+    level on about 5% of pixels after INTER_CUBIC on uint8; the README says so.)"""
+    got = {}
+    for loader in ("ecvl", "opencv"):
+        d = str(tmp_path / loader)
+        proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", d, "--split", "all",
+                      "--profile", "unet-224", "--size", "192", "192", "--interp", "linear", "--loader", loader)
+        assert proc.returncode == 0, proc.stderr
+        got[loader] = rows(d)
+        assert summary(d)["profile"]["mean"] == [0.6681, 0.5301, 0.5247]
+    for a, b in zip(got["ecvl"], got["opencv"]):
+        assert a["index"] == b["index"] and abs(float(a["dice"]) - float(b["dice"])) <= 1e-6
+
+
 @pytest.fixture()
 def awkward_dataset(synth_small, tmp_path):
     """13 images: two without masks, one undecodable, one truncated PNG, one JPEG cut inside its scan."""
