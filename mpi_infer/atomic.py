@@ -8,6 +8,8 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
 
 
 def _umask() -> int:
@@ -31,10 +33,21 @@ def write_bytes(path: str, data: bytes, *, fsync: bool = True) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise with_path(exc, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def with_path(exc: OSError, path: str) -> OSError:
+    """The same OS error, naming the file: a write's ENOSPC or EIO otherwise names none."""
+    if exc.filename is None and exc.errno is not None:
+        return type(exc)(exc.errno, exc.strerror, path)
+    return exc
 
 
 def write_text(path: str, text: str, *, fsync: bool = True) -> None:
@@ -46,12 +59,9 @@ MAX_INPUT_BYTES = 4 * GiB  # a model or a YAML larger than this is refused, not 
 VOLUME_ERRORS = (errno.EIO, errno.ESTALE, errno.ETIMEDOUT)  # the volume's trouble, not the input's: retryable
 
 
-def read_input(path: str, error: type[Exception], what: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
-    """The bytes of an input file; anything but a readable regular file of at most ``max_bytes`` raises
-    ``error`` naming it.
-
-    Opened non-blocking, so a FIFO or a device never hangs the job, and read with a bound, so
-    ``/dev/zero`` or a file that grows under us cannot exhaust memory."""
+def open_input(path: str, error: type[Exception], what: str, max_bytes: int = MAX_INPUT_BYTES) -> BinaryIO:
+    """An input file opened for reading; anything but a readable regular file of at most ``max_bytes`` raises
+    ``error`` naming it. Opened non-blocking, so a FIFO or a device never hangs the job."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -62,23 +72,45 @@ def read_input(path: str, error: type[Exception], what: str, max_bytes: int = MA
         if exc.errno in VOLUME_ERRORS:
             raise  # a flaky volume: retryable (exit 200), not the input's fault
         raise error(f"{path}: cannot open {what} file: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise error(f"{path}: {what} path is a folder, expected a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: {what} path is {_kind(st.st_mode)}, not a regular file")
-        if st.st_size > max_bytes:
-            raise error(f"{path}: {what} file is {st.st_size} bytes, more than the {max_bytes} allowed")
+    fh = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(st.st_mode):
+        problem = f"{path}: {what} path is a folder, expected a file"
+    elif not stat.S_ISREG(st.st_mode):
+        problem = f"{path}: {what} path is {_kind(st.st_mode)}, not a regular file"
+    elif st.st_size > max_bytes:
+        problem = f"{path}: {what} file is {st.st_size} bytes, more than the {max_bytes} allowed"
+    if problem:
+        fh.close()
+        raise error(problem)
+    return fh
+
+
+def read_chunks(fh: BinaryIO, path: str, error: type[Exception], what: str, max_bytes: int,
+                chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The file's bytes in chunks, never more than ``max_bytes`` in all (a file growing under us is refused)."""
+    total = 0
+    while True:
         try:
-            data = fh.read(max_bytes + 1)
+            block = fh.read(chunk)
         except OSError as exc:
             if exc.errno in VOLUME_ERRORS:
                 raise
             raise error(f"{path}: cannot read {what} file: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise error(f"{path}: {what} file grew past the {max_bytes} bytes allowed while being read")
-    return data
+        if not block:
+            return
+        total += len(block)
+        if total > max_bytes:
+            raise error(f"{path}: {what} file grew past the {max_bytes} bytes allowed while being read")
+        yield block
+
+
+def read_input(path: str, error: type[Exception], what: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of an input file (see ``open_input``), read with a bound, so ``/dev/zero`` or a file that
+    grows under us cannot exhaust memory."""
+    with open_input(path, error, what, max_bytes) as fh:
+        return b"".join(read_chunks(fh, path, error, what, max_bytes))
 
 
 def _kind(mode: int) -> str:

@@ -8,7 +8,16 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import EXIT_CODES, EXIT_OK, MpiInferError
+from .argtypes import (
+    MAX_PARTS,
+    MAX_RANKS_HINT,
+    ArgumentParser,
+    float_range,
+    int_range,
+    nonempty,
+    split_names,
+)
+from .errors import EXIT_CODES, EXIT_OK, ConfigError, MpiInferError, clip
 
 DEMO_MODELS = {"demo": "bin", "demo-bin": "bin", "demo-onnx": "onnx"}
 
@@ -26,11 +35,15 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("preprocessing (a named profile, any field overridable)")
     g.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default segnet-192)")
-    g.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="network input height and width")
+    g.add_argument("--size", nargs=2, type=int_range(1, 65536), metavar=("H", "W"),
+                   help="network input height and width")
     g.add_argument("--interp", choices=INTERPOLATIONS, help="image resize interpolation (masks: nearest)")
-    g.add_argument("--mean", nargs=3, type=float, metavar=("R", "G", "B"), help="per-channel mean, [0,1] units")
-    g.add_argument("--std", nargs=3, type=float, metavar=("R", "G", "B"), help="per-channel std, [0,1] units")
-    g.add_argument("--threshold", type=float, help="binarisation threshold (prediction and ground truth)")
+    g.add_argument("--mean", nargs=3, type=float_range(-1e6, 1e6), metavar=("R", "G", "B"),
+                   help="per-channel mean, [0,1] units")
+    g.add_argument("--std", nargs=3, type=float_range(0, 1e6, lo_open=True), metavar=("R", "G", "B"),
+                   help="per-channel std, [0,1] units")
+    g.add_argument("--threshold", type=float_range(0, 1, lo_open=True),
+                   help="binarisation threshold in (0, 1] (prediction and ground truth)")
 
 
 def _profile(args: argparse.Namespace):
@@ -42,7 +55,7 @@ def _profile(args: argparse.Namespace):
 
 def build_parser() -> argparse.ArgumentParser:
     exit_help = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mpi_infer",
         description="Segmentation inference over a whole ECVL dataset with MPI; one exact report.",
         epilog=f"exit codes:\n{exit_help}",
@@ -53,14 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run inference (under mpirun, or as one process)",
                          description="mpirun -n N python -m mpi_infer run --dataset D.yml --model M --out DIR")
-    run.add_argument("--dataset", required=True, help="ECVL dataset YAML")
-    run.add_argument("--model", required=True,
+    run.add_argument("--dataset", required=True, type=nonempty, help="ECVL dataset YAML")
+    run.add_argument("--model", required=True, type=nonempty,
                      help="ONNX model or EDDL .bin (with --arch); 'demo' / 'demo-onnx' = the shipped demo model")
     run.add_argument("--arch", default="segnet", choices=("segnet", "segnet-bn"), help="architecture of a .bin")
-    run.add_argument("--out", required=True, help="output folder (on shared storage for multi-host runs)")
-    run.add_argument("--split", action="append", default=None,
+    run.add_argument("--out", required=True, type=nonempty,
+                     help="output folder (on shared storage for multi-host runs)")
+    run.add_argument("--split", action="append", default=None, type=split_names,
                      help="split(s) to run, repeatable or comma-separated; 'all' = every split (default: test)")
-    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--batch-size", type=int_range(1, 65536), default=8)
     _add_profile_options(run)
     run.add_argument("--loader", default="auto", choices=("auto", "ecvl", "opencv"),
                      help="image loading: ECVL's DLDataset (where pyecvl imports; auto's pick) or OpenCV")
@@ -71,42 +85,46 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eddl-mem", default="full_mem", choices=("full_mem", "mid_mem", "low_mem"),
                      help="EDDL engine memory mode (default full_mem)")
     run.add_argument("--gpu", action="store_true", help="use the rank's local GPU (local rank mod GPUs)")
-    run.add_argument("--threads", type=int, default=0, help="intra-op threads per rank (default: cores/ranks)")
-    run.add_argument("--loader-threads", type=int, default=0, help="image-loading threads per rank")
+    run.add_argument("--threads", type=int_range(0, 4096), default=0,
+                     help="intra-op threads per rank (default: cores/ranks)")
+    run.add_argument("--loader-threads", type=int_range(0, 4096), default=0, help="image-loading threads per rank")
     run.add_argument("--save-masks", action="store_true", help="write predicted masks (0/255 PNG, original size)")
     run.add_argument("--dry-run", action="store_true", help="print the plan; load no model, write nothing")
     run.add_argument("--balance", action="store_true", help="shard sizes differ by at most one per split")
     run.add_argument("--schedule", choices=("static", "dynamic"), default="static",
                      help="dynamic: rank 0 hands out chunks pull-style (absorbs slow ranks)")
-    run.add_argument("--chunk-size", type=int, default=0,
+    run.add_argument("--chunk-size", type=int_range(1, 1 << 30), default=0,
                      help="dynamic schedule: images per chunk (default: the batch size)")
     run.add_argument("--allow-overlap", action="store_true", help="accept images listed in two splits")
     run.add_argument("--resume", action="store_true", help="skip images finished by an earlier attempt")
     run.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
-    run.add_argument("--expect-hosts", type=int, default=0, help="fail unless ranks span this many hosts")
+    run.add_argument("--expect-hosts", type=int_range(0, MAX_RANKS_HINT), default=0,
+                     help="fail unless ranks span this many hosts")
     run.add_argument("--report", action="store_true", help="also write report.html")
-    run.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress log lines")
+    run.add_argument("--progress-interval", type=float_range(0, 86400, lo_open=True), default=5.0,
+                     help="seconds between progress log lines")
     run.add_argument("--quiet", action="store_true")
     run.add_argument("--verbose", action="store_true")
 
     split = sub.add_parser("split", help="write N ECVL sub-YAMLs (part-000-<name> ...), one per shard")
     split.add_argument("dataset")
-    split.add_argument("-n", "--parts", type=int, required=True)
-    split.add_argument("-o", "--out", required=True)
-    split.add_argument("--split", action="append", default=None, help="split(s) to keep (default: all)")
+    split.add_argument("-n", "--parts", type=int_range(1, MAX_PARTS), required=True)
+    split.add_argument("-o", "--out", required=True, type=nonempty)
+    split.add_argument("--split", action="append", default=None, type=split_names,
+                       help="split(s) to keep (default: all)")
     split.add_argument("--balance", action="store_true")
     split.add_argument("--allow-overlap", action="store_true")
 
     synth = sub.add_parser("synth", help="generate the synthetic lesion dataset")
     synth.add_argument("out")
-    synth.add_argument("--n", type=int, default=64)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--n", type=int_range(1, 1_000_000), default=64)
+    synth.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
 
     conv = sub.add_parser("convert", help="EDDL .bin (SegNet family) -> ONNX")
     conv.add_argument("model")
     conv.add_argument("--arch", default="segnet", choices=("segnet", "segnet-bn"))
     conv.add_argument("--out", required=True)
-    conv.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
+    conv.add_argument("--size", nargs=2, type=int_range(32, 65536), metavar=("H", "W"), default=None,
                       help="input size, multiples of 32 (default: the profile's)")
     conv.add_argument("--profile", default=None)
 
@@ -117,16 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write <DIR>/report.html from a finished run")
     rep.add_argument("dir")
-    rep.add_argument("--worst", type=int, default=8, help="how many worst and best images to show")
+    rep.add_argument("--worst", type=int_range(0, 1000), default=8, help="how many worst and best images to show")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("run", "convert"):  # the recipe is part of the command line: check it now, once
+        try:
+            args.profile_obj = _profile(args) if args.command == "run" else None
+        except ConfigError as exc:
+            parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold: {exc}")
     try:
         return _dispatch(args)
     except MpiInferError as exc:
-        print(f"mpi_infer: error: {exc}", file=sys.stderr)
+        print(f"mpi_infer: error: {clip(str(exc), 2000)}", file=sys.stderr)
         return exc.exit_code
 
 
@@ -135,12 +159,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .config import RunConfig
         from .job import run_job
 
-        if args.batch_size < 1:
-            from .errors import ConfigError
-
-            raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
         cfg = RunConfig(
-            dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=_profile(args),
+            dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=args.profile_obj,
             splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, loader=args.loader,
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
@@ -199,7 +219,13 @@ def _split(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     splits = select_splits(dataset, args.split or ["all"])
     shards = plan(selected_items(dataset, splits), args.parts, balance=args.balance)
-    paths = write_parts(dataset, [s.parts for s in shards], args.out)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError(f"-o {args.out}: exists and is not a folder")
+    try:
+        paths = write_parts(dataset, [s.parts for s in shards], args.out)
+    except OSError as exc:
+        raise ConfigError(f"-o {args.out}: cannot write the parts: {exc.strerror or exc}"
+                          f"{': ' + str(exc.filename) if exc.filename else ''}") from exc
     for path, shard in zip(paths, shards):
         per = ", ".join(f"{k} {v}" for k, v in shard.sizes().items())
         print(f"{os.path.basename(path)}: {len(shard)} image(s) ({per})")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml_rs
 
-from .errors import DatasetError
+from .errors import DatasetError, clip, quote
 
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 _INT = re.compile(r"^[-+]?[0-9]+$")
@@ -216,7 +216,7 @@ def parse_yaml_text(text: str, where: str) -> Any:
     try:
         return yaml_rs.loads(_strip_directive(text), parse_datetime=False)
     except Exception as exc:  # yaml_rs.YAMLDecodeError and friends
-        raise DatasetError(f"{where}: not valid YAML: {exc}") from exc
+        raise DatasetError(f"{where}: not valid YAML: {clip(str(exc), 400)}") from exc
 
 
 def load_dataset(
@@ -314,7 +314,7 @@ def _check_entries(entries: list, features: list[str], classes: list[str], path:
                 pass  # a number used as a file name; yaml-cpp reads it as a string
             else:
                 raise DatasetError(f"{path}: images[{i}].location: expected a path or a non-empty "
-                                   f"list of paths, got {loc!r}")
+                                   f"list of paths, got {quote(loc)}")
             if label is not None and not _is_scalar(label) and not (
                 isinstance(label, list) and all(_is_scalar(x) for x in label)
             ):
@@ -334,7 +334,7 @@ def _check_entries(entries: list, features: list[str], classes: list[str], path:
         if _is_scalar(entry):
             continue
         raise DatasetError(f"{path}: images[{i}]: expected a path, a list of paths, or a mapping with "
-                           f"'location', got {entry!r}")
+                           f"'location', got {quote(entry)}")
     return plain
 
 
@@ -346,7 +346,7 @@ def _check_values(values: Any, features: list[str], where: str) -> None:
     if isinstance(values, dict):
         for key in values:
             if _scalar(key) not in features:
-                raise DatasetError(f"{where}: unknown feature {key!r}; 'features' lists {features}")
+                raise DatasetError(f"{where}: unknown feature {quote(key)}; 'features' lists {clip(str(features))}")
         return
     raise DatasetError(f"{where}: expected a list (by feature position) or a mapping (by feature name)")
 
@@ -356,15 +356,20 @@ def _check_splits(raw: dict, n: int, path: str, allow_overlap: bool, warnings: l
     owner = np.full(n, -1, dtype=np.int32)
     for pos, (key, value) in enumerate(raw.items()):
         name = _scalar(key)
-        where = f"{path}: split '{name}'"
+        where = f"{path}: split '{clip(name, 100)}'"
         if value is None:
             value = []
         if not isinstance(value, list):
             raise DatasetError(f"{where}: expected a list of image indices")
         bad = next((j for j, v in enumerate(value) if type(v) is not int), None)
         if bad is not None:
-            raise DatasetError(f"{where}[{bad}]: expected an integer image index, got {value[bad]!r}")
-        idx = np.asarray(value, dtype=np.int64)
+            raise DatasetError(f"{where}[{bad}]: expected an integer image index, got {quote(value[bad])}")
+        try:
+            idx = np.asarray(value, dtype=np.int64)
+        except OverflowError:  # an index past 64 bits: out of range like any other too large one
+            j = next(j for j, v in enumerate(value) if not -(2**63) <= v < 2**63)
+            raise DatasetError(f"{where}[{j}]: index {clip(str(value[j]), 60)} is out of range; "
+                               f"'images' has {n} entries (0..{n - 1})") from None
         if idx.size:
             out = np.flatnonzero((idx < 0) | (idx >= n))
             if out.size:
@@ -408,7 +413,8 @@ def select_splits(dataset: Dataset, requested: Iterable[str] | None) -> list[str
     unknown = [s for s in wanted if s not in dataset.splits]
     if unknown:
         have = ", ".join(dataset.splits) if dataset.has_split_key else "none (no 'split' mapping)"
-        raise DatasetError(f"{dataset.path}: split '{unknown[0]}' does not exist; the dataset has: {have}")
+        raise DatasetError(f"{dataset.path}: split '{clip(unknown[0], 100)}' does not exist; "
+                           f"the dataset has: {clip(have, 300)}")
     return [s for s in dataset.splits if s in wanted]
 
 

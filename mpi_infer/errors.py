@@ -30,10 +30,27 @@ EXIT_CODES = {
 }
 
 
+def clip(text: str, limit: int = 200) -> str:
+    """Input quoted in a message, capped: a 20 MB line must not become a 40 MB error."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(value: object, limit: int = 200) -> str:
+    """``repr`` of a value from the input, capped like ``clip``."""
+    return clip(repr(value), limit)
+
+
 class MpiInferError(Exception):
     """Base class: carries the exit code the whole job should end with."""
 
     exit_code = EXIT_SOFTWARE
+
+
+class UsageError(MpiInferError):
+    """A bad command-line value found after argparse (e.g. an unbalanced quote in --run-args)."""
+
+    exit_code = EXIT_USAGE
 
 
 class DatasetError(MpiInferError):

@@ -18,7 +18,7 @@ from typing import Any
 from .config import RunConfig
 from .dataset import WorkList
 from .engines import Stack, choose_stack, open_engine, visible_gpus
-from .errors import EXIT_OK, exit_code_for
+from .errors import EXIT_OK, clip, exit_code_for
 from .orchestrate import (
     Topology,
     check_topology,
@@ -200,9 +200,15 @@ def run_job(cfg: RunConfig) -> int:
         raise
     except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
         code = exit_code_for(exc)
-        sys.stderr.write(f"[rank {comm.rank}] mpi_infer: fatal {type(exc).__name__}: {exc}\n"
-                         + "".join(f"[rank {comm.rank}] {line}\n" for line in
-                                   "".join(traceback.format_exception(exc)).rstrip().splitlines()))
+        if isinstance(exc, OSError | MemoryError):  # the volume or the machine, not a bug: no traceback
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            sys.stderr.write(f"[rank {comm.rank}] mpi_infer: error: {what}{where}; finished images are in "
+                             f"{os.path.join(cfg.out, 'ledger')}; fix this, then rerun with --resume\n")
+        else:
+            sys.stderr.write(f"[rank {comm.rank}] mpi_infer: fatal {type(exc).__name__}: {clip(str(exc), 2000)}\n"
+                             + "".join(f"[rank {comm.rank}] {line}\n" for line in
+                                       "".join(traceback.format_exception(exc)).rstrip().splitlines()))
         sys.stderr.flush()
         comm.Abort(code)
         return code  # not reached
@@ -276,7 +282,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     failed = _fail_together(comm, error)
     if failed is not None:
         if rank == 0 and prepared.fresh_output:
-            remove_outputs(cfg.out)  # nothing ran: leave --out as empty as it was, so a fixed rerun just works
+            # nothing ran: leave --out as it was (absent or empty), so a fixed rerun just works
+            remove_outputs(cfg.out, remove_folder=prepared.created_output)
         return failed
 
     # 3. Inference. Exceptions here abort the job (run_job's handler): nothing may wait forever.

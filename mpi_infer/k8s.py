@@ -34,24 +34,32 @@ HOSTFILE = "/etc/mpi/hostfile"
 
 
 def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", required=True, help="MPIJob name (also names the PV)")
-    p.add_argument("--namespace", default="default")
-    p.add_argument("--workers", type=int, required=True, help="worker pods")
-    p.add_argument("--slots", type=int, default=0, help="ranks per worker (default: GPUs per worker, else 1)")
-    p.add_argument("--image", required=True, help="container image (pin a tag or digest)")
-    p.add_argument("--pvc", required=True, help="ReadWriteMany claim holding dataset, model and output")
-    p.add_argument("--dataset", required=True, help="dataset YAML path inside the pods (under /data)")
-    p.add_argument("--model", required=True, help="model path inside the pods")
-    p.add_argument("--out", required=True, help="output folder inside the pods")
-    p.add_argument("--gpus-per-worker", type=int, default=0)
-    p.add_argument("--nfs-server", help="render an NFS PersistentVolume for this server (with --nfs-path)")
-    p.add_argument("--nfs-path", help="exported path on the NFS server")
-    p.add_argument("--storage", default="100Gi", help="PV/PVC size")
-    p.add_argument("--cpu", default="2", help="CPU request and limit per worker (a number of cores)")
-    p.add_argument("--memory", default="4Gi", help="memory request and limit per worker")
-    p.add_argument("--deadline", type=int, default=24 * 3600, help="activeDeadlineSeconds")
-    p.add_argument("--backoff-limit", type=int, default=3, help="launcher retries (each resumes)")
-    p.add_argument("--ttl", type=int, default=24 * 3600, help="ttlSecondsAfterFinished (time to read logs)")
+    """Every value is checked as the API server would check it (names, quantities, ranges): exit 2 naming it."""
+    from .argtypes import image_ref, int_range, k8s_bytes, k8s_cpu, k8s_job_name, k8s_label, k8s_subdomain, nonempty
+
+    p.add_argument("--name", required=True, type=k8s_job_name, help="MPIJob name (also names the PV)")
+    p.add_argument("--namespace", default="default", type=k8s_label)
+    p.add_argument("--workers", type=int_range(1, 10_000), required=True, help="worker pods")
+    p.add_argument("--slots", type=int_range(0, 1024), default=0,
+                   help="ranks per worker (default: GPUs per worker, else 1)")
+    p.add_argument("--image", required=True, type=image_ref, help="container image (pin a tag or digest)")
+    p.add_argument("--pvc", required=True, type=k8s_subdomain,
+                   help="ReadWriteMany claim holding dataset, model and output")
+    p.add_argument("--dataset", required=True, type=nonempty, help="dataset YAML path inside the pods (under /data)")
+    p.add_argument("--model", required=True, type=nonempty, help="model path inside the pods")
+    p.add_argument("--out", required=True, type=nonempty, help="output folder inside the pods")
+    p.add_argument("--gpus-per-worker", type=int_range(0, 64), default=0)
+    p.add_argument("--nfs-server", type=nonempty,
+                   help="render an NFS PersistentVolume for this server (with --nfs-path)")
+    p.add_argument("--nfs-path", type=nonempty, help="exported path on the NFS server")
+    p.add_argument("--storage", default="100Gi", type=k8s_bytes, help="PV/PVC size")
+    p.add_argument("--cpu", default="2", type=k8s_cpu, help="CPU request and limit per worker (cores, or 500m)")
+    p.add_argument("--memory", default="4Gi", type=k8s_bytes, help="memory request and limit per worker")
+    p.add_argument("--deadline", type=int_range(1, 10 * 365 * 86400), default=24 * 3600,
+                   help="activeDeadlineSeconds")
+    p.add_argument("--backoff-limit", type=int_range(0, 1000), default=3, help="launcher retries (each resumes)")
+    p.add_argument("--ttl", type=int_range(0, 10 * 365 * 86400), default=24 * 3600,
+                   help="ttlSecondsAfterFinished (time to read logs)")
     p.add_argument("--run-args", default="", help="extra arguments for `mpi_infer run` (one string)")
     p.add_argument("-o", "--output", default=None, help="write the YAML here instead of stdout")
 
@@ -190,14 +198,23 @@ def dump(docs: list[dict[str, Any]]) -> str:
     return yaml.dump_all(docs, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False, width=120)
 
 
-def manifest_from_args(args: argparse.Namespace) -> str:
+def _split_run_args(text: str) -> list[str]:
     import shlex
 
+    from .errors import UsageError
+
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"--run-args {text[:200]!r}: {exc}") from None
+
+
+def manifest_from_args(args: argparse.Namespace) -> str:
     docs = render(
         name=args.name, namespace=args.namespace, workers=args.workers, slots=args.slots, image=args.image,
         pvc=args.pvc, dataset=args.dataset, model=args.model, out=args.out, gpus_per_worker=args.gpus_per_worker,
         nfs_server=args.nfs_server, nfs_path=args.nfs_path, storage=args.storage, cpu=args.cpu,
         memory=args.memory, deadline=args.deadline, backoff_limit=args.backoff_limit, ttl=args.ttl,
-        run_args=shlex.split(args.run_args),
+        run_args=_split_run_args(args.run_args),
     )
     return dump(docs)

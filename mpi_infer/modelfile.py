@@ -11,7 +11,7 @@ import os
 from importlib import resources
 
 from .archs import build_onnx, layers_from_records
-from .atomic import write_bytes
+from .atomic import MAX_INPUT_BYTES, open_input, read_chunks, write_bytes
 from .eddl_bin import read_records
 from .errors import ModelError
 
@@ -24,15 +24,12 @@ def demo_model(kind: str = "bin") -> str:
 
 
 def file_sha256(path: str) -> str:
+    """The model's content hash, read as a bounded regular file (a FIFO, a device or a folder is a model
+    error naming it, never a hang)."""
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model file does not exist") from None
-    except IsADirectoryError:
-        raise ModelError(f"{path}: model path is a folder, expected a .onnx or .bin file") from None
+    with open_input(path, ModelError, "model") as fh:
+        for block in read_chunks(fh, path, ModelError, "model", MAX_INPUT_BYTES):
+            digest.update(block)
     return digest.hexdigest()
 
 

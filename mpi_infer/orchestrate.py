@@ -7,26 +7,34 @@ aggregate, write summary.json and per_image.csv, pick the exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import re
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
-from .atomic import write_text
+from .atomic import read_input, write_text
 from .config import RunConfig
 from .dataset import Dataset, WorkList, load_dataset, select_splits, selected_items
-from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError
+from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError, clip
 from .metrics import EMPTY_GT_POLICY, summarise
 from .modelfile import cached_onnx, file_sha256, model_format
 from .partition import describe, plan
 from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
 
 RUN_FILE = "run.json"
-OUR_OUTPUTS = ("summary.json", "per_image.csv", RUN_FILE, "report.html", "report", LEDGER_DIR, MASK_DIR, ".cache")
+OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html")
+# Our folders and the names we write in them (plus atomic writes' ".tmp-*"): --overwrite and the clean-up
+# after an early failure delete these by name, never a user's file that happens to sit in the folder.
+OUR_FOLDERS = {
+    LEDGER_DIR: re.compile(r"attempt-\d{3,}-rank-\d{5,}\.jsonl"),
+    MASK_DIR: re.compile(r"\d{7,}_[A-Za-z0-9._-]+\.png"),
+    ".cache": re.compile(r"[0-9a-f]{20}-[a-z0-9-]+-\d+x\d+\.onnx"),
+}
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     prepare_s: float = 0.0
     fresh_output: bool = False  # --out was empty: a failure before inference leaves it empty again
+    created_output: bool = False  # --out did not exist: a failure before inference removes it again
 
 
 def check_topology(topology: list[Topology], expect_hosts: int) -> None:
@@ -79,21 +88,24 @@ def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[
             "splits": splits, "arch": cfg.arch if model_format(cfg.model) == "bin" else None}
 
 
-def prepare_output(cfg: RunConfig) -> bool:
+def prepare_output(cfg: RunConfig) -> tuple[bool, bool]:
     """Refuse a non-empty folder unless --resume or --overwrite; check it can be written.
 
-    Returns whether the folder was absent or empty (then a failure before inference may clear it)."""
+    Returns (fresh, created): whether the folder was absent or empty, and whether we made it (then a failure
+    before inference clears what we wrote, and removes the folder we made)."""
     out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out}: exists and is not a folder")
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
-    busy = os.path.isdir(out) and any(True for _ in os.scandir(out))
+    created = not os.path.exists(out)
+    try:
+        busy = os.path.isdir(out) and any(True for _ in os.scandir(out))
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot list it: {exc.strerror or exc}") from exc
     if busy and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"--out {out}: folder is not empty; pass --resume to continue the run there, "
                           f"or --overwrite to replace its results")
-    if busy and cfg.overwrite:
-        remove_outputs(out)
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".write-test")
@@ -102,17 +114,35 @@ def prepare_output(cfg: RunConfig) -> bool:
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there: {exc.strerror or exc}") from exc
-    return not busy
+    if busy and cfg.overwrite:
+        try:
+            remove_outputs(out)
+        except OSError as exc:
+            raise ConfigError(f"--out {out}: --overwrite cannot remove the earlier results: "
+                              f"{exc.strerror or exc}: {exc.filename or ''}") from exc
+    return not busy, created
 
 
-def remove_outputs(out: str) -> None:
-    """Delete what mpi_infer writes in ``out`` (and nothing else)."""
-    for name in OUR_OUTPUTS:
+def remove_outputs(out: str, *, remove_folder: bool = False) -> None:
+    """Delete what mpi_infer writes in ``out``, by name, and nothing else (a user's file in ``masks/`` stays,
+    and so does its folder). ``remove_folder``: also remove ``out`` itself if that leaves it empty."""
+    for name in OUR_FILES:
         p = os.path.join(out, name)
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        elif os.path.exists(p):
+        if os.path.isfile(p) or os.path.islink(p):
             os.unlink(p)
+    for folder, pattern in OUR_FOLDERS.items():
+        path = os.path.join(out, folder)
+        if not os.path.isdir(path) or os.path.islink(path):
+            continue
+        for entry in os.scandir(path):
+            if (pattern.fullmatch(entry.name) or entry.name.startswith(".tmp-")) and not entry.is_dir(
+                    follow_symlinks=False):
+                os.unlink(entry.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # only if nothing of the user's is left in it
+    if remove_folder:
+        with contextlib.suppress(OSError):
+            os.rmdir(out)
 
 
 def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepared, list[WorkList]]:
@@ -121,13 +151,15 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepa
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
     splits = select_splits(dataset, cfg.splits)
     model_sha = "" if cfg.dry_run else file_sha256(cfg.model)  # a dry run never touches the model
-    fresh = False if cfg.dry_run else prepare_output(cfg)
+    fresh, created = (False, False) if cfg.dry_run else prepare_output(cfg)
     try:
-        return _prepare(cfg, world, engine, dataset, splits, model_sha, fresh, t0)
+        prepared, payloads = _prepare(cfg, world, engine, dataset, splits, model_sha, fresh, t0)
     except Exception:
         if fresh:
-            remove_outputs(cfg.out)
+            remove_outputs(cfg.out, remove_folder=created)
         raise
+    prepared.created_output = created
+    return prepared, payloads
 
 
 def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
@@ -137,8 +169,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     attempt = 0
     run_file = os.path.join(cfg.out, RUN_FILE)
     if cfg.resume and os.path.exists(run_file):
-        with open(run_file, encoding="utf-8") as fh:
-            before = json.load(fh)
+        before = read_run_file(run_file)
         differs = [k for k in identity if before.get(k) != identity[k]]
         if differs:
             raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
@@ -166,6 +197,19 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         fresh_output=fresh,
     )
     return prepared, payloads
+
+
+def read_run_file(path: str) -> dict[str, Any]:
+    """The identity an earlier attempt recorded; a damaged file is a configuration error naming it."""
+    try:
+        before = json.loads(read_input(path, ConfigError, "run.json", max_bytes=1 << 24).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--resume: {path} is damaged ({clip(str(exc), 120)}); it is not the run.json an "
+                          f"earlier attempt wrote; use a new --out, or --overwrite") from None
+    if not isinstance(before, dict):
+        raise ConfigError(f"--resume: {path} is damaged (expected a JSON object, found {type(before).__name__}); "
+                          f"use a new --out, or --overwrite")
+    return before
 
 
 def latest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ predicted (magenta) contours drawn over the image. Predicted contours need the r
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
@@ -18,8 +19,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .atomic import write_text
-from .results import MASK_DIR, mask_file_name, read_per_image_csv
+from .atomic import read_input, write_text
+from .errors import clip
+from .results import CSV_COLUMNS, MASK_DIR, mask_file_name
 
 GT_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (230, 0, 230)
@@ -142,16 +144,52 @@ def _table(summary: dict[str, Any]) -> str:
             + "".join(body) + "</tbody></table>")
 
 
-def write_report(run_dir: str, k: int = 8) -> str:
-    """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
+def load_run(run_dir: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """summary.json and per_image.csv of a finished run, checked: anything else is a ConfigError (exit 12)
+    naming the file and what was expected, never a traceback."""
     from .errors import ConfigError
 
+    if not os.path.isdir(run_dir):
+        what = "does not exist" if not os.path.exists(run_dir) else "is not a folder"
+        raise ConfigError(f"{run_dir}: {what}; point `report` at a finished run's --out folder")
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        raise ConfigError(f"{run_dir}: no summary.json here; point `report` at a finished run's --out")
     try:
-        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as fh:
-            summary = json.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir}: no summary.json here; point `report` at a finished run's --out") from None
-    rows = read_per_image_csv(os.path.join(run_dir, "per_image.csv"))
+        summary = json.loads(read_input(path, ConfigError, "summary.json", max_bytes=1 << 30).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not the JSON mpi_infer writes ({clip(str(exc), 120)})") from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(summary).__name__}")
+    for name, s in [("(top level)", summary), *((f"per_split.{k}", v) for k, v in
+                                                 (summary.get("per_split") or {}).items())]:
+        if not (isinstance(s, dict) and isinstance(s.get("images"), dict) and isinstance(s.get("metrics"), dict)):
+            raise ConfigError(f"{path}: {clip(name, 80)} lacks the 'images' and 'metrics' objects of a summary")
+    if not isinstance(summary.get("per_split", {}), dict):
+        raise ConfigError(f"{path}: 'per_split' is not an object")
+    csv_path = os.path.join(run_dir, "per_image.csv")
+    try:
+        text = read_input(csv_path, ConfigError, "per_image.csv", max_bytes=1 << 32).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{csv_path}: not UTF-8 text (byte {exc.start}); "
+                          f"not a per_image.csv mpi_infer wrote") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or not set(CSV_COLUMNS) <= set(reader.fieldnames):
+        raise ConfigError(f"{csv_path}: expected the columns {', '.join(CSV_COLUMNS)}")
+    rows = list(reader)
+    for line, r in enumerate(rows, start=2):
+        try:
+            int(r["index"])
+            float(r["dice"] or 0)
+            float(r["iou"] or 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{csv_path}: line {line}: index, iou or dice is not a number") from None
+    return summary, rows
+
+
+def write_report(run_dir: str, k: int = 8) -> str:
+    """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
+    summary, rows = load_run(run_dir)
     scored = sorted((r for r in rows if r["dice"] != ""), key=lambda r: (float(r["dice"]), int(r["index"])))
     worst = scored[:k]
     best = list(reversed(scored[-k:])) if len(scored) > k else []

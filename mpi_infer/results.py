@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .atomic import write_text
+from .atomic import with_path, write_text
 
 CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
 LEDGER_DIR = "ledger"
@@ -95,9 +95,12 @@ class Ledger:
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
         lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
         if lines:
-            self._fh.write(lines)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            try:
+                self._fh.write(lines)
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                raise with_path(exc, self.path) from None
 
     def close(self) -> None:
         self._fh.close()
@@ -112,14 +115,18 @@ def read_ledgers(out_dir: str) -> list[dict[str, Any]]:
     for name in sorted(os.listdir(folder)):
         if not name.endswith(".jsonl"):
             continue
-        with open(os.path.join(folder, name), encoding="utf-8") as fh:
+        with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 if not line.endswith("\n"):
                     break  # torn write: the crash happened mid-line
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
                     break
+                if not (isinstance(record, dict) and type(record.get("index")) is int
+                        and isinstance(record.get("status"), str)):
+                    break  # not a record we wrote: trust nothing after it in this file
+                records.append(record)
     return records
 
 

@@ -6,6 +6,7 @@ report counts every selected image exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -113,6 +114,7 @@ def run_items(
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait
         records = [record_for(it, rank) for it in batch.items]
+        saved: list[str] = []
         if batch.x is not None:
             probs = predict(batch.x)
             t1 = time.perf_counter()
@@ -129,13 +131,19 @@ def run_items(
             if masks_dir is not None:
                 for j, k in enumerate(batch.rows):
                     it = batch.items[k]
-                    save_mask(masks_dir, it.item.index, it.item.locations[0], probs[j], profile.threshold,
-                              it.original_hw)
+                    saved.append(save_mask(masks_dir, it.item.index, it.item.locations[0], probs[j],
+                                           profile.threshold, it.original_hw))
             timings.score_s += time.perf_counter() - t1
             if fault.kind == "slow" and fault.factor > 1:
                 time.sleep((t1 - t0) * (fault.factor - 1))
         if ledger is not None:
-            ledger.append(records)
+            try:
+                ledger.append(records)
+            except OSError:  # no record, no mask: a mask on disk always has its record in the ledger
+                for path in saved:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                raise
         if keep:
             out.extend(records)
         timings.images += len(records)

@@ -213,9 +213,10 @@ def test_a_failure_before_inference_leaves_a_fresh_out_folder_reusable(synth_sma
     with open(bad, "wb") as fh:
         fh.write(b"not onnx")
     assert mpirun(2, "run", "--dataset", synth_small, "--model", bad, "--out", out).returncode == 11
-    assert not os.path.exists(out) or os.listdir(out) == []
+    assert not os.path.exists(out)  # we made it, so we removed it
+    os.makedirs(out)
     assert mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--arch", "segnet-bn",
                   "--out", out).returncode == 11
-    assert os.listdir(out) == []
+    assert os.listdir(out) == []  # the user's empty folder stays, empty
     proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", out)  # fixed: just works
     assert proc.returncode == 0, proc.stderr
