@@ -54,40 +54,71 @@ def records_per_conv(arch: str) -> int:
 
 
 def layers_from_records(records: list[np.ndarray], arch: str, source: str = "model") -> list[ConvLayer]:
-    """Map EDDL records (in layer order) onto SegNet's convs, refusing anything that does not fit."""
+    """Map EDDL records (in layer order) onto SegNet's convs, refusing anything that does not fit and naming
+    the first record that does not."""
+    if arch == "auto":
+        arch = detect_arch(records, source)
     if arch not in ARCHS:
-        raise ConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown architecture {arch!r}; known: auto, {', '.join(ARCHS)}")
     per = records_per_conv(arch)
     expected = (N_CONVS - 1) * per + 2
-    if len(records) != expected:
-        raise ModelError(f"{source}: {len(records)} records, but {arch} has {expected} "
-                         f"({N_CONVS} convs x {per} records{', last conv without BN' if per > 2 else ''})")
     layers: list[ConvLayer] = []
     pos = 0
     in_ch: int | None = None
     for conv in range(N_CONVS):
+        if pos + 2 > len(records):
+            raise ModelError(f"{source}: ends after record {len(records) - 1} ({len(records)} records), but {arch} "
+                             f"has {expected} ({N_CONVS} convs x {per} records"
+                             f"{', last conv without BN' if per > 2 else ''}); conv {conv} is missing")
         weight, bias = records[pos], records[pos + 1]
-        where = f"{source}: conv {conv} (records {pos}-{pos + 1})"
+        where = f"{source}: {arch} conv {conv} (records {pos}-{pos + 1})"
         if weight.ndim != 4 or weight.shape[2:] != (3, 3):
-            raise ModelError(f"{where}: weight shape {weight.shape}, expected [out, in, 3, 3]")
+            raise ModelError(f"{where}: record {pos} has shape {weight.shape}, expected a weight [out, in, 3, 3]")
         if in_ch is not None and weight.shape[1] != in_ch:
-            raise ModelError(f"{where}: takes {weight.shape[1]} input channels but the previous conv "
+            raise ModelError(f"{where}: record {pos} takes {weight.shape[1]} input channels but the previous conv "
                              f"gives {in_ch}")
         if bias.shape != (weight.shape[0],):
-            raise ModelError(f"{where}: bias shape {bias.shape}, expected ({weight.shape[0]},)")
+            raise ModelError(f"{where}: record {pos + 1} has shape {bias.shape}, expected a bias "
+                             f"({weight.shape[0]},)")
         pos += 2
         bn = None
         if per == 6 and conv < N_CONVS - 1:
             bn_records = records[pos : pos + 4]
-            for name, r in zip(("gamma", "beta", "mean", "variance"), bn_records):
+            for k, (name, r) in enumerate(zip(("gamma", "beta", "mean", "variance"), bn_records)):
                 if r.shape != (weight.shape[0],):
-                    raise ModelError(f"{where}: BatchNorm {name} (record {pos}) shape {r.shape}, "
+                    raise ModelError(f"{where}: record {pos + k} (BatchNorm {name}) has shape {r.shape}, "
                                      f"expected ({weight.shape[0]},)")
+            if len(bn_records) < 4:
+                raise ModelError(f"{source}: ends after record {len(records) - 1}, inside conv {conv}'s BatchNorm")
             bn = tuple(bn_records)  # type: ignore[assignment]
             pos += 4
         layers.append(ConvLayer(weight, bias, bn))
         in_ch = int(weight.shape[0])
+    if len(records) != expected:
+        raise ModelError(f"{source}: {len(records)} records, but {arch} has {expected}: record {expected} "
+                         f"(shape {records[expected].shape}) onward does not belong to it")
     return layers
+
+
+def detect_arch(records: list[np.ndarray], source: str = "model") -> str:
+    """``--arch auto``: the architecture whose record layout these records fit (EDDL's .bin names none).
+
+    SegNet has two records per conv (weight, bias); SegNetBN six (plus gamma, beta, mean, variance) but for
+    the last conv. The first records already tell them apart: SegNetBN's record 2 is a vector, SegNet's a
+    4-D weight. Anything else is refused, naming the first record that fits neither."""
+    fits, errors = [], []
+    for arch in ARCHS:
+        try:
+            layers_from_records(records, arch, source)
+            fits.append(arch)
+        except ModelError as exc:
+            errors.append(str(exc))
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise ModelError(f"{source}: the records fit {' and '.join(fits)}; pass --arch")
+    raise ModelError(f"{source}: the records fit no known architecture (--arch auto): "
+                     + "; ".join(e.removeprefix(f"{source}: ") for e in errors))
 
 
 def records_from_layers(layers: list[ConvLayer]) -> list[np.ndarray]:

@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", required=True, type=nonempty, help="ECVL dataset YAML")
     run.add_argument("--model", required=True, type=nonempty,
                      help="ONNX model or EDDL .bin (with --arch); 'demo' / 'demo-onnx' = the shipped demo model")
-    run.add_argument("--arch", default="segnet", choices=("segnet", "segnet-bn"), help="architecture of a .bin")
+    run.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn"),
+                     help="architecture of a .bin (default: recognised from the record shapes)")
+    run.add_argument("--activation", default="none", choices=("none", "sigmoid", "softmax"),
+                     help="applied to an ONNX model's raw output (logits: sigmoid, or softmax for C classes)")
+    run.add_argument("--class", dest="cls", type=int_range(0, 1 << 16), default=None,
+                     help="foreground channel of a C-channel output (default 1 when C = 2)")
     run.add_argument("--out", required=True, type=nonempty,
                      help="output folder (on shared storage for multi-host runs)")
     run.add_argument("--split", action="append", default=None, type=split_names,
@@ -122,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = sub.add_parser("convert", help="EDDL .bin (SegNet family) -> ONNX")
     conv.add_argument("model")
-    conv.add_argument("--arch", default="segnet", choices=("segnet", "segnet-bn"))
+    conv.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn"))
     conv.add_argument("--out", required=True)
     conv.add_argument("--size", nargs=2, type=int_range(32, 65536), metavar=("H", "W"), default=None,
                       help="input size, multiples of 32 (default: the profile's)")
@@ -147,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.profile_obj = _profile(args) if args.command == "run" else None
         except ConfigError as exc:
             parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold: {exc}")
+        if args.command == "run" and args.activation != "none" and _model_path(args.model).endswith(".bin"):
+            parser.error(f"argument --activation: {args.model} is an EDDL .bin, whose SegNet ends in its own "
+                         f"Sigmoid; --activation is for ONNX models")
     try:
         return _dispatch(args)
     except MpiInferError as exc:
@@ -162,7 +170,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = RunConfig(
             dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=args.profile_obj,
             splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, loader=args.loader,
-            engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch,
+            engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,

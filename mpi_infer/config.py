@@ -19,7 +19,9 @@ class RunConfig:
     loader: str = "auto"  # ecvl | opencv
     engine: str = "auto"  # onnx | eddl
     eddl_mem: str = "full_mem"  # EDDL's memory mode (full_mem, mid_mem, low_mem)
-    arch: str = "segnet"
+    arch: str = "auto"  # a .bin's architecture; auto: from the record shapes
+    activation: str = "none"  # applied to the model's raw output: none | sigmoid | softmax
+    cls: int | None = None  # foreground channel of a C-channel output (default 1 when C = 2)
     save_masks: bool = False
     dry_run: bool = False
     balance: bool = False

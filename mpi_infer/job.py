@@ -18,7 +18,9 @@ from typing import Any
 from .config import RunConfig
 from .dataset import WorkList
 from .engines import Stack, choose_stack, open_engine, visible_gpus
+from .engines.heads import SegmentationHead
 from .errors import EXIT_OK, clip, exit_code_for
+from .model_output import OutputSpec
 from .orchestrate import (
     Topology,
     check_topology,
@@ -271,8 +273,9 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     stack = header["stack"]
     threads = rank_threads(cfg, me.local_size)
     try:
+        head = SegmentationHead(OutputSpec(cfg.activation, cfg.cls), cfg.profile)
         engine = open_engine(stack, prepared.run_model, cfg.profile, threads=threads, gpu=cfg.gpu,
-                             device_id=me.gpu or 0, arch=cfg.arch, eddl_mem=cfg.eddl_mem)
+                             device_id=me.gpu or 0, arch=prepared.arch, eddl_mem=cfg.eddl_mem, head=head)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
         loader = open_loader(stack.loader, cfg.profile)

@@ -48,7 +48,7 @@ def foreground(raw: np.ndarray, spec: OutputSpec, source: str = "model") -> np.n
     channels = y.shape[1]
     if spec.activation == "softmax":
         if channels < 2:
-            raise ConfigError(f"--activation softmax needs a C-channel output (C >= 2); {source} has 1 channel "
+            raise ModelError(f"--activation softmax needs a C-channel output (C >= 2); {source} has 1 channel "
                               f"(use --activation sigmoid for one channel of logits)")
         y = y - y.max(axis=1, keepdims=True)
         np.exp(y, out=y)
@@ -57,7 +57,7 @@ def foreground(raw: np.ndarray, spec: OutputSpec, source: str = "model") -> np.n
         y = 1.0 / (1.0 + np.exp(-y))
     if channels == 1:
         if spec.cls not in (None, 0):
-            raise ConfigError(f"--class {spec.cls}: {source} has a single output channel (class 0)")
+            raise ModelError(f"--class {spec.cls}: {source} has a single output channel (class 0)")
         return np.ascontiguousarray(y[:, 0], np.float32)
     k = foreground_channel(channels, spec, source)
     return np.ascontiguousarray(y[:, k], np.float32)
@@ -67,10 +67,10 @@ def foreground_channel(channels: int, spec: OutputSpec, source: str) -> int:
     if spec.cls is None:
         if channels == 2:
             return 1
-        raise ConfigError(f"{source} has {channels} output channels: say which is the lesion with --class K "
+        raise ModelError(f"{source} has {channels} output channels: say which is the lesion with --class K "
                           f"(0..{channels - 1})")
     if not 0 <= spec.cls < channels:
-        raise ConfigError(f"--class {spec.cls}: {source} has {channels} output channels (0..{channels - 1})")
+        raise ModelError(f"--class {spec.cls}: {source} has {channels} output channels (0..{channels - 1})")
     return spec.cls
 
 
@@ -84,7 +84,7 @@ def check_probabilities(probe: np.ndarray, raw_channels: int, spec: OutputSpec, 
         hint = "it looks like logits: add --activation sigmoid"
     else:
         hint = f"it looks like {raw_channels} class logits: add --activation softmax (and --class K)"
-    raise ModelError(f"{source}: output ranges {np.nanmin(probe):.3g}..{np.nanmax(probe):.3g} on a blank image; "
+    raise ModelError(f"{source}: output ranges {np.nanmin(probe):.3g}..{np.nanmax(probe):.3g} on probe images; "
                      f"expected probabilities in [0, 1]; {hint}")
 
 

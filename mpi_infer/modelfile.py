@@ -10,7 +10,7 @@ import hashlib
 import os
 from importlib import resources
 
-from .archs import build_onnx, layers_from_records
+from .archs import build_onnx, detect_arch, layers_from_records
 from .atomic import MAX_INPUT_BYTES, open_input, read_chunks, write_bytes
 from .eddl_bin import read_records
 from .errors import ModelError
@@ -40,7 +40,10 @@ def model_format(path: str) -> str:
 
 def convert_bin(bin_path: str, arch: str, height: int, width: int, out_path: str) -> str:
     """Build the ONNX graph for an EDDL .bin and write it atomically to ``out_path``."""
-    layers = layers_from_records(read_records(bin_path), arch, source=bin_path)
+    records = read_records(bin_path)
+    if arch == "auto":
+        arch = detect_arch(records, bin_path)
+    layers = layers_from_records(records, arch, source=bin_path)
     model = build_onnx(layers, height, width, name=f"{arch}-{os.path.basename(bin_path)}")
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)

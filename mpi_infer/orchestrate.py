@@ -62,6 +62,7 @@ class Prepared:
     prepare_s: float = 0.0
     fresh_output: bool = False  # --out was empty: a failure before inference leaves it empty again
     created_output: bool = False  # --out did not exist: a failure before inference removes it again
+    arch: str | None = None  # a .bin's architecture, resolved (--arch auto) by rank 0
 
 
 def check_topology(topology: list[Topology], expect_hosts: int) -> None:
@@ -82,10 +83,26 @@ def topology_lines(topology: list[Topology]) -> list[str]:
     return lines
 
 
-def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[str]) -> dict[str, Any]:
+def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[str],
+                 arch: str | None) -> dict[str, Any]:
     """What must match for --resume to reuse earlier records."""
-    return {"model_sha256": model_sha, "dataset_sha256": dataset_sha, "profile": cfg.profile.to_dict(),
-            "splits": splits, "arch": cfg.arch if model_format(cfg.model) == "bin" else None}
+    identity = {"model_sha256": model_sha, "dataset_sha256": dataset_sha, "profile": cfg.profile.to_dict(),
+                "splits": splits, "arch": arch}
+    if (cfg.activation, cfg.cls) != ("none", None):  # absent for the plain case: older run.json files match
+        identity["output"] = {"activation": cfg.activation, "class": cfg.cls}
+    return identity
+
+
+def resolve_arch(cfg: RunConfig) -> str | None:
+    """A .bin's architecture: as given, or (--arch auto) the one its record shapes fit; None for ONNX."""
+    if model_format(cfg.model) != "bin":
+        return None
+    if cfg.arch != "auto" or cfg.dry_run:
+        return cfg.arch
+    from .archs import detect_arch
+    from .eddl_bin import read_records
+
+    return detect_arch(read_records(cfg.model), cfg.model)
 
 
 def prepare_output(cfg: RunConfig) -> tuple[bool, bool]:
@@ -164,7 +181,8 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepa
 
 def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
              fresh: bool, t0: float) -> tuple[Prepared, list[WorkList]]:
-    identity = run_identity(cfg, model_sha, dataset.sha256, splits)
+    arch = resolve_arch(cfg)
+    identity = run_identity(cfg, model_sha, dataset.sha256, splits, arch)
     previous: list[dict[str, Any]] = []
     attempt = 0
     run_file = os.path.join(cfg.out, RUN_FILE)
@@ -187,14 +205,14 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     shards = plan(todo, 1 if cfg.schedule == "dynamic" else world, balance=cfg.balance)
     run_model = cfg.model
     if model_format(cfg.model) == "bin" and engine == "onnx" and not cfg.dry_run:
-        run_model = cached_onnx(cfg.model, model_sha, cfg.arch, cfg.profile.height, cfg.profile.width,
+        run_model = cached_onnx(cfg.model, model_sha, arch, cfg.profile.height, cfg.profile.width,
                                 os.path.join(cfg.out, ".cache"))
     payloads = [dataset.work_list(s.parts) for s in shards]
     prepared = Prepared(
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
         attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),
         previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0,
-        fresh_output=fresh,
+        fresh_output=fresh, arch=arch,
     )
     return prepared, payloads
 
@@ -250,6 +268,8 @@ def finish_run(
         "dataset": os.path.abspath(cfg.dataset),
         "dataset_sha256": prepared.dataset_sha256,
         "splits": prepared.splits,
+        "arch": prepared.arch,
+        "output": {"activation": cfg.activation, "class": cfg.cls},
         "schedule": cfg.schedule,
         "batch_size": cfg.batch_size,
         "attempt": prepared.attempt,

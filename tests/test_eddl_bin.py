@@ -67,18 +67,33 @@ def test_onnx_matches_numpy_reference(arch):
 def test_records_that_do_not_fit_name_the_conv():
     layers = random_layers(segnet_widths(16), seed=0)
     recs = records_from_layers(layers)
-    with pytest.raises(ModelError, match="52 records, but segnet-bn has 152"):
+    with pytest.raises(ModelError, match="record 2 \\(BatchNorm gamma\\) has shape"):
         layers_from_records(recs, "segnet-bn")
     bad = list(recs)
     bad[6] = np.zeros((8, 5, 3, 3), np.float32)  # conv 3 takes 5 channels, conv 2 gives 8
-    with pytest.raises(ModelError, match=r"conv 3 \(records 6-7\): takes 5 input channels but the previous conv gives"):
+    with pytest.raises(ModelError, match=r"conv 3 \(records 6-7\): record 6 takes 5 input channels"):
         layers_from_records(bad, "segnet")
     bad = list(recs)
     bad[1] = np.zeros(3, np.float32)
-    with pytest.raises(ModelError, match=r"conv 0 \(records 0-1\): bias shape"):
+    with pytest.raises(ModelError, match=r"conv 0 \(records 0-1\): record 1 has shape \(3,\), expected a bias"):
         layers_from_records(bad, "segnet")
+    with pytest.raises(ModelError, match=r"ends after record 50 \(51 records\), but segnet has 52"):
+        layers_from_records(recs[:-1], "segnet")
+    with pytest.raises(ModelError, match=r"53 records, but segnet has 52: record 52 \(shape \(2,\)\) onward"):
+        layers_from_records([*recs, np.zeros(2, np.float32)], "segnet")
     with pytest.raises(ConfigError, match="multiple of 32"):
         build_onnx(layers, 48, 64)
+
+
+def test_arch_auto_recognises_segnet_and_segnet_bn_from_the_records():
+    from mpi_infer.archs import detect_arch
+
+    plain = records_from_layers(random_layers(segnet_widths(16), seed=0))
+    bn = records_from_layers(random_layers(segnet_widths(16), bn=True, seed=0))
+    assert detect_arch(plain) == "segnet" and detect_arch(bn) == "segnet-bn"
+    assert len(layers_from_records(bn, "auto")) == 26
+    with pytest.raises(ModelError, match="fit no known architecture.*segnet conv 0 .*record 0 has shape"):
+        detect_arch([np.zeros((10, 4), np.float32)] * 52)
 
 
 def test_full_width_segnet_is_117711580_bytes():

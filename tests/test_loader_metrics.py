@@ -193,7 +193,7 @@ def test_record_table_round_trip_through_descriptor_index():
         DescriptorIndex([wl_a]).describe(3)
 
 
-def test_onnx_backend_refuses_logits_and_wrong_shapes(tmp_path):
+def test_onnx_engine_refuses_logits_and_wrong_shapes_naming_the_option(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -217,9 +217,10 @@ def test_onnx_backend_refuses_logits_and_wrong_shapes(tmp_path):
     prof = get_profile("segnet-192", size=(32, 32))
     assert OnnxEngine(model(tmp_path / "ok.onnx", 1, True), prof, threads=1).predict(
         np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 32, 32)
-    with pytest.raises(ModelError, match="expected probabilities in \\[0, 1\\]"):
+    with pytest.raises(ModelError, match="expected probabilities in \\[0, 1\\]; it looks like logits: add "
+                                         "--activation sigmoid"):
         OnnxEngine(model(tmp_path / "logits.onnx", 1, False), prof, threads=1)
-    with pytest.raises(ModelError, match="expected \\[N, 1, 32, 32\\]"):
-        OnnxEngine(model(tmp_path / "two.onnx", 2, True), prof, threads=1)
+    with pytest.raises(ModelError, match="has 3 output channels: say which is the lesion with --class K"):
+        OnnxEngine(model(tmp_path / "three.onnx", 3, True), prof, threads=1)
     with pytest.raises(ModelError, match="height is 64, but profile"):
         OnnxEngine(model(tmp_path / "big.onnx", 1, True, size=64), prof, threads=1)

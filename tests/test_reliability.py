@@ -91,7 +91,7 @@ def test_fatal_errors_before_inference(case, synth_small, tmp_path):
             "bin_arch": 11, "out_is_file": 12, "out_unwritable": 12, "out_not_empty": 12}[case]
     needle = {"bad_yaml": "not valid YAML", "unknown_split": "split 'nope' does not exist",
               "missing_model": "model file does not exist", "corrupt_model": "cannot load ONNX model",
-              "shape": "height is 192, but profile unet-224 resizes to 224", "bin_arch": "152",
+              "shape": "height is 192, but profile unet-224 resizes to 224", "bin_arch": "record 2 (BatchNorm gamma)",
               "out_is_file": "exists and is not a folder", "out_unwritable": "cannot write there",
               "out_not_empty": "folder is not empty"}[case]
     if case == "bad_yaml":

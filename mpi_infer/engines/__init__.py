@@ -126,7 +126,7 @@ def choose_stack(loader: str = "auto", engine: str = "auto", backend: str | None
 
 
 def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                arch: str | None = None, eddl_mem: str = "full_mem") -> Engine:
+                arch: str | None = None, eddl_mem: str = "full_mem", head=None) -> Engine:
     """Load the model once for this rank: ONNX for ``onnx``; .bin or .onnx for ``eddl``.
 
     Under ``--engine auto``, an ONNX file that ONNX Runtime cannot load goes to EDDL's importer where
@@ -136,7 +136,7 @@ def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bo
         from .onnx import OnnxEngine, OnnxLoadError
 
         try:
-            return OnnxEngine(model_path, profile, threads=threads, gpu=gpu, device_id=device_id)
+            return OnnxEngine(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, head=head)
         except OnnxLoadError:
             if not (stack.engine_why.startswith("auto") and pyeddl_available()):
                 raise
@@ -144,12 +144,12 @@ def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bo
         try:
             return open_engine(Stack(stack.loader, "eddl", stack.loader_why, "auto: ONNX Runtime cannot load it"),
                                model_path, profile, threads=threads, gpu=gpu, device_id=device_id, arch=arch,
-                               eddl_mem=eddl_mem)
+                               eddl_mem=eddl_mem, head=head)
         except Exception:
             raise first from None
     if kind == "eddl":
         from .eddl import EddlEngine
 
         return EddlEngine(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, arch=arch,
-                          visible_gpus=visible_gpus(), mem=eddl_mem)
+                          visible_gpus=visible_gpus(), mem=eddl_mem, head=head)
     raise ConfigError(f"unknown engine {kind!r}")

@@ -16,8 +16,10 @@ import numpy as np
 from ..archs import DECODER_BLOCKS, ENCODER_BLOCKS, layers_from_records
 from ..eddl_bin import read_records
 from ..errors import ConfigError, ModelError
+from ..model_output import OutputSpec
 from ..modelfile import model_format
 from ..profiles import Profile
+from .heads import Head, SegmentationHead, probe_batch
 
 MEMORY_MODES = ("full_mem", "mid_mem", "low_mem")  # EDDL's; measured: no effect on inference RSS
 MICRO_BATCH = 2  # images per EDDL forward (see predict)
@@ -36,7 +38,8 @@ class EddlEngine:
     name = "eddl"
 
     def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                 arch: str | None = None, visible_gpus: int | None = None, mem: str = "full_mem"):
+                 arch: str | None = None, visible_gpus: int | None = None, mem: str = "full_mem",
+                 head: Head | None = None):
         if mem not in MEMORY_MODES:
             raise ConfigError(f"--eddl-mem {mem!r}: choose from {', '.join(MEMORY_MODES)}")
         self.path, self.profile, self.threads, self.gpu, self.mem = path, profile, max(1, threads), gpu, mem
@@ -45,6 +48,8 @@ class EddlEngine:
         self.visible_gpus = visible_gpus
         self.net = self._build()
         self.batch = 0
+        self.head = head or SegmentationHead(OutputSpec(), profile)
+        self.head.check(self.raw(probe_batch(profile)), f"{path}: output")
 
     def _computing_service(self) -> Any:
         from pyeddl import eddl
@@ -90,6 +95,9 @@ class EddlEngine:
         """Forward in micro-batches: EDDL's CPU convolution keeps an im2col buffer per layer sized for the
         batch (the demo SegNet at 192x192: 916 MB of RSS at 8 images, 345 MB at 2), and time per image is the
         same from 2 images up (83 ms; 1 image takes 2x). Each image's output does not depend on its batch."""
+        return self.head(self.raw(x))
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([self._forward(x[k : k + MICRO_BATCH]) for k in range(0, len(x), MICRO_BATCH)])
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
@@ -104,8 +112,7 @@ class EddlEngine:
         out = eddl.getOutput(eddl.getOut(self.net)[0])
         if self.gpu and hasattr(out, "toCPU"):
             out.toCPU()  # numpy can only view CPU tensors
-        y = np.array(out, copy=True)
-        return (y[:, 0] if y.ndim == 4 else y).astype(np.float32, copy=False)
+        return np.array(out, copy=True)
 
     def describe(self) -> dict:
         return {"engine": self.name, "device": "gpu" if self.gpu else "cpu", "threads": self.threads,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..model_output import OutputSpec, inference_graph
 from ..profiles import Profile
+from .heads import Head, SegmentationHead, probe_batch
 
 
 def first_line(exc: BaseException, cap: int = 300) -> str:
@@ -21,10 +23,12 @@ class OnnxLoadError(ModelError):
 class OnnxEngine:
     name = "onnx"
 
-    def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0):
+    def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0,
+                 head: Head | None = None):
         import onnxruntime as ort
 
         self.path = path
+        self.head = head or SegmentationHead(OutputSpec(), profile)
         self.threads = max(1, int(threads))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
@@ -41,8 +45,9 @@ class OnnxEngine:
         else:
             providers = ["CPUExecutionProvider"]
         self.gpu_requested = gpu
+        model, self.graph_notes = self._inference_model(path)
         try:
-            self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NoSuchFile types
             raise OnnxLoadError(f"{path}: cannot load ONNX model: {first_line(exc)}") from exc
         self.providers = self.session.get_providers()
@@ -50,6 +55,23 @@ class OnnxEngine:
             raise ConfigError(f"--gpu: ONNX Runtime could not start CUDA on GPU {device_id} (CUDA/cuDNN libraries "
                               f"missing?); it would run on the CPU only: {', '.join(self.providers)}")
         self._check(profile)
+
+    @staticmethod
+    def _inference_model(path: str) -> tuple[str | bytes, list[str]]:
+        """The path itself, or the graph rewritten to inference semantics (a training-mode export)."""
+        import onnx
+
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise OnnxLoadError(f"{path}: cannot load ONNX model: {first_line(exc)}") from exc
+        model, notes = inference_graph(model)
+        if not notes:
+            return path, []
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise ModelError(f"{path}: exported in training mode ({notes[0]}) with external weights; re-export "
+                             f"in eval mode")
+        return model.SerializeToString(), notes
 
     def _check(self, profile: Profile) -> None:
         inputs = self.session.get_inputs()
@@ -74,16 +96,7 @@ class OnnxEngine:
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.fixed_batch = isinstance(shape[0], int)
-        probe = self._run(np.zeros((1, 3, profile.height, profile.width), np.float32))
-        if probe.ndim == 4 and probe.shape[1] == 1:
-            probe = probe[:, 0]
-        if probe.shape != (1, profile.height, profile.width):
-            raise ModelError(f"{self.path}: output '{self.output_name}' has shape {list(probe.shape)} for one "
-                             f"image; expected [N, 1, {profile.height}, {profile.width}] foreground "
-                             f"probabilities")
-        if not np.all(np.isfinite(probe)) or probe.min() < 0.0 or probe.max() > 1.0:
-            raise ModelError(f"{self.path}: output '{self.output_name}' ranges {probe.min():.3g}..{probe.max():.3g}"
-                             f" on a blank image; expected probabilities in [0, 1] (is the final Sigmoid missing?)")
+        self.head.check(self.raw(probe_batch(profile)), f"{self.path}: output '{self.output_name}'")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         try:
@@ -91,12 +104,14 @@ class OnnxEngine:
         except Exception as exc:
             raise ModelError(f"{self.path}: inference failed: {first_line(exc)}") from exc
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def raw(self, x: np.ndarray) -> np.ndarray:
         if self.fixed_batch and len(x) != 1:
-            return np.concatenate([self.predict(x[k : k + 1]) for k in range(len(x))])
-        y = self._run(x)
-        return (y[:, 0] if y.ndim == 4 else y).astype(np.float32, copy=False)
+            return np.concatenate([self._run(x[k : k + 1]) for k in range(len(x))])
+        return self._run(x)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.head(self.raw(x))
 
     def describe(self) -> dict:
         return {"engine": self.name, "providers": self.providers, "threads": self.threads,
-                "gpu_requested": self.gpu_requested}
+                "gpu_requested": self.gpu_requested, "graph_changes": self.graph_notes}

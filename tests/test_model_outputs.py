@@ -1,0 +1,194 @@
+"""ONNX models as people bring them: one channel of logits, 2 and 3 class channels, training-mode exports.
+
+The models are written here with onnx.helper. Their logits are a scaled colour difference, offset so that no
+pixel sits on the decision boundary (no score can flip on a last-bit difference between two float paths).
+Expected per-image scores are computed here from the model's raw output with numpy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import mpirun
+from onnx import TensorProto, helper, numpy_helper
+
+from mpi_infer.dataset import load_dataset
+from mpi_infer.engines import pyecvl_available
+
+pytestmark = pytest.mark.mpi
+SCALE = 20.0 / 255.0  # logit per grey level of (R - G); +0.5 level keeps every logit off zero
+
+
+def class_logits(channels: int) -> np.ndarray:
+    """A 1x1 conv's weights [C, 3, 1, 1] and biases: channel c's logit = s*((c+1)(R - G) + 0.5 + c)."""
+    w = np.zeros((channels, 3, 1, 1), np.float32)
+    b = np.zeros(channels, np.float32)
+    for c in range(channels):
+        w[c, 0, 0, 0], w[c, 1, 0, 0] = SCALE * 255 * (c + 1), -SCALE * 255 * (c + 1)
+        b[c] = SCALE * (0.5 + c * 0.37)
+    return w, b
+
+
+def write_model(path: str, channels: int, *, final: str | None = None, training: bool = False,
+                use_stats: bool = False, spatial: tuple = ("H", "W")) -> str:
+    """input [batch, 3, H, W] -> conv 1x1 -> (training-mode BN, Dropout) -> [final] -> [batch, C, H, W]."""
+    w, b = class_logits(channels)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["logits"], name="conv")]
+    x, outputs = "logits", []
+    if training:
+        c = channels
+        inits += [numpy_helper.from_array(np.full(c, 2.0, np.float32), "bn_scale"),
+                  numpy_helper.from_array(np.full(c, 0.25, np.float32), "bn_bias"),
+                  numpy_helper.from_array(np.full(c, 0.1, np.float32), "bn_mean"),
+                  numpy_helper.from_array(np.full(c, 4.0, np.float32), "bn_var"),
+                  numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+                  numpy_helper.from_array(np.array(True), "train")]
+        nodes.append(helper.make_node("BatchNormalization", [x, "bn_scale", "bn_bias", "bn_mean", "bn_var"],
+                                      ["bn", "running_mean", "running_var"], training_mode=1, name="bn"))
+        nodes.append(helper.make_node("Dropout", ["bn", "ratio", "train"], ["dropped", "mask"], name="drop"))
+        x = "dropped"
+        if use_stats:
+            outputs.append(helper.make_tensor_value_info("running_mean", TensorProto.FLOAT, [c]))
+    if final:
+        nodes.append(helper.make_node(final, [x], ["output"], **({"axis": 1} if final == "Softmax" else {})))
+        x = "output"
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                         ["batch", 3, *spatial])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None), *outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def expected_scores(dataset: str, model: str, activation, cls: int, bn=None) -> dict[int, tuple[float, float]]:
+    """Per image: preprocess as ECVL (RGB, linear 192x192, /255), the raw output, the activation, channel cls,
+    then IoU/Dice at 0.5 (upstream's definitions)."""
+    ds = load_dataset(dataset)
+    sess = ort.InferenceSession(model)
+    out = {}
+    for i in range(len(ds)):
+        s = ds.sample(i)
+        img = cv2.resize(cv2.cvtColor(cv2.imread(s.locations[0]), cv2.COLOR_BGR2RGB), (192, 192),
+                         interpolation=cv2.INTER_LINEAR)
+        x = (img.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        raw = sess.run(None, {"input": x})[0].astype(np.float64)
+        if bn is not None:  # inference semantics: running statistics, no dropout
+            scale, bias, mean, var = bn
+            raw = (raw - mean) / np.sqrt(var + 1e-5) * scale + bias
+        prob = activation(raw)[0, cls]
+        gt = cv2.resize(cv2.imread(s.label_path, cv2.IMREAD_GRAYSCALE), (192, 192),
+                        interpolation=cv2.INTER_NEAREST) >= 128
+        p = prob >= 0.5
+        inter, union = float((p & gt).sum()), float((p | gt).sum())
+        out[i] = ((inter + 1e-6) / (union + 1e-6), (2 * inter + 1e-6) / (p.sum() + gt.sum() + 1e-6))
+    return out
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def rows(out: str) -> dict[int, dict[str, str]]:
+    with open(os.path.join(out, "per_image.csv"), newline="") as fh:
+        return {int(r["index"]): r for r in csv.DictReader(fh)}
+
+
+LOADERS = ["opencv", "ecvl"] if pyecvl_available() else ["opencv"]
+CASES = {  # name: (channels, final node in the graph, flags, activation, foreground channel)
+    "logits": (1, None, ["--activation", "sigmoid"], sigmoid, 0),
+    "two-class": (2, None, ["--activation", "softmax"], softmax, 1),
+    "three-class": (3, None, ["--activation", "softmax", "--class", "2"], softmax, 2),
+    "three-class-softmaxed": (3, "Softmax", ["--class", "0"], lambda z: z, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_outputs_score_as_computed_from_the_raw_output(case, synth_small, tmp_path):
+    channels, final, flags, activation, cls = CASES[case]
+    model = write_model(str(tmp_path / f"{case}.onnx"), channels, final=final)
+    raw_model = model if final is None else write_model(str(tmp_path / "raw.onnx"), channels)
+    want = expected_scores(synth_small, raw_model, activation if final is None else softmax, cls)
+    runs = {}
+    for loader in LOADERS:
+        for n in (1, 2, 3):
+            out = str(tmp_path / f"{loader}-{n}")
+            proc = mpirun(n, "run", "--dataset", synth_small, "--model", model, "--out", out, "--split", "all",
+                          "--loader", loader, "--batch-size", "4", *flags)
+            assert proc.returncode == 0, proc.stderr
+            runs[(loader, n)] = rows(out)
+    for key, got in runs.items():
+        assert sorted(got) == list(range(13))
+        for i, r in got.items():
+            assert abs(float(r["iou"]) - want[i][0]) <= 1e-6, (key, i, r["iou"], want[i])
+            assert abs(float(r["dice"]) - want[i][1]) <= 1e-6
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    expected_activation = flags[flags.index("--activation") + 1] if "--activation" in flags else "none"
+    assert s["output"] == {"activation": expected_activation,
+                           "class": int(flags[flags.index("--class") + 1]) if "--class" in flags else None}
+
+
+@pytest.mark.parametrize("case,flags,needle", [
+    ("logits", [], "it looks like logits: add --activation sigmoid"),
+    ("two-class", [], "it looks like 2 class logits: add --activation softmax"),
+    ("three-class", ["--activation", "softmax"], "has 3 output channels: say which is the lesion with --class K"),
+    ("three-class", ["--activation", "softmax", "--class", "3"], "--class 3: "),
+    ("logits", ["--activation", "softmax"], "--activation softmax needs a C-channel output"),
+])
+def test_outputs_that_do_not_fit_name_the_option(case, flags, needle, synth_small, tmp_path):
+    channels, final, _, _, _ = CASES[case]
+    model = write_model(str(tmp_path / "m.onnx"), channels, final=final)
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"), *flags)
+    assert proc.returncode == 11, proc.stderr
+    assert needle in proc.stderr and proc.stderr.count(needle) == 1
+
+
+def test_activation_is_refused_for_a_bin(synth_small, tmp_path):
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", "demo", "--out", str(tmp_path / "o"),
+                  "--activation", "sigmoid")
+    assert proc.returncode == 2 and "ends in its own Sigmoid" in proc.stderr
+
+
+def test_training_mode_export_runs_with_inference_semantics(synth_small, tmp_path):
+    model = write_model(str(tmp_path / "train.onnx"), 2, training=True)
+    raw_model = write_model(str(tmp_path / "raw.onnx"), 2)
+    bn = tuple(np.array(v).reshape(1, 2, 1, 1) for v in ((2.0, 2.0), (0.25, 0.25), (0.1, 0.1), (4.0, 4.0)))
+    want = expected_scores(synth_small, raw_model, softmax, 1, bn=bn)
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", model, "--out", out, "--split", "all",
+                  "--activation", "softmax")
+    assert proc.returncode == 0, proc.stderr
+    for i, r in rows(out).items():
+        assert abs(float(r["dice"]) - want[i][1]) <= 1e-6
+    with open(os.path.join(out, "summary.json")) as fh:
+        changes = json.load(fh)["backend"]["graph_changes"]
+    assert changes == ["BatchNormalization 'bn': training mode -> running statistics",
+                       "Dropout 'drop': training mode -> identity"]
+
+
+def test_training_mode_export_whose_statistics_are_used_is_refused(synth_small, tmp_path):
+    model = write_model(str(tmp_path / "train.onnx"), 2, training=True, use_stats=True)
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"),
+                  "--activation", "softmax")
+    assert proc.returncode == 11, proc.stderr
+    assert "exported in training mode and its running statistics (running_mean" in proc.stderr
+    assert "model.eval()" in proc.stderr
+
+
+def test_fixed_spatial_size_that_differs_from_the_profile_is_refused(synth_small, tmp_path):
+    model = write_model(str(tmp_path / "fixed.onnx"), 1, final="Sigmoid", spatial=(224, 224))
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 11 and "height is 224, but profile segnet-192 resizes to 192" in proc.stderr
