@@ -101,15 +101,21 @@ def layers_from_records(records: list[np.ndarray], arch: str, source: str = "mod
 
 
 def detect_arch(records: list[np.ndarray], source: str = "model") -> str:
-    """``--arch auto``: the architecture whose record layout these records fit (EDDL's .bin names none).
+    """``--arch auto``: the architecture whose record layout these records fit (EDDL's .bin names none):
+    SegNet, SegNetBN, or the classifiers VGG16 and LeNet (cls_archs.py).
 
     SegNet has two records per conv (weight, bias); SegNetBN six (plus gamma, beta, mean, variance) but for
     the last conv. The first records already tell them apart: SegNetBN's record 2 is a vector, SegNet's a
     4-D weight. Anything else is refused, naming the first record that fits neither."""
+    from .cls_archs import CLS_ARCHS, classifier_from_records
+
     fits, errors = [], []
-    for arch in ARCHS:
+    for arch in (*ARCHS, *CLS_ARCHS):
         try:
-            layers_from_records(records, arch, source)
+            if arch in ARCHS:
+                layers_from_records(records, arch, source)
+            else:
+                classifier_from_records(records, arch, source)
             fits.append(arch)
         except ModelError as exc:
             errors.append(str(exc))

@@ -19,14 +19,17 @@ from .argtypes import (
 )
 from .errors import EXIT_CODES, EXIT_OK, ConfigError, MpiInferError, clip
 
-DEMO_MODELS = {"demo": "bin", "demo-bin": "bin", "demo-onnx": "onnx"}
+DEMO_MODELS = {"demo": ("demo_segnet", "bin"), "demo-bin": ("demo_segnet", "bin"),
+               "demo-onnx": ("demo_segnet", "onnx"), "demo-classifier": ("demo_lenet", "bin"),
+               "demo-classifier-onnx": ("demo_lenet", "onnx")}
 
 
 def _model_path(value: str) -> str:
     if value in DEMO_MODELS:
         from .modelfile import demo_model
 
-        return demo_model(DEMO_MODELS[value])
+        name, kind = DEMO_MODELS[value]
+        return demo_model(kind, name)
     return value
 
 
@@ -46,11 +49,15 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
                    help="binarisation threshold in (0, 1] (prediction and ground truth)")
 
 
+def _profile_overrides(args: argparse.Namespace) -> dict:
+    return {"size": args.size, "interpolation": args.interp, "mean": args.mean, "std": args.std,
+            "threshold": args.threshold}
+
+
 def _profile(args: argparse.Namespace):
     from .profiles import get_profile
 
-    return get_profile(args.profile, size=args.size, interpolation=args.interp, mean=args.mean, std=args.std,
-                       threshold=args.threshold)
+    return get_profile(args.profile, **_profile_overrides(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", required=True, type=nonempty, help="ECVL dataset YAML")
     run.add_argument("--model", required=True, type=nonempty,
                      help="ONNX model or EDDL .bin (with --arch); 'demo' / 'demo-onnx' = the shipped demo model")
-    run.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn"),
+    run.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn", "vgg16", "lenet"),
                      help="architecture of a .bin (default: recognised from the record shapes)")
     run.add_argument("--activation", default="none", choices=("none", "sigmoid", "softmax"),
                      help="applied to an ONNX model's raw output (logits: sigmoid, or softmax for C classes)")
@@ -124,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out")
     synth.add_argument("--n", type=int_range(1, 1_000_000), default=64)
     synth.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
+    synth.add_argument("--task", choices=("segmentation", "classification"), default="segmentation",
+                       help="lesion masks, or three lesion classes (nevus, melanoma, keratosis)")
 
     conv = sub.add_parser("convert", help="EDDL .bin (SegNet family) -> ONNX")
     conv.add_argument("model")
-    conv.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn"))
+    conv.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn", "vgg16", "lenet"))
     conv.add_argument("--out", required=True)
     conv.add_argument("--size", nargs=2, type=int_range(32, 65536), metavar=("H", "W"), default=None,
                       help="input size, multiples of 32 (default: the profile's)")
@@ -169,6 +178,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = RunConfig(
             dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=args.profile_obj,
+            profile_name=args.profile, profile_overrides=_profile_overrides(args),
             splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, loader=args.loader,
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
@@ -181,9 +191,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "split":
         return _split(args)
     if args.command == "synth":
-        from .synth import SynthSpec, make_dataset
+        from .synth import SynthSpec, make_classification_dataset, make_dataset
 
-        path = make_dataset(args.out, SynthSpec(n=args.n, seed=args.seed))
+        make = make_classification_dataset if args.task == "classification" else make_dataset
+        path = make(args.out, SynthSpec(n=args.n, seed=args.seed))
         print(f"wrote {args.n} images and {path}")
         return EXIT_OK
     if args.command == "convert":

@@ -13,6 +13,8 @@ class RunConfig:
     model: str
     out: str
     profile: Profile
+    profile_name: str | None = None  # as given; None: the task's default (segnet-192, or vgg16-224)
+    profile_overrides: dict = field(default_factory=dict)  # --size/--interp/--mean/--std/--threshold
     splits: list[str] = field(default_factory=lambda: ["test"])
     batch_size: int = 8
     backend: str | None = None  # shorthand: ecvl = ecvl loader + eddl engine, onnx = opencv + onnx

@@ -56,6 +56,7 @@ class WorkList:
     runs: list[tuple[str, int]]  # (split, how many of the following indices), in order
     locations: list[Any]
     labels: list[str | None]
+    targets: list[int | None] | None = None  # classification: the true class of each image (None: unlabelled)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -67,9 +68,10 @@ class WorkList:
         from .loader import WorkItem
 
         p = self.prefix
-        for index, split, loc, lab in zip(self.indices, self.splits(), self.locations, self.labels):
+        targets = self.targets or [None] * len(self.indices)
+        for index, split, loc, lab, tgt in zip(self.indices, self.splits(), self.locations, self.labels, targets):
             locs = (p + loc,) if isinstance(loc, str) else tuple(p + x for x in loc)
-            yield WorkItem(index, split, locs, None if lab is None else p + lab)
+            yield WorkItem(index, split, locs, None if lab is None else p + lab, tgt)
 
     def slice(self, a: int, b: int) -> WorkList:
         """Images a..b-1 (for the dynamic schedule's chunks)."""
@@ -80,7 +82,8 @@ class WorkList:
             if hi > lo:
                 runs.append((name, hi - lo))
             pos += count
-        return WorkList(self.prefix, self.indices[a:b], runs, self.locations[a:b], self.labels[a:b])
+        return WorkList(self.prefix, self.indices[a:b], runs, self.locations[a:b], self.labels[a:b],
+                        None if self.targets is None else self.targets[a:b])
 
     def chunks(self, size: int) -> list[WorkList]:
         """Consecutive pieces of at most ``size`` images."""
@@ -161,11 +164,18 @@ class Dataset:
         runs: list[tuple[str, int]] = []
         locations: list[Any] = []
         labels: list[str | None] = []
+        targets: list[int | None] | None = [] if self.classes else None
         for split, idx in parts.items():
             idx = [int(i) for i in idx]
             runs.append((split, len(idx)))
             indices += idx
-            if self.plain:
+            if targets is not None:  # classification: the class (a run refuses multi-label images first)
+                for i in idx:
+                    smp = self.sample(i)
+                    locations.append(smp.locations[0] if len(smp.locations) == 1 else smp.locations)
+                    labels.append(smp.label_path)
+                    targets.append(smp.label[0] if smp.label else None)
+            elif self.plain:
                 sub = [entries[i] for i in idx]
                 locations += [e["location"] for e in sub]
                 labels += [e.get("label") for e in sub]
@@ -174,8 +184,8 @@ class Dataset:
                     smp = self.sample(i)
                     locations.append(smp.locations[0] if len(smp.locations) == 1 else smp.locations)
                     labels.append(smp.label_path)
-        prefix = self.root.rstrip(os.sep) + os.sep if self.plain else ""
-        return WorkList(prefix, indices, runs, locations, labels)
+        prefix = self.root.rstrip(os.sep) + os.sep if self.plain and targets is None else ""
+        return WorkList(prefix, indices, runs, locations, labels, targets)
 
     def is_label_path(self, element: Any) -> bool:
         """FindLabel's last resort: a label element that is neither a class index nor a class name."""
@@ -278,6 +288,33 @@ def build_dataset(doc: Any, path: str, *, allow_overlap: bool = False, allow_emp
         warnings=warnings,
         plain=plain,
     )
+
+
+def check_single_labels(dataset: Dataset, indices: Iterable[int]) -> None:
+    """Classification runs: each selected image's label must name exactly one class (by name or index).
+
+    The format allows more (several classes, or a mask path, as ECVL's own example shows); a multi-label
+    image would need other metrics, so it is refused here, naming it, rather than scored as something else."""
+    classes, path = dataset.classes, dataset.path
+    for i in indices:
+        i = int(i)
+        entry = dataset.entries[i]
+        raw = entry.get("label") if isinstance(entry, dict) else None
+        if raw is None:
+            continue
+        elements = raw if isinstance(raw, list) else [raw]
+        for element in elements:
+            text = _scalar(element)
+            if _INT.match(text):
+                if not 0 <= int(text) < len(classes):
+                    raise DatasetError(f"{path}: images[{i}].label: class index {clip(text, 40)} is out of range; "
+                                       f"'classes' has {len(classes)} (0..{len(classes) - 1})")
+            elif text not in classes:
+                raise DatasetError(f"{path}: images[{i}].label: {quote(text)} is not one of the classes "
+                                   f"({clip(', '.join(classes), 300)})")
+        if len(elements) > 1:
+            raise DatasetError(f"{path}: images[{i}].label: {len(elements)} classes (a multi-label dataset); "
+                               f"mpi_infer scores single-label classification only (one class per image)")
 
 
 def _string_list(doc: dict, key: str, path: str) -> list[str]:

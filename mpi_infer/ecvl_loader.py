@@ -56,23 +56,34 @@ GROUP_BATCHES = 4  # dynamic schedule: batches per DLDataset (each one loads its
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def shard_document(items: list[WorkItem], name: str) -> tuple[dict[str, Any], list[str]]:
+def shard_document(items: list[WorkItem], name: str, classes: list[str] | None = None
+                   ) -> tuple[dict[str, Any], list[str]]:
     """The ECVL YAML for a group of items (absolute paths) and its split names in order.
 
     At most two splits, ``masked`` and ``--no-mask``, whatever our splits are: ECVL decides "has labels" per
     split, and every split costs a Start/Stop of the loader threads (the pipeline drains at each); results are
     keyed back to our items, which carry their own split. A masked image comes first where there is one:
     DLDataset sizes every split's label tensor from ``samples_[0]``'s mask, and with an unmasked first sample
-    it asks for a -1-channel tensor (16 EB) for the masked split."""
+    it asks for a -1-channel tensor (16 EB) for the masked split.
+
+    Classification (``classes`` given): the labels are class indices, and the splits ``masked`` (labelled)
+    and ``--no-mask`` alike."""
     images: list[Any] = []
     split: dict[str, list[int]] = {}
-    for it in sorted(items, key=lambda it: it.label_path is None):  # stable: masked first, order kept
-        key = "masked" if it.label_path else NOLABEL
-        split.setdefault(key, []).append(len(images))
+    for it in sorted(items, key=lambda it: _label(it, classes) is None):  # stable: labelled first, order kept
+        label = _label(it, classes)
+        split.setdefault(NOLABEL if label is None else "masked", []).append(len(images))
         loc: Any = it.locations[0] if len(it.locations) == 1 else list(it.locations)
-        images.append({"location": loc, "label": it.label_path} if it.label_path else {"location": loc})
+        images.append({"location": loc} if label is None else {"location": loc, "label": label})
     doc = {"name": name, "description": "mpi_infer shard for ECVL's DLDataset", "images": images, "split": split}
+    if classes:
+        doc["classes"] = list(classes)
     return doc, list(split)
+
+
+def _label(item: WorkItem, classes: list[str] | None) -> Any:
+    """What the shard YAML says of an item's ground truth: its class index, its mask path, or None."""
+    return item.target if classes else item.label_path
 
 
 def augmentation_spec(profile: Profile) -> list[tuple[str, tuple]]:
@@ -212,11 +223,12 @@ class EcvlLoader:
 
     name = "ecvl"
 
-    def __init__(self, profile: Profile):
+    def __init__(self, profile: Profile, classes: list[str] | None = None):
         from pyecvl import ecvl  # noqa: F401 - fail here, clearly, when missing
         from pyeddl import tensor  # noqa: F401 - GetBatch returns pyeddl Tensors: their type must be registered
 
         self.profile = profile
+        self.classes = classes or None  # classification: one-hot labels come back; we keep our own targets
 
     def batches(self, items: Iterable[WorkItem], batch_size: int, threads: int) -> Iterator[Batch]:
         if isinstance(items, list | tuple):
@@ -239,7 +251,7 @@ class EcvlLoader:
                 yield Batch([Loaded(it, status="failed", notes=[str(exc)])], None, [])
         if not ready:
             return
-        doc, split_names = shard_document(ready, "mpi_infer-shard")
+        doc, split_names = shard_document(ready, "mpi_infer-shard", self.classes)
         folder = tempfile.mkdtemp(prefix="mpi_infer-ecvl-")
         try:
             path = os.path.join(folder, "shard.yml")
@@ -251,7 +263,8 @@ class EcvlLoader:
                                      drop_last={s: False for s in split_names})
             by_key: dict[tuple[str, str], deque[WorkItem]] = defaultdict(deque)
             for it in ready:
-                by_key[(it.locations[0], it.label_path or "")].append(it)
+                label = _label(it, self.classes)
+                by_key[(it.locations[0], "" if label is None else str(label))].append(it)
             for s, name in enumerate(split_names):
                 dataset.SetSplit(s)
                 dataset.ResetBatch(s, False)
@@ -276,12 +289,17 @@ class EcvlLoader:
         ys = np.array(y, copy=True) if has_masks else None
         loaded = []
         for k, sample in enumerate(samples):
-            label = sample.label_path_ if has_masks else None
-            item = by_key[(sample.location_[0], label or "")].popleft()
+            if not has_masks:
+                label = ""
+            elif self.classes:
+                label = str(list(sample.label_)[0])
+            else:
+                label = sample.label_path_ or ""
+            item = by_key[(sample.location_[0], label)].popleft()
             size = list(sample.size_)  # [W, H], filled on first load
             entry = Loaded(item, image=None, original_hw=(int(size[1]), int(size[0])),
                            status="ok" if has_masks else "unscored", notes=list(notes[item.index]))
-            if ys is not None:
+            if ys is not None and not self.classes:
                 mask = ys[k, 0].astype(np.uint8)  # exact: ECVL's uint8 mask values as float32
                 try:
                     entry.notes += mask_notes(mask, item.label_path or "")

@@ -18,7 +18,7 @@ from typing import Any
 from .config import RunConfig
 from .dataset import WorkList
 from .engines import Stack, choose_stack, open_engine, visible_gpus
-from .engines.heads import SegmentationHead
+from .engines.heads import ClassificationHead, SegmentationHead
 from .errors import EXIT_OK, clip, exit_code_for
 from .model_output import OutputSpec
 from .orchestrate import (
@@ -150,12 +150,12 @@ class Channel:
             yield from chunk
 
 
-def open_loader(kind: str, profile: Any) -> Any:
+def open_loader(kind: str, profile: Any, classes: list[str] | None = None) -> Any:
     """ECVL's DLDataset loader, or None for our OpenCV loader (runner.py's default)."""
     if kind == "ecvl":
         from .ecvl_loader import EcvlLoader
 
-        return EcvlLoader(profile)
+        return EcvlLoader(profile, classes)
     return None
 
 
@@ -240,12 +240,16 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if "error" in header:
         return _fail_together(comm, header["error"] if rank == 0 else None) or 1
     prepared = header["prepared"]
+    cfg.profile = prepared.profile  # the task's default recipe where --profile was not given
     if rank == 0 and not cfg.quiet:
         for w in prepared.warnings:
             log(0, f"warning: {w}")
         for line in topology_lines(topology):
             log(0, line)
         stack = header["stack"]
+        if prepared.task == "classification":
+            log(0, f"task: classification, {len(prepared.classes)} classes ({', '.join(prepared.classes)})"
+                   + ("; --save-masks does not apply" if cfg.save_masks else ""))
         log(0, f"loader {stack.loader} ({stack.loader_why}), engine {stack.engine} ({stack.engine_why}); "
                f"profile {cfg.profile.name}; "
                f"splits {', '.join(prepared.splits)}; {prepared.selected} image(s) selected"
@@ -273,12 +277,15 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     stack = header["stack"]
     threads = rank_threads(cfg, me.local_size)
     try:
-        head = SegmentationHead(OutputSpec(cfg.activation, cfg.cls), cfg.profile)
+        spec = OutputSpec(cfg.activation, cfg.cls)
+        head = (ClassificationHead(spec, prepared.classes) if prepared.task == "classification"
+                else SegmentationHead(spec, cfg.profile))
         engine = open_engine(stack, prepared.run_model, cfg.profile, threads=threads, gpu=cfg.gpu,
                              device_id=me.gpu or 0, arch=prepared.arch, eddl_mem=cfg.eddl_mem, head=head)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
-        loader = open_loader(stack.loader, cfg.profile)
+        loader = open_loader(stack.loader, cfg.profile, prepared.classes if prepared.task == "classification"
+                             else None)
         ledger = Ledger(cfg.out, prepared.attempt, rank)
     except Exception as exc:  # noqa: BLE001
         error = (rank, str(exc), exit_code_for(exc))
@@ -301,16 +308,19 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         source = channel.master_items(work, chunk) if rank == 0 else channel.worker_items()
     else:
         source = work
-    table = RecordTable(rank)
+    classification = prepared.task == "classification"
+    table = RecordTable(rank, classes=len(prepared.classes) if classification else 0)
 
     def on_batch(records: list[dict[str, Any]]) -> None:
         table.extend(records)
         channel.on_batch(records)
 
     run_items(source, engine.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
-              threads=loader_threads, ledger=ledger, masks_dir=cfg.out if cfg.save_masks else None,
+              threads=loader_threads, ledger=ledger,
+              masks_dir=cfg.out if cfg.save_masks and not classification else None,
               on_batch=on_batch, fault=fault, timings=timings,
-              batch_source=loader.batches if loader is not None else None, keep=False)
+              batch_source=loader.batches if loader is not None else None, keep=False,
+              classification=classification)
     ledger.close()
     timings.total_s = time.perf_counter() - t_run
     channel.finish(dynamic)

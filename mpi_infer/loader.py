@@ -44,7 +44,8 @@ class WorkItem:
     index: int
     split: str
     locations: tuple[str, ...]
-    label_path: str | None
+    label_path: str | None  # ground-truth mask (segmentation)
+    target: int | None = None  # true class index (classification)
 
 
 @dataclass
@@ -171,7 +172,8 @@ def load_item(item: WorkItem, profile: Profile) -> Loaded:
         if item.label_path:
             mask = read_mask(item.label_path, out.original_hw, out.notes)
             out.mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
-        out.status = "converted" if out.notes else ("ok" if item.label_path else "unscored")
+        labelled = item.label_path is not None or item.target is not None
+        out.status = "converted" if out.notes else ("ok" if labelled else "unscored")
     except ImageFault as exc:
         out.status, out.image, out.mask = "failed", None, None
         out.notes.append(str(exc))

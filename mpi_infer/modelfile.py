@@ -12,15 +12,19 @@ from importlib import resources
 
 from .archs import build_onnx, detect_arch, layers_from_records
 from .atomic import MAX_INPUT_BYTES, open_input, read_chunks, write_bytes
+from .cls_archs import CLS_ARCHS, build_classifier_onnx, classifier_from_records
 from .eddl_bin import read_records
 from .errors import ModelError
 
 DEMO_MODEL = "demo_segnet"
 
 
-def demo_model(kind: str = "bin") -> str:
-    """Path of the shipped demo model (``bin`` or ``onnx``)."""
-    return str(resources.files("mpi_infer") / "models" / f"{DEMO_MODEL}.{kind}")
+DEMO_CLASSIFIER = "demo_lenet"
+
+
+def demo_model(kind: str = "bin", name: str = DEMO_MODEL) -> str:
+    """Path of a shipped demo model (``bin`` or ``onnx``): the SegNet, or ``DEMO_CLASSIFIER``."""
+    return str(resources.files("mpi_infer") / "models" / f"{name}.{kind}")
 
 
 def file_sha256(path: str) -> str:
@@ -43,8 +47,11 @@ def convert_bin(bin_path: str, arch: str, height: int, width: int, out_path: str
     records = read_records(bin_path)
     if arch == "auto":
         arch = detect_arch(records, bin_path)
-    layers = layers_from_records(records, arch, source=bin_path)
-    model = build_onnx(layers, height, width, name=f"{arch}-{os.path.basename(bin_path)}")
+    name = f"{arch}-{os.path.basename(bin_path)}"
+    if arch in CLS_ARCHS:
+        model = build_classifier_onnx(classifier_from_records(records, arch, bin_path), height, width, name=name)
+    else:
+        model = build_onnx(layers_from_records(records, arch, source=bin_path), height, width, name=name)
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
     write_bytes(out_path, model.SerializeToString(), fsync=False)

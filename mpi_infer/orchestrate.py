@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .atomic import read_input, write_text
 from .config import RunConfig
-from .dataset import Dataset, WorkList, load_dataset, select_splits, selected_items
+from .dataset import Dataset, WorkList, check_single_labels, load_dataset, select_splits, selected_items
 from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError, clip
 from .metrics import EMPTY_GT_POLICY, summarise
 from .modelfile import cached_onnx, file_sha256, model_format
@@ -63,6 +63,9 @@ class Prepared:
     fresh_output: bool = False  # --out was empty: a failure before inference leaves it empty again
     created_output: bool = False  # --out did not exist: a failure before inference removes it again
     arch: str | None = None  # a .bin's architecture, resolved (--arch auto) by rank 0
+    task: str = "segmentation"
+    classes: list[str] = field(default_factory=list)
+    profile: Any = None  # the recipe every rank uses (the task's default where --profile was not given)
 
 
 def check_topology(topology: list[Topology], expect_hosts: int) -> None:
@@ -181,6 +184,12 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepa
 
 def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
              fresh: bool, t0: float) -> tuple[Prepared, list[WorkList]]:
+    if dataset.task == "classification" and cfg.profile_name is None:
+        from .modelfile import DEMO_CLASSIFIER
+        from .profiles import get_profile
+
+        base = "lenet-64" if os.path.basename(cfg.model).startswith(DEMO_CLASSIFIER) else "vgg16-224"
+        cfg.profile = get_profile(base, **cfg.profile_overrides)
     arch = resolve_arch(cfg)
     identity = run_identity(cfg, model_sha, dataset.sha256, splits, arch)
     previous: list[dict[str, Any]] = []
@@ -200,6 +209,9 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     done = {r["index"] for r in previous if r["status"] != "failed"}
     previous = [r for r in previous if r["index"] in done]
     selected = selected_items(dataset, splits)
+    if dataset.task == "classification":
+        for idx in selected.values():
+            check_single_labels(dataset, idx)
     todo = {s: [i for i in idx if int(i) not in done] for s, idx in selected.items()} if done else selected
     # The dynamic schedule hands out chunks from one list on rank 0; the static one scatters N shards.
     shards = plan(todo, 1 if cfg.schedule == "dynamic" else world, balance=cfg.balance)
@@ -212,7 +224,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
         attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),
         previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0,
-        fresh_output=fresh, arch=arch,
+        fresh_output=fresh, arch=arch, task=dataset.task, classes=list(dataset.classes), profile=cfg.profile,
     )
     return prepared, payloads
 
@@ -249,7 +261,14 @@ def finish_run(
 ) -> tuple[dict[str, Any], int]:
     """Aggregate every record (this attempt's and kept earlier ones) and write the reports."""
     all_records = prepared.previous + records
-    summary = summarise(all_records, prepared.splits)
+    classification = prepared.task == "classification"
+    if classification:
+        from .cls_metrics import summarise_classification
+
+        summary = summarise_classification(all_records, prepared.splits, prepared.classes)
+        summary = {"task": "classification", "classes": prepared.classes, **summary}
+    else:
+        summary = {"task": "segmentation", **summarise(all_records, prepared.splits)}
     exit_code = EXIT_PARTIAL if summary["images"]["failed"] else EXIT_OK
     if summary["images"]["selected"] != prepared.selected:
         raise RuntimeError(f"internal error: {summary['images']['selected']} records for "
@@ -260,9 +279,12 @@ def finish_run(
         "hosts": sorted({t.host for t in topology}),
         "backend": backend_info,
         "profile": cfg.profile.to_dict(),
-        "threshold": cfg.profile.threshold,
-        "empty_gt_policy": EMPTY_GT_POLICY,
-        "metric_resolution": f"network input ({cfg.profile.height}x{cfg.profile.width})",
+        **({} if classification else {
+            "threshold": cfg.profile.threshold,
+            "empty_gt_policy": EMPTY_GT_POLICY,
+            "metric_resolution": f"network input ({cfg.profile.height}x{cfg.profile.width})"}),
+        **({"accuracy_note": "upstream's categorical_accuracy is plain accuracy (top-1)"} if classification
+           else {}),
         "model": os.path.abspath(cfg.model),
         "model_sha256": prepared.model_sha256,
         "dataset": os.path.abspath(cfg.dataset),
@@ -288,6 +310,6 @@ def finish_run(
         "version": __version__,
         "launcher_host": socket.gethostname(),
     })
-    write_per_image_csv(cfg.out, all_records)
+    write_per_image_csv(cfg.out, all_records, prepared.classes if classification else None)
     write_summary(cfg.out, summary)
     return summary, exit_code

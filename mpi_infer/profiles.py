@@ -60,6 +60,10 @@ PROFILES: dict[str, Profile] = {
         Profile("cpp-512", 512, 512, "cubic", (0.67501814, 0.5663187, 0.52339128),
                 (0.11092593, 0.10669603, 0.119005), 0.3,
                 "recipe C: the C++ pipeline: 512x512 cubic, ISIC mean/std, threshold 0.3"),
+        Profile("vgg16-224", 224, 224, "linear", None, None, 0.5,
+                "classification, the use case's VGG16 (examples/use_case_pipeline): 224x224 linear, RGB/255"),
+        Profile("lenet-64", 64, 64, "linear", None, None, 0.5,
+                "classification, the shipped demo LeNet: 64x64 linear, RGB/255"),
     )
 }
 DEFAULT_PROFILE = "segnet-192"

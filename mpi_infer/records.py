@@ -22,8 +22,10 @@ _CODE = {s: k for k, s in enumerate(STATUSES)}
 class RecordTable:
     """Columns of per-image results, in the order they were produced."""
 
-    def __init__(self, rank: int) -> None:
+    def __init__(self, rank: int, classes: int = 0) -> None:
         self.rank = rank
+        self.classes = classes  # classification: C probabilities per row (NaN where nothing was predicted)
+        self.probs = array("f")
         self.index = array("q")
         self.status = array("b")
         self.iou = array("d")
@@ -35,6 +37,8 @@ class RecordTable:
         return len(self.index)
 
     def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+        if self.classes:
+            return self._extend_classification(records)
         for r in records:
             row = len(self.index)
             self.index.append(int(r["index"]))
@@ -46,11 +50,23 @@ class RecordTable:
             if r.get("error"):
                 self.errors[row] = r["error"]
 
+    def _extend_classification(self, records: Iterable[Mapping[str, Any]]) -> None:
+        nan = [float("nan")] * self.classes
+        for r in records:
+            row = len(self.index)
+            self.index.append(int(r["index"]))
+            self.status.append(_CODE[r["status"]])
+            self.probs.extend(r["probs"] if r.get("probs") is not None else nan)
+            if r.get("error"):
+                self.errors[row] = r["error"]
+
     def to_records(self, lookup: DescriptorIndex) -> list[dict[str, Any]]:
-        """Full records (the ledger's shape), with split, location and mask path from ``lookup``."""
+        """Full records (the ledger's shape), with split, location and mask path (or class) from ``lookup``."""
+        if self.classes:
+            return self._classification_records(lookup)
         out = []
         for row, index in enumerate(self.index):
-            split, location, label = lookup.describe(index)
+            split, location, label, _ = lookup.describe(index)
             scored = self.counts[3 * row] >= 0
             out.append({
                 "index": index, "split": split, "location": location, "label": label, "rank": self.rank,
@@ -58,6 +74,21 @@ class RecordTable:
                 "tp": self.counts[3 * row] if scored else None, "fp": self.counts[3 * row + 1] if scored else None,
                 "fn": self.counts[3 * row + 2] if scored else None, "status": STATUSES[self.status[row]],
                 "error": self.errors.get(row, ""),
+            })
+        return out
+
+    def _classification_records(self, lookup: DescriptorIndex) -> list[dict[str, Any]]:
+        probs = np.frombuffer(self.probs, np.float32).reshape(-1, self.classes) if self.classes else None
+        out = []
+        for row, index in enumerate(self.index):
+            split, location, _, target = lookup.describe(index)
+            p = probs[row]
+            predicted = not np.isnan(p).any()
+            out.append({
+                "index": index, "split": split, "location": location, "rank": self.rank, "target": target,
+                "predicted": int(np.argmax(p)) if predicted else None,
+                "probs": [float(v) for v in p] if predicted else None,
+                "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""),
             })
         return out
 
@@ -77,7 +108,7 @@ class DescriptorIndex:
         self.which = np.concatenate(which)[order] if which else np.empty(0, np.int32)
         self.pos = np.concatenate(pos)[order] if pos else np.empty(0, np.int64)
 
-    def describe(self, index: int) -> tuple[str, str, str]:
+    def describe(self, index: int) -> tuple[str, str, str, int | None]:
         at = int(np.searchsorted(self.keys, index))
         if at >= len(self.keys) or self.keys[at] != index:
             raise KeyError(f"image {index} was not planned")
@@ -85,4 +116,5 @@ class DescriptorIndex:
         w = self.lists[k]
         loc, lab = w.locations[p], w.labels[p]
         location = w.prefix + loc if isinstance(loc, str) else ";".join(w.prefix + x for x in loc)
-        return self.splits[k][p], location, "" if lab is None else w.prefix + lab
+        target = w.targets[p] if w.targets is not None else None
+        return self.splits[k][p], location, "" if lab is None else w.prefix + lab, target

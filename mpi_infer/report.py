@@ -21,7 +21,7 @@ import numpy as np
 
 from .atomic import read_input, write_text
 from .errors import clip
-from .results import CSV_COLUMNS, MASK_DIR, mask_file_name
+from .results import CLASSIFICATION_COLUMNS, CSV_COLUMNS, MASK_DIR, mask_file_name
 
 GT_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (230, 0, 230)
@@ -174,35 +174,45 @@ def load_run(run_dir: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
         raise ConfigError(f"{csv_path}: not UTF-8 text (byte {exc.start}); "
                           f"not a per_image.csv mpi_infer wrote") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if reader.fieldnames is None or not set(CSV_COLUMNS) <= set(reader.fieldnames):
-        raise ConfigError(f"{csv_path}: expected the columns {', '.join(CSV_COLUMNS)}")
+    classification = summary.get("task") == "classification"
+    columns = CLASSIFICATION_COLUMNS if classification else CSV_COLUMNS
+    numbers = ("index", "probability", "true_probability") if classification else ("index", "iou", "dice")
+    if reader.fieldnames is None or not set(columns) <= set(reader.fieldnames):
+        raise ConfigError(f"{csv_path}: expected the columns {', '.join(columns)}")
     rows = list(reader)
     for line, r in enumerate(rows, start=2):
         try:
             int(r["index"])
-            float(r["dice"] or 0)
-            float(r["iou"] or 0)
+            for key in numbers[1:]:
+                float(r[key] or 0)
         except (TypeError, ValueError):
-            raise ConfigError(f"{csv_path}: line {line}: index, iou or dice is not a number") from None
+            raise ConfigError(f"{csv_path}: line {line}: {', '.join(numbers)} must be numbers") from None
+    if classification and not (isinstance(summary.get("classes"), list) and summary["classes"]):
+        raise ConfigError(f"{path}: a classification summary without its 'classes'")
     return summary, rows
 
 
 def write_report(run_dir: str, k: int = 8) -> str:
     """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
     summary, rows = load_run(run_dir)
-    scored = sorted((r for r in rows if r["dice"] != ""), key=lambda r: (float(r["dice"]), int(r["index"])))
-    worst = scored[:k]
-    best = list(reversed(scored[-k:])) if len(scored) > k else []
-    has_masks = os.path.isdir(os.path.join(run_dir, MASK_DIR))
-    figures = [("Dice and IoU per image, by split", histograms(rows, summary.get("splits", [])), "histograms")]
+    classification = summary.get("task") == "classification"
     per_rank = summary.get("timings", {}).get("per_rank", [])
+    if classification:
+        figures = classification_figures(summary, rows, k)
+        has_masks = True  # nothing to say about masks
+    else:
+        scored = sorted((r for r in rows if r["dice"] != ""), key=lambda r: (float(r["dice"]), int(r["index"])))
+        worst = scored[:k]
+        best = list(reversed(scored[-k:])) if len(scored) > k else []
+        has_masks = os.path.isdir(os.path.join(run_dir, MASK_DIR))
+        figures = [("Dice and IoU per image, by split", histograms(rows, summary.get("splits", [])), "histograms")]
+        for title, picked, fid in ((f"Worst {len(worst)} images", worst, "worst"),
+                                   (f"Best {len(best)} images", best, "best")):
+            png = contact_sheet(run_dir, picked, title)
+            if png:
+                figures.append((title, png, fid))
     if per_rank:
-        figures.append(("Ranks", rank_chart(per_rank), "ranks"))
-    for title, picked, fid in ((f"Worst {len(worst)} images", worst, "worst"), (f"Best {len(best)} images", best,
-                                                                                  "best")):
-        png = contact_sheet(run_dir, picked, title)
-        if png:
-            figures.append((title, png, fid))
+        figures.insert(1, ("Ranks", rank_chart(per_rank), "ranks"))
     failed = [r for r in rows if r["status"] == "failed"]
     prof = summary.get("profile", {})
     norm = f"mean {prof.get('mean')}, std {prof.get('std')}" if prof.get("mean") else "RGB/255, no mean/std"
@@ -211,10 +221,12 @@ def write_report(run_dir: str, k: int = 8) -> str:
         ("model sha256", summary.get("model_sha256", "")[:16]), ("backend", summary.get("backend", {}).get("backend")),
         ("profile", f"{prof.get('name')}: {prof.get('height')}x{prof.get('width')} {prof.get('interpolation')}, "
                     f"{norm}"),
-        ("threshold", summary.get("threshold")), ("ranks / hosts", f"{summary.get('world_size')} / "
-                                                                   f"{len(summary.get('hosts', []))}"),
+        ("model output", ", ".join(f"{k} {v}" for k, v in (summary.get("output") or {}).items())),
+        ("arch", summary.get("arch") or "(from the ONNX file)"),
+        *([("classes", ", ".join(summary.get("classes", [])))] if classification else
+          [("threshold", summary.get("threshold")), ("empty ground truth", summary.get("empty_gt_policy"))]),
+        ("ranks / hosts", f"{summary.get('world_size')} / {len(summary.get('hosts', []))}"),
         ("wall time", f"{summary.get('timings', {}).get('total_s', 0):.2f} s"),
-        ("empty ground truth", summary.get("empty_gt_policy")),
         ("exit code", f"{summary.get('exit_code')}: {summary.get('exit_meaning')}"),
     ]
     parts = [
@@ -230,7 +242,7 @@ def write_report(run_dir: str, k: int = 8) -> str:
         "figure{margin:1.5em 0}img{max-width:100%}.note{color:#a33}",
         "</style></head><body>",
         "<h1>mpi_infer report</h1>",
-        _table(summary),
+        _classification_table(summary) if classification else _table(summary),
         "<dl>" + "".join(f"<dt>{html.escape(str(a))}</dt><dd>{html.escape(str(b))}</dd>" for a, b in meta) + "</dl>",
     ]
     if not has_masks:
@@ -252,3 +264,71 @@ def write_report(run_dir: str, k: int = 8) -> str:
     path = os.path.join(run_dir, "report.html")
     write_text(path, "\n".join(parts))
     return path
+
+
+def _classification_table(summary: dict[str, Any]) -> str:
+    def cell(v: Any) -> str:
+        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    head = ("split", "selected", "scored", "unscored", "failed", "accuracy", "balanced accuracy", "macro F1",
+            "weighted F1", "top-2")
+    body = []
+    for name, s in [*summary.get("per_split", {}).items(), ("all", summary)]:
+        im, m = s["images"], s["metrics"]
+        vals = (name, im.get("selected"), im.get("scored"), im.get("unscored"), im.get("failed"), m.get("accuracy"),
+                m.get("balanced_accuracy"), m.get("macro_f1"), m.get("weighted_f1"),
+                (m.get("top_k_accuracy") or {}).get("2"))
+        cls = ' class="total"' if name == "all" else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in vals) + "</tr>")
+    return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(body) + "</tbody></table>")
+
+
+def classification_figures(summary: dict[str, Any], rows: list[dict[str, str]], k: int) -> list[tuple[str, str, str]]:
+    """The confusion matrix, per-class precision/recall/F1, and the images the model was least sure of."""
+    plt = _plt()
+    classes = summary["classes"]
+    metrics = summary["metrics"]
+    cm = np.asarray(metrics.get("confusion_matrix") or np.zeros((len(classes), len(classes))), float)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.0 * len(classes) + 2))
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (counts; colour: share of the true class)", fontsize=9)
+    figures = [("Confusion matrix", _png(fig), "confusion")]
+    per = metrics.get("per_class") or {}
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(classes)), 3))
+    x = np.arange(len(classes))
+    for off, key, colour in ((-0.27, "precision", "#3b75af"), (0, "recall", "#e1812c"), (0.27, "f1", "#55a868")):
+        ax.bar(x + off, [per.get(c, {}).get(key, 0) for c in classes], width=0.26, label=key, color=colour)
+    ax.set_xticks(x, [f"{c}\n({per.get(c, {}).get('support', 0)})" for c in classes], fontsize=8)
+    ax.set_ylim(0, 1.3)
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
+    ax.set_title("per class (support in brackets)", fontsize=9)
+    figures.append(("Per-class precision, recall and F1", _png(fig), "per-class"))
+    unsure = sorted((r for r in rows if r["true_probability"] != ""),
+                    key=lambda r: (float(r["true_probability"]), int(r["index"])))[:k]
+    if unsure:
+        cols = min(4, len(unsure))
+        fig, axes = plt.subplots((len(unsure) + cols - 1) // cols, cols, figsize=(3.2 * cols, 3.0 *
+                                 ((len(unsure) + cols - 1) // cols)), squeeze=False)
+        for a in axes.ravel():
+            a.axis("off")
+        for a, r in zip(axes.ravel(), unsure):
+            img = cv2.imread(r["location"].split(";")[0], cv2.IMREAD_COLOR)
+            if img is not None:
+                a.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            a.set_title(f"#{r['index']} {r['label']} -> {r['predicted']}\np(true) {float(r['true_probability']):.3f}",
+                        fontsize=8, color="#a33" if r["label"] != r["predicted"] else "black")
+        fig.suptitle(f"The {len(unsure)} images the model was least sure of (lowest probability of the true class)",
+                     fontsize=10)
+        fig.tight_layout()
+        figures.append((f"Least confident {len(unsure)} images", _png(fig), "worst"))
+    return figures

@@ -21,6 +21,8 @@ import numpy as np
 from .atomic import with_path, write_text
 
 CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
+CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
+                          "true_probability", "top_k", "status", "error")
 LEDGER_DIR = "ledger"
 MASK_DIR = "masks"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -40,16 +42,34 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]]) -> str:
-    """One row per selected image, in dataset order (``index`` = position in the original YAML)."""
+def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]],
+                        classes: list[str] | None = None) -> str:
+    """One row per selected image, in dataset order (``index`` = position in the original YAML).
+
+    Classification (``classes`` given): the true and predicted class names, the predicted class's probability,
+    the true class's, and the top 3 as ``name:p;...``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    columns = CLASSIFICATION_COLUMNS if classes else CSV_COLUMNS
+    writer.writerow(columns)
     for r in sorted(records, key=lambda r: (r["index"], r["split"])):
-        writer.writerow([_fmt(r.get(c)) for c in CSV_COLUMNS])
+        if classes:
+            r = classification_row(r, classes)
+        writer.writerow([_fmt(r.get(c)) for c in columns])
     path = os.path.join(out_dir, "per_image.csv")
     write_text(path, buf.getvalue())
     return path
+
+
+def classification_row(r: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
+    from .cls_metrics import top_k_text
+
+    probs, target, predicted = r.get("probs"), r.get("target"), r.get("predicted")
+    return {**r, "label": "" if target is None else classes[target],
+            "predicted": "" if predicted is None else classes[predicted],
+            "probability": None if probs is None else probs[predicted],
+            "true_probability": None if probs is None or target is None else probs[target],
+            "top_k": "" if probs is None else top_k_text(probs, classes)}
 
 
 def read_per_image_csv(path: str) -> list[dict[str, str]]:
@@ -144,6 +164,8 @@ def _num(v: Any, digits: int = 4) -> str:
 
 def summary_table(summary: Mapping[str, Any]) -> str:
     """A one-screen table: counts and metrics per split and overall."""
+    if summary.get("task") == "classification":
+        return _classification_table(summary)
     rows = [("split", "selected", "scored", "unscored", "failed", "mean IoU", "mean Dice", "global IoU",
              "global Dice")]
     parts = list(summary.get("per_split", {}).items()) + [("all", summary)]
@@ -151,14 +173,35 @@ def summary_table(summary: Mapping[str, Any]) -> str:
         im, m = s["images"], s["metrics"]
         rows.append((name, str(im["selected"]), str(im["scored"]), str(im["unscored"]), str(im["failed"]),
                      _num(m["mean_iou"]), _num(m["mean_dice"]), _num(m["global_iou"]), _num(m["global_dice"])))
+    head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
+            f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
+            f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
+    return _render(rows, head, summary)
+
+
+def _render(rows: list[tuple[str, ...]], head: str, summary: Mapping[str, Any]) -> str:
+    """Aligned columns, rules around the body, the head line above and the timing and exit line below."""
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     t = summary.get("timings", {})
-    head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
-            f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
-            f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
     tail = (f"wall {t.get('total_s', 0):.2f} s, {t.get('images_per_s', 0):.1f} images/s; "
             f"exit {summary.get('exit_code')}: {summary.get('exit_meaning', '')}")
     return "\n".join([head, *lines, tail])
+
+
+def _classification_table(summary: Mapping[str, Any]) -> str:
+    topk = "top-2" if summary["metrics"].get("top_k_accuracy", {}).get("2") is not None else None
+    rows = [("split", "selected", "scored", "unscored", "failed", "accuracy", "balanced acc", "macro F1",
+             *([topk] if topk else []))]
+    for name, s in [*summary.get("per_split", {}).items(), ("all", summary)]:
+        im, m = s["images"], s["metrics"]
+        rows.append((name, str(im["selected"]), str(im["scored"]), str(im["unscored"]), str(im["failed"]),
+                     _num(m["accuracy"]), _num(m["balanced_accuracy"]), _num(m["macro_f1"]),
+                     *([_num(m["top_k_accuracy"].get("2"))] if topk else [])))
+    head = (f"mpi_infer: classification, {len(summary.get('classes', []))} classes; "
+            f"{summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
+            f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
+            f"{summary.get('profile', {}).get('name', '?')}")
+    return _render(rows, head, summary)

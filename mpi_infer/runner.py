@@ -61,8 +61,12 @@ class RankTimings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def record_for(loaded: Loaded, rank: int) -> dict[str, Any]:
+def record_for(loaded: Loaded, rank: int, classification: bool = False) -> dict[str, Any]:
     item = loaded.item
+    if classification:
+        return {"index": item.index, "split": item.split, "location": ";".join(item.locations), "rank": rank,
+                "target": item.target, "predicted": None, "probs": None, "status": loaded.status,
+                "error": "; ".join(loaded.notes)}
     return {
         "index": item.index,
         "split": item.split,
@@ -94,6 +98,7 @@ def run_items(
     timings: RankTimings | None = None,
     batch_source: Callable[[Iterable[WorkItem], int, int], Iterable[Batch]] | None = None,
     keep: bool = True,
+    classification: bool = False,
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
@@ -113,9 +118,16 @@ def run_items(
     for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait
-        records = [record_for(it, rank) for it in batch.items]
+        records = [record_for(it, rank, classification) for it in batch.items]
         saved: list[str] = []
-        if batch.x is not None:
+        if batch.x is not None and classification:
+            probs = predict(batch.x)  # [N, C] class probabilities
+            t1 = time.perf_counter()
+            timings.predict_s += t1 - t0
+            for j, k in enumerate(batch.rows):
+                records[k].update(predicted=int(np.argmax(probs[j])), probs=[float(p) for p in probs[j]])
+            timings.score_s += time.perf_counter() - t1
+        elif batch.x is not None:
             probs = predict(batch.x)
             t1 = time.perf_counter()
             timings.predict_s += t1 - t0

@@ -95,18 +95,78 @@ def make_dataset(out_dir: str, spec: SynthSpec = SynthSpec(), name: str = "synth
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
         cv2.imwrite(os.path.join(out_dir, lab), mask)
         images.append({"location": loc, "label": lab})
-    n_train = int(round(spec.n * spec.fractions[0]))
-    n_val = int(round(spec.n * spec.fractions[1]))
-    doc = {
+    return _write_yaml(out_dir, spec, {
         "name": name,
         "description": f"Synthetic ISIC-like skin lesion segmentation set (seed {spec.seed}, {spec.n} images)",
-        "images": images,
-        "split": {
-            "training": list(range(0, n_train)),
-            "validation": list(range(n_train, n_train + n_val)),
-            "test": list(range(n_train + n_val, spec.n)),
-        },
+        "images": images})
+
+
+def _write_yaml(out_dir: str, spec: SynthSpec, doc: dict) -> str:
+    """``<out_dir>/dataset.yml``: the document with training/validation/test splits by ``spec.fractions``."""
+    n_train = int(round(spec.n * spec.fractions[0]))
+    n_val = int(round(spec.n * spec.fractions[1]))
+    doc["split"] = {
+        "training": list(range(0, n_train)),
+        "validation": list(range(n_train, n_train + n_val)),
+        "test": list(range(n_train + n_val, spec.n)),
     }
     path = os.path.join(out_dir, "dataset.yml")
     write_text(path, dump_document(doc), fsync=False)
     return path
+
+
+CLASSES = ("nevus", "melanoma", "keratosis")
+
+
+def classification_sample(seed: int, index: int, spec: SynthSpec = SynthSpec()) -> tuple[np.ndarray, int]:
+    """One (RGB uint8 image, class) pair: a lesion of ``lesion_sample`` given its class's look.
+
+    nevus: even, smooth, mid brown; melanoma: dark blue-black blotches and an extra irregular lobe;
+    keratosis: light tan to yellow with a granular, warty surface. Distinct enough for a small net."""
+    rng = np.random.default_rng([seed, index, 7])
+    cls = int(rng.integers(0, len(CLASSES)))
+    img, mask = lesion_sample(seed + 1000, index, spec)
+    img = img.astype(np.float32)
+    inside = cv2.GaussianBlur((mask > 0).astype(np.float32), (0, 0), 1.5)[..., None]
+    h, w = mask.shape
+    if cls == 0:  # nevus: smooth and even
+        even = cv2.GaussianBlur(img, (0, 0), 3.0) * 0.9 + np.array([120, 75, 50], np.float32) * 0.1
+        img = img * (1 - inside) + even * inside
+    elif cls == 1:  # melanoma: blotches and a lobe
+        ys, xs = np.nonzero(mask)
+        cy, cx = ys.mean(), xs.mean()
+        r = np.sqrt(len(ys) / np.pi)
+        blot = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(3, 7))):
+            py, px = cy + rng.normal(0, r / 2.5), cx + rng.normal(0, r / 2.5)
+            cv2.circle(blot, (int(px), int(py)), int(max(2, r * rng.uniform(0.15, 0.35))), 1.0, -1)
+        ang = rng.uniform(0, 2 * np.pi)
+        lobe = (int(cx + np.cos(ang) * r), int(cy + np.sin(ang) * r))
+        cv2.circle(blot, lobe, int(max(2, r * 0.45)), 0.8, -1)
+        blot = cv2.GaussianBlur(blot, (0, 0), 2.0)[..., None]
+        img = img * (1 - blot) + np.array([35, 30, 55], np.float32) * blot
+    else:  # keratosis: light, yellowish, granular
+        grain = rng.normal(0, 1, size=(h // 3 + 1, w // 3 + 1)).astype(np.float32)
+        grain = cv2.resize(grain, (w, h), interpolation=cv2.INTER_NEAREST)[..., None] * 18
+        light = np.array([200, 170, 110], np.float32) + grain
+        img = img * (1 - 0.75 * inside) + light * (0.75 * inside)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), cls
+
+
+def make_classification_dataset(out_dir: str, spec: SynthSpec = SynthSpec(),
+                                name: str = "synthetic-lesion-classes") -> str:
+    """Write images and ``<out_dir>/dataset.yml`` with ``classes`` and a class label per image."""
+    img_dir = os.path.join(out_dir, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    images = []
+    for i in range(spec.n):
+        rgb, cls = classification_sample(spec.seed, i, spec)
+        loc = f"images/SYNC_{spec.seed:03d}{i:06d}.jpg"
+        cv2.imwrite(os.path.join(out_dir, loc), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        images.append({"location": loc, "label": CLASSES[cls]})
+    return _write_yaml(out_dir, spec, {
+        "name": name,
+        "description": f"Synthetic skin lesion classification set, {len(CLASSES)} classes (seed {spec.seed}, "
+                       f"{spec.n} images)",
+        "classes": list(CLASSES),
+        "images": images})

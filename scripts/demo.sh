@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# README command 1: set up, generate the synthetic demo dataset, run the shipped EDDL .bin model on it
-# with 2 MPI ranks, and print the summary. Usage: scripts/demo.sh [RANKS] [IMAGES]
+# README command 1: set up, generate a synthetic demo dataset, run the shipped demo model on it with 2 MPI
+# ranks, and print the summary. Usage: scripts/demo.sh [RANKS] [IMAGES] [segmentation|classification]
+#   segmentation (default): lesion masks, the shipped EDDL .bin SegNet, Dice/IoU
+#   classification: three lesion classes, the shipped EDDL .bin LeNet, accuracy/F1/confusion matrix
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RANKS=${1:-2}
 IMAGES=${2:-200}
+TASK=${3:-segmentation}
+case "$TASK" in
+  segmentation) MODEL=demo; EXTRA=(--save-masks) ;;
+  classification) MODEL=demo-classifier; EXTRA=() ;;
+  *) echo "usage: scripts/demo.sh [RANKS] [IMAGES] [segmentation|classification]" >&2; exit 2 ;;
+esac
 bash scripts/setup.sh
 source scripts/mpi_env.sh
 rm -rf demo
-mpi_infer synth demo/data --n "$IMAGES" --seed 2026
-mpirun -n "$RANKS" python -m mpi_infer run --dataset demo/data/dataset.yml --model demo --arch segnet \
-  --out demo/out --split all --save-masks --report
-echo "demo: results in demo/out (summary.json, per_image.csv, masks/, report.html)"
+mpi_infer synth demo/data --n "$IMAGES" --seed 2026 --task "$TASK"
+mpirun -n "$RANKS" python -m mpi_infer run --dataset demo/data/dataset.yml --model "$MODEL" \
+  --out demo/out --split all --report "${EXTRA[@]}"
+echo "demo: results in demo/out (summary.json, per_image.csv, report.html$([ "$TASK" = segmentation ] && echo ', masks/'))"

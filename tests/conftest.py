@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +45,17 @@ def mpirun(n: int, *args: str, env: dict[str, str] | None = None, timeout: float
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} -> {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def read_rows(out_dir: str) -> list[dict[str, str]]:
+    """A run's per_image.csv rows."""
+    with open(os.path.join(out_dir, "per_image.csv"), newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_summary(out_dir: str) -> dict:
+    with open(os.path.join(out_dir, "summary.json")) as fh:
+        return json.load(fh)
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ Nothing here fakes pyecvl or pyeddl."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 from pathlib import Path
@@ -16,24 +14,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import mpirun, need_ecvl
+from conftest import read_rows as rows
+from conftest import read_summary as summary
 
 from mpi_infer.archs import build_onnx, forward_numpy, layers_from_records, random_layers, records_from_layers
+from mpi_infer.cls_archs import build_classifier_onnx, classifier_from_records, records_from_classifier
 from mpi_infer.dataset import load_dataset
 from mpi_infer.eddl_bin import read_records, write_records
 from mpi_infer.modelfile import demo_model
 
 pytestmark = [pytest.mark.mpi, pytest.mark.usefixtures("ecvl_stack")]
 PAIRS = [("opencv", "onnx"), ("ecvl", "onnx"), ("ecvl", "eddl"), ("opencv", "eddl")]
-
-
-def rows(d: str) -> list[dict[str, str]]:
-    with open(os.path.join(d, "per_image.csv"), newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def summary(d: str) -> dict:
-    with open(os.path.join(d, "summary.json")) as fh:
-        return json.load(fh)
 
 
 def eddl_build(net, init_weights: bool):
@@ -315,3 +306,50 @@ def test_ecvl_loader_isolates_bad_files_keeps_the_tail_and_unmasked_images(awkwa
         assert r["status"] == results["opencv"][i]["status"], (i, r, results["opencv"][i])
         if r["dice"]:
             assert abs(float(r["dice"]) - float(results["opencv"][i]["dice"])) <= 1e-6
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "lenet"])
+def test_eddl_saved_classifiers_convert_to_the_same_probabilities(arch, tmp_path):
+    """A narrow VGG16 and LeNet built in pyeddl (the use case's layer pattern), He-scaled weights loaded and
+    then saved by real eddl.save: our ONNX conversion's class probabilities equal EDDL's forward."""
+    from pyeddl import eddl
+
+    from mpi_infer.cls_archs import classifier_eddl, random_classifier
+
+    size = 64 if arch == "lenet" else 32
+    widths = [8, 16] if arch == "lenet" else [4, 4, 8, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16]
+    seed_net = random_classifier(arch, widths, [32] if arch == "lenet" else [24, 24], 8, size, size, seed=9)
+    seeded = str(tmp_path / "seeded.bin")
+    write_records(seeded, records_from_classifier(seed_net))
+    in_ = eddl.Input([3, size, size])
+    net = eddl.Model([in_], [classifier_eddl(in_, seed_net)])
+    eddl.build(net, eddl.adam(0.001), ["softmax_cross_entropy"], ["categorical_accuracy"], eddl.CS_CPU(2), True)
+    eddl.load(net, seeded, "bin")
+    eddl.set_mode(net, 0)
+    path = str(tmp_path / f"{arch}.bin")
+    eddl.save(net, path, "bin")
+    assert Path(path).read_bytes() == Path(seeded).read_bytes()  # EDDL's layout is our writer's
+    x = np.random.default_rng(3).random((4, 3, size, size), dtype=np.float32)
+    want = eddl_forward(net, x)
+    model = build_classifier_onnx(classifier_from_records(read_records(path), arch), size, size)
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})[0]
+    assert got.shape == (4, 8) and np.abs(got - want).max() <= 1e-4
+    assert float(want.std()) > 0.01
+
+
+def test_classification_on_the_eddl_engine_equals_the_onnx_engine(tmp_path):
+    from mpi_infer.synth import SynthSpec, make_classification_dataset
+
+    data = make_classification_dataset(str(tmp_path / "data"), SynthSpec(n=11, seed=3))
+    got = {}
+    for loader, engine in PAIRS:
+        d = str(tmp_path / f"{loader}-{engine}")
+        proc = mpirun(2, "run", "--dataset", data, "--model", "demo-classifier", "--out", d, "--split", "all",
+                      "--loader", loader, "--engine", engine, "--batch-size", "3", timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        got[(loader, engine)] = rows(d)
+    ref = got[("opencv", "onnx")]
+    for key, rs in got.items():
+        for a, b in zip(rs, ref):
+            assert (a["index"], a["label"], a["predicted"]) == (b["index"], b["label"], b["predicted"]), key
+            assert abs(float(a["probability"]) - float(b["probability"])) <= 1e-4, key

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..archs import DECODER_BLOCKS, ENCODER_BLOCKS, layers_from_records
+from ..cls_archs import CLS_ARCHS, check_input_size, classifier_eddl, classifier_from_records
 from ..eddl_bin import read_records
 from ..errors import ConfigError, ModelError
 from ..model_output import OutputSpec
@@ -70,7 +71,14 @@ class EddlEngine:
         cs = self._computing_service()
         optimizer = eddl.adam(0.0001)  # build needs one; inference never steps it
         try:
-            if model_format(self.path) == "bin":
+            if model_format(self.path) == "bin" and self.arch in CLS_ARCHS:
+                clf = classifier_from_records(read_records(self.path), self.arch, source=self.path)
+                check_input_size(clf, h, w, self.path)
+                in_ = eddl.Input([c, h, w])
+                net = eddl.Model([in_], [classifier_eddl(in_, clf)])
+                eddl.build(net, optimizer, ["softmax_cross_entropy"], ["categorical_accuracy"], cs, True)
+                eddl.load(net, self.path, "bin")
+            elif model_format(self.path) == "bin":
                 layers = layers_from_records(read_records(self.path), self.arch, source=self.path)
                 in_ = eddl.Input([c, h, w])
                 out = eddl.Sigmoid(segnet_eddl(in_, [layer.out_channels for layer in layers],

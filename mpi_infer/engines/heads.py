@@ -55,3 +55,36 @@ class SegmentationHead:
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         return foreground(raw, self.spec, self.source)
+
+
+class ClassificationHead:
+    """Raw [N, C] (or [N, C, 1, 1]) output -> [N, C] float32 class probabilities, C = the dataset's classes."""
+
+    def __init__(self, spec: OutputSpec, classes: list[str]):
+        if spec.activation == "sigmoid":
+            raise ModelError("--activation sigmoid is for one channel of segmentation logits; a classifier's "
+                             "logits take --activation softmax")
+        if spec.cls is not None:
+            raise ModelError("--class picks a segmentation output channel; a classifier scores every class")
+        self.spec, self.classes = spec, classes
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        y = np.asarray(raw, np.float32).reshape(len(raw), -1)
+        if self.spec.activation == "softmax":
+            y = y - y.max(axis=1, keepdims=True)
+            np.exp(y, out=y)
+            y /= y.sum(axis=1, keepdims=True)
+        return np.ascontiguousarray(y, np.float32)
+
+    def check(self, raw: np.ndarray, source: str) -> None:
+        flat = int(np.prod(raw.shape[1:])) if raw.ndim >= 2 else -1
+        if raw.ndim not in (2, 4) or (raw.ndim == 4 and raw.shape[2:] != (1, 1)) or flat != len(self.classes):
+            raise ModelError(f"{source} has shape {list(raw.shape)} for two images; the dataset has "
+                             f"{len(self.classes)} classes, so expected [N, {len(self.classes)}] class scores")
+        probs = self(raw)
+        if not (np.all(np.isfinite(probs)) and probs.min() >= 0 and probs.max() <= 1
+                and np.allclose(probs.sum(axis=1), 1, atol=1e-3)):
+            hint = ("it looks like logits: add --activation softmax" if self.spec.activation == "none"
+                    else "the output is not finite after the softmax")
+            raise ModelError(f"{source}: class scores are not probabilities on probe images (each in [0, 1], "
+                             f"summing to 1); {hint}")
