@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 
 from .errors import clip
@@ -137,4 +138,7 @@ class ArgumentParser(argparse.ArgumentParser):
         if mpi_rank_from_env() == 0:
             self.print_usage(sys.stderr)
             sys.stderr.write(f"{self.prog}: error: {clip(message, 600)}\n")
+            sys.stderr.flush()
+        else:  # let rank 0 say it first: mpirun ends the whole job as soon as any rank exits non-zero
+            time.sleep(5)
         sys.exit(2)
