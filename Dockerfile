@@ -1,22 +1,50 @@
-# mpi_infer, CPU / ONNX Runtime image for Kubeflow MPIJob launchers and workers.
+# mpi_infer, CPU image (ONNX Runtime engine, OpenCV loader) for Kubeflow MPIJob launchers and workers.
 # One MPI: Debian trixie's Open MPI 5, with mpi4py compiled against it (no pip MPI wheels here).
-#   docker build -t mpi-infer:0.1.0 .
-FROM python:3.12.12-slim-trixie
+#   docker build -t mpi-infer:0.2.0 .                                          # FROM Docker Hub's python image
+#   podman build --build-arg BASE=localhost/debian:trixie-slim -t mpi-infer .  # FROM a plain Debian trixie
+# Two stages: compilers and headers (gcc, libopenmpi-dev, which pulls gfortran) stay in the build stage; the
+# final image has the Open MPI runtime, sshd and the venv. scripts/build_images.sh builds it (and the plain
+# Debian base) with podman; tests/test_containers.py rehearses an MPIJob with it.
+ARG BASE=python:3.12.12-slim-trixie
 
-ARG UID=1000
+FROM ${BASE} AS build
+ARG DEBIAN_FRONTEND=noninteractive
+# A plain Debian base has no Python: take Debian's (with venv and headers). Docker Hub's image brings its own.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openmpi-bin libopenmpi-dev openssh-server openssh-client gcc \
- && rm -rf /var/lib/apt/lists/* \
- && useradd --create-home --uid "${UID}" --shell /bin/bash mpiuser
-
-# The package and its dependencies in a venv; mpi4py built from source against the system Open MPI.
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
-RUN python -m venv /opt/venv \
- && pip install --no-cache-dir --no-binary=mpi4py "mpi4py>=4.1"
+ && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev libopenmpi-dev \
+      $(command -v python3 >/dev/null || echo python3 python3-venv python3-dev) \
+ && rm -rf /var/lib/apt/lists/*
+ENV PATH=/opt/venv/bin:$PATH PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/venv && pip install --no-binary=mpi4py "mpi4py>=4.1"
 COPY pyproject.toml README.md /src/
 COPY mpi_infer /src/mpi_infer
-RUN pip install --no-cache-dir /src && rm -rf /src \
- && python -m mpi4py --mpi-lib-version | head -1
+RUN pip install /src && rm -rf /src \
+ && pip uninstall -y pip setuptools >/dev/null 2>&1 || true
+COPY docker/check_image.sh /usr/local/bin/check_image.sh
+# Fails the build unless mpi4py is linked to the system Open MPI (not a pip wheel's MPI).
+RUN sh /usr/local/bin/check_image.sh
+
+FROM ${BASE}
+ARG DEBIAN_FRONTEND=noninteractive
+ARG UID=1000
+COPY docker/drop_rocm.sh /tmp/drop_rocm.sh
+# No man pages, translations or docs besides the copyright files (as Docker Hub's slim images do); one layer:
+# files removed by a later layer would still weigh in the image.
+RUN printf 'path-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npath-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\n' \
+      >/etc/dpkg/dpkg.cfg.d/mpi-infer-slim \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates openmpi-bin openssh-server openssh-client \
+      $(command -v python3 >/dev/null || echo python3) \
+ && sh /tmp/drop_rocm.sh \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /tmp/drop_rocm.sh \
+ && useradd --create-home --uid "${UID}" --shell /bin/bash mpiuser
+COPY --from=build /opt/venv /opt/venv
+COPY docker/check_image.sh /usr/local/bin/check_image.sh
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+RUN sh /usr/local/bin/check_image.sh \
+ && python -c "import mpi_infer.cli, onnxruntime, cv2" \
+ && mpirun --allow-run-as-root -n 1 --oversubscribe python -c "from mpi4py import MPI; assert MPI.COMM_WORLD.size == 1"
 
 COPY docker/sshd_config /home/mpiuser/.sshd_config
 COPY docker/ssh_config /etc/ssh/ssh_config.d/mpi.conf

@@ -249,7 +249,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         stack = header["stack"]
         if prepared.task == "classification":
             log(0, f"task: classification, {len(prepared.classes)} classes ({', '.join(prepared.classes)})"
-                   + ("; --save-masks does not apply" if cfg.save_masks else ""))
+                   + ("; --save-masks does not apply" if cfg.save_masks and not cfg.report else ""))
         log(0, f"loader {stack.loader} ({stack.loader_why}), engine {stack.engine} ({stack.engine_why}); "
                f"profile {cfg.profile.name}; "
                f"splits {', '.join(prepared.splits)}; {prepared.selected} image(s) selected"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages some tests need, installed when running as root on Debian/Ubuntu (CI, fresh machines):
-# openssh-server for the multi-host rehearsal, chromium for the report's browser test.
+# openssh-server for the multi-host rehearsal, chromium for the report's browser test, podman (with buildah,
+# runc, uidmap) and debootstrap for the container images and their MPIJob rehearsal.
 # Elsewhere those tests skip and say why.
 set -uo pipefail
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -9,6 +10,8 @@ fi
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v podman >/dev/null 2>&1 || need+=(podman buildah runc uidmap)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

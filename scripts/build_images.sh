@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Build both container images with podman, on local Debian bases, cached by content hash.
+#
+#   sudo bash scripts/build_images.sh [cpu|ecvl|all]      # default: all; prints one JSON line per image
+#
+# - Bases: `debootstrap --variant=minbase` of trixie (CPU image) and bookworm (ECVL image: the toolchain the
+#   DeepHealth sources are fixed for), imported as localhost/debian:<suite>-slim. This machine reaches PyPI
+#   through a TLS proxy, so its extra CA certificates (/usr/local/share/ca-certificates) go into these local
+#   bases: images built so are for this machine only and must never be pushed. On a machine that can pull
+#   Docker Hub, `docker build .` uses the python image instead (the Dockerfile's default BASE).
+# - The ECVL image's sources: $DEEPHEALTH_KIT (default ../shared/deephealth) with sources/*.tar.gz + SHA256SUMS.
+# - Tags: localhost/mpi-infer:<hash> and localhost/mpi-infer-ecvl:<hash>, the hash of everything that goes into
+#   the image (Dockerfile, package, docker/, sources), so an unchanged tree is not rebuilt; also :latest.
+# - Needs root, podman and debootstrap (apt-get install podman buildah debootstrap runc uidmap); crun fails on
+#   hosts with hybrid cgroups, so containers.conf selects runc, with ulimits inside the hard limits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHICH=${1:-all}
+KIT=${DEEPHEALTH_KIT:-../shared/deephealth}
+MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit} /^deb / {print $2; exit}' \
+  /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+STATE=${IMAGE_STATE:-/var/tmp/mpi_infer-images}
+mkdir -p "$STATE"
+log() { echo "[build_images] $*" >&2; }
+
+setup_podman() {
+  local conf=/etc/containers/containers.conf
+  if ! grep -q '^runtime *= *"runc"' "$conf" 2>/dev/null; then
+    mkdir -p /etc/containers
+    local nofile nproc
+    nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+    [ "$nofile" = unlimited ] && nofile=65536
+    [ "$nproc" = unlimited ] && nproc=32768
+    nofile=$(( nofile < 20000 ? nofile : 20000 )); nproc=$(( nproc < 32768 ? nproc : 32768 ))
+    printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]\n[engine]\nruntime = "runc"\n' \
+      "$nofile" "$nofile" "$nproc" "$nproc" >"$conf"
+    log "wrote $conf (runc, ulimits nofile=$nofile nproc=$nproc)"
+  fi
+}
+
+base_image() {  # debootstrap SUITE once, with this host's extra CA certificates
+  local suite=$1 tag="localhost/debian:$1-slim"
+  if podman image exists "$tag"; then echo "$tag"; return; fi
+  local root="$STATE/rootfs-$suite"
+  rm -rf "$root"
+  log "debootstrap $suite from $MIRROR"
+  debootstrap --variant=minbase "$suite" "$root" "$MIRROR" >"$STATE/debootstrap-$suite.log" 2>&1 \
+    || { tail -20 "$STATE/debootstrap-$suite.log" >&2; exit 1; }
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
+  mkdir -p "$root/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
+  tar -C "$root" -c . | podman import -q - "$tag" >/dev/null
+  rm -rf "$root"
+  echo "$tag"
+}
+
+content_hash() {  # files (and folders) that make up an image
+  find "$@" -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+}
+
+build() {  # NAME DOCKERFILE CONTEXT BASE HASH
+  local name=$1 dockerfile=$2 context=$3 base=$4 hash=$5 tag="localhost/$1:$5"
+  local t0 cached=true
+  t0=$(date +%s)
+  if ! podman image exists "$tag"; then
+    cached=false
+    log "building $tag (log: $STATE/build-$name.log)"
+    podman build --build-arg BASE="$base" -f "$dockerfile" -t "$tag" "$context" >"$STATE/build-$name.log" 2>&1 \
+      || { tail -40 "$STATE/build-$name.log" >&2; log "build of $name failed"; exit 1; }
+  fi
+  podman tag "$tag" "localhost/$name:latest"
+  # keep one build per image: older content hashes (and their dangling layers) go
+  podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$name" | grep -v -e ":$hash\$" -e ':latest$' \
+    | xargs -r podman rmi -f >/dev/null 2>&1 || true
+  podman image prune -f >/dev/null 2>&1 || true
+  local size
+  size=$(podman image inspect "$tag" --format '{{.Size}}')
+  printf '{"figure": "image", "image": "%s", "tag": "%s", "size_mb": %s, "build_s": %s, "cached": %s}\n' \
+    "$name" "$tag" "$(( size / 1000000 ))" "$(( $(date +%s) - t0 ))" "$cached"
+}
+
+command -v podman >/dev/null || { log "podman is not installed"; exit 77; }
+[ "$(id -u)" = 0 ] || { log "needs root"; exit 77; }
+setup_podman
+
+if [ "$WHICH" = cpu ] || [ "$WHICH" = all ]; then
+  base=$(base_image trixie)
+  build mpi-infer Dockerfile . "$base" "$(content_hash Dockerfile .dockerignore pyproject.toml README.md mpi_infer docker)"
+fi
+if [ "$WHICH" = ecvl ] || [ "$WHICH" = all ]; then
+  [ -d "$KIT/sources" ] || { log "no DeepHealth sources at $KIT/sources (see the README)"; exit 77; }
+  ctx="$STATE/ecvl-context"
+  rm -rf "$ctx"; mkdir -p "$ctx/deephealth"
+  cp -r pyproject.toml README.md mpi_infer docker "$ctx/"
+  find "$ctx/mpi_infer" -name __pycache__ -prune -exec rm -rf {} +
+  cp -r "$KIT/sources" "$ctx/deephealth/"
+  base=$(base_image bookworm)
+  build mpi-infer-ecvl "$ctx/docker/ecvl.Dockerfile" "$ctx" "$base" \
+    "$(cd "$ctx" && content_hash docker pyproject.toml README.md mpi_infer deephealth)"
+fi

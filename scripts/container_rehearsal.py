@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""An MPIJob rehearsed in real containers (podman): the launcher and the workers run the built image as the
+operator would run its pods.
+
+- Workers: ``/usr/sbin/sshd -De -f /home/mpiuser/.sshd_config`` from the image, as uid 1000, every capability
+  dropped, no-new-privileges, on an ``--internal`` podman network (no route off this machine), each with the
+  hostname the operator gives its pod.
+- The ssh secret mounted the way mpi-operator mounts it at a non-root ``sshAuthMountPath``: root-owned files of
+  mode 0644 (id_rsa, id_rsa.pub, authorized_keys) at /home/mpiuser/.ssh, read-only; the key is also sshd's host key.
+- The launcher's environment as the operator sets it for Open MPI (``OMPI_MCA_orte_keep_fqdn_hostnames=true``,
+  the default hostfile, ssh connection attempts, default slots).
+- A hostfile in the operator's format (``<job>-worker-<i>.<job>.<namespace>.svc slots=S``) at /etc/mpi/hostfile,
+  names resolved through ``--add-host`` (fixed addresses on the rehearsal's subnet).
+- The launcher's command is taken from the MPIJob that ``mpi_infer manifest`` renders; the dataset (made by the
+  image itself) and the output are on one shared volume, as the NFS claim would be.
+- A local run (one container, one process) of the same model and data is the reference: the rehearsal's
+  per-image records must equal it image for image. ``--drop-hostfile`` runs the same command without
+  ``--hostfile``, which must fail with exit 13 (Open MPI 5 ignores the operator's hostfile variable).
+
+    sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --workers 3
+    # one JSON line; exit 0 on success, 77 (with the reason) where podman or the image is missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP = 77
+UID = 1000
+SUBNET = "10.213.7"
+JOB, NAMESPACE = "rehearsal", "default"
+SECURITY = ["--user", f"{UID}:{UID}", "--cap-drop=ALL", "--security-opt=no-new-privileges"]
+
+
+class Skip(Exception):
+    pass
+
+
+def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"podman {shlex.join(args)} -> {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+def preflight(image: str) -> None:
+    if os.geteuid() != 0:
+        raise Skip("needs root (podman's bridge networks and the operator-style root-owned secret)")
+    if not shutil.which("podman"):
+        raise Skip("podman is not installed (apt-get install podman buildah debootstrap runc uidmap)")
+    if podman("image", "exists", image, check=False).returncode != 0:
+        raise Skip(f"image {image} is not built (sudo bash scripts/build_images.sh)")
+
+
+def rows(out: str) -> list[dict[str, str]]:
+    with open(os.path.join(out, "per_image.csv"), newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def same_records(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
+    keys = [k for k in ("index", "split", "status", "iou", "dice", "predicted") if k in (a[0] if a else {})]
+    def pick(rs: list[dict[str, str]]) -> list[tuple]:
+        return [tuple(r[k] for k in keys) for r in rs]
+    return bool(a) and pick(a) == pick(b)
+
+
+def launcher_command(workers: int, slots: int, model: str, run_args: list[str]) -> list[str]:
+    sys.path.insert(0, ROOT)
+    from mpi_infer.k8s import render
+
+    docs = render(name=JOB, namespace=NAMESPACE, workers=workers, slots=slots, image="local", pvc="local",
+                  dataset="/data/data/dataset.yml", model=model, out="/data/out", run_args=run_args)
+    job = next(d for d in docs if d["kind"] == "MPIJob")
+    c = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    return c["command"] + c["args"]
+
+
+def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop_hostfile: bool,
+             reference: str | None, run_args: list[str]) -> dict:
+    preflight(image)
+    work = tempfile.mkdtemp(prefix="mi-crehearsal-", dir="/var/tmp")
+    os.chmod(work, 0o755)
+    net = f"mi-rehearsal-{os.getpid()}"
+    names = [f"{JOB}-worker-{k}" for k in range(workers)]
+    containers: list[str] = []
+    result: dict = {"figure": "container_rehearsal", "image": image, "workers": workers, "slots": slots}
+    try:
+        # the shared volume (the NFS claim): data made by the image itself, writable by uid 1000
+        shared = os.path.join(work, "shared")
+        os.makedirs(shared)
+        os.chown(shared, UID, UID)
+        podman("run", "--rm", *SECURITY, "--network=none", "-v", f"{shared}:/data", image,
+               "mpi_infer", "synth", "/data/data", "--n", str(images), "--seed", "11")
+        # the ssh secret as mpi-operator mounts it: root-owned, mode 0644, read-only
+        secret = os.path.join(work, "ssh")
+        os.makedirs(secret)
+        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", f"{secret}/id_rsa"], check=True)
+        shutil.copy(f"{secret}/id_rsa.pub", f"{secret}/authorized_keys")
+        for f in os.listdir(secret):
+            os.chmod(os.path.join(secret, f), 0o644)
+        hostfile = os.path.join(work, "hostfile")
+        fqdn = [f"{n}.{JOB}.{NAMESPACE}.svc" for n in names]
+        with open(hostfile, "w") as fh:
+            fh.writelines(f"{h} slots={slots}\n" for h in fqdn)
+        os.chmod(hostfile, 0o644)
+        podman("network", "create", "--internal", "--subnet", f"{SUBNET}.0/24", net)
+        mounts = ["-v", f"{secret}:/home/mpiuser/.ssh:ro", "-v", f"{shared}:/data"]
+        hosts = [a for k, h in enumerate(fqdn) for a in ("--add-host", f"{h}:{SUBNET}.{10 + k}")]
+        for k, name in enumerate(names):
+            cid = podman("run", "-d", "--name", f"{net}-{name}", "--hostname", name, "--network", net,
+                         "--ip", f"{SUBNET}.{10 + k}", *SECURITY, *mounts, *hosts, image,
+                         "/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config").stdout.strip()
+            containers.append(cid)
+        wait_for_sshd(containers)
+        command = launcher_command(workers, slots, model, run_args)
+        if drop_hostfile:
+            at = command.index("--hostfile")
+            del command[at : at + 2]
+        t0 = time.monotonic()
+        proc = podman("run", "--rm", "--name", f"{net}-launcher", "--hostname", f"{JOB}-launcher", "--network", net,
+                      "--ip", f"{SUBNET}.5", *SECURITY, *mounts, *hosts, "-v", f"{hostfile}:/etc/mpi/hostfile:ro",
+                      "-e", "MPIEXEC_TIMEOUT=300", *operator_env(slots), image, *command, check=False, timeout=420)
+        result.update(returncode=proc.returncode, wall_s=round(time.monotonic() - t0, 2),
+                      command=shlex.join(command))
+        if proc.returncode != 0:
+            result["stderr"] = proc.stderr[-3000:]
+            return result
+        out = os.path.join(shared, "out")
+        with open(os.path.join(out, "summary.json")) as fh:
+            summary = json.load(fh)
+        result.update(hosts=summary["hosts"], world_size=summary["world_size"], images=summary["images"],
+                      loader=summary["backend"]["loader"], engine=summary["backend"]["engine"])
+        # the reference: the same model on the same data in one container, one process, no network
+        local = os.path.join(shared, "local")
+        podman("run", "--rm", *SECURITY, "--network=none", "-v", f"{shared}:/data", reference or image,
+               "mpi_infer", "run", "--dataset", "/data/data/dataset.yml", "--model", model, "--out", "/data/local",
+               *run_args, "--quiet", timeout=420)
+        result["equal_to_local_run"] = same_records(rows(out), rows(local))
+        result["reference_image"] = reference or image
+        return result
+    finally:
+        for cid in containers:
+            podman("rm", "-f", "-t", "2", cid, check=False)
+        podman("network", "rm", "-f", net, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def operator_env(slots: int) -> list[str]:
+    """What mpi-operator (v2beta1, OpenMPI) sets in the launcher: Open MPI 4's ORTE reads these (keeping the
+    hostfile's FQDNs), Open MPI 5 ignores them, hence the explicit --hostfile in our command."""
+    env = {"OMPI_MCA_orte_keep_fqdn_hostnames": "true", "OMPI_MCA_orte_default_hostfile": "/etc/mpi/hostfile",
+           "OMPI_MCA_plm_rsh_args": "-o ConnectionAttempts=10", "OMPI_MCA_orte_set_default_slots": str(slots)}
+    return [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+
+
+def wait_for_sshd(containers: list[str], timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    for cid in containers:
+        while True:
+            probe = podman("exec", cid, "sh", "-c", "test -s /home/mpiuser/sshd.pid", check=False)
+            if probe.returncode == 0:
+                break
+            if time.monotonic() > end:
+                logs = podman("logs", cid, check=False)
+                raise RuntimeError(f"sshd did not start in {cid[:12]}: {logs.stdout[-500:]}{logs.stderr[-1500:]}")
+            time.sleep(0.3)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", default="localhost/mpi-infer:latest")
+    ap.add_argument("--reference-image", default=None, help="run the local reference with this image instead")
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--slots", type=int, default=1)
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--drop-hostfile", action="store_true")
+    args = ap.parse_args()
+    run_args = ["--split", "all", "--batch-size", "4"]
+    try:
+        result = rehearse(args.image, args.workers, args.slots, args.images, args.model, args.drop_hostfile,
+                          args.reference_image, run_args)
+    except Skip as why:
+        print(json.dumps({"figure": "container_rehearsal", "skipped": str(why)}))
+        return SKIP
+    print(json.dumps(result))
+    if args.drop_hostfile:
+        return 0 if result["returncode"] == 13 else 1
+    return 0 if result["returncode"] == 0 and result.get("equal_to_local_run") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
