@@ -69,31 +69,26 @@ _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-def k8s_job_name(text: str) -> str:
-    """The MPIJob's name: the operator names a Service after it (a DNS-1035 label) and pods
-    ``<name>-launcher`` / ``<name>-worker-<i>`` (hostnames of at most 63 characters)."""
-    if not _DNS1035_LABEL.match(text) or len(text) > 50:
-        raise argparse.ArgumentTypeError(
-            f"{clip(text)!r} is not a valid MPIJob name: lower-case letters, digits and '-', starting with a "
-            f"letter and ending with a letter or digit, at most 50 characters (pods are named "
-            f"<name>-worker-<i>, at most 63)")
-    return text
+def _k8s_name(pattern: re.Pattern[str], limit: int, what: str, rule: str) -> Callable[[str], str]:
+    """A checker for one of the API server's name rules (the pattern, a length limit, and the rule in words)."""
+    def parse(text: str) -> str:
+        if not pattern.match(text) or len(text) > limit:
+            raise argparse.ArgumentTypeError(f"{clip(text)!r} is not a valid {what}: {rule}, at most {limit} "
+                                             f"characters")
+        return text
+
+    parse.__name__ = what
+    return parse
 
 
-def k8s_label(text: str) -> str:
-    if not _DNS1123_LABEL.match(text) or len(text) > 63:
-        raise argparse.ArgumentTypeError(
-            f"{clip(text)!r} is not a valid Kubernetes name (DNS-1123 label): lower-case letters, digits and "
-            f"'-', starting and ending with a letter or digit, at most 63 characters")
-    return text
-
-
-def k8s_subdomain(text: str) -> str:
-    if not _DNS1123_SUBDOMAIN.match(text) or len(text) > 253:
-        raise argparse.ArgumentTypeError(
-            f"{clip(text)!r} is not a valid Kubernetes name (DNS-1123 subdomain): lower-case letters, digits, "
-            f"'-' and '.', at most 253 characters")
-    return text
+# The MPIJob's name: the operator names a Service after it (a DNS-1035 label) and pods <name>-launcher and
+# <name>-worker-<i> (hostnames of at most 63 characters).
+k8s_job_name = _k8s_name(_DNS1035_LABEL, 50, "MPIJob name", "lower-case letters, digits and '-', starting with a "
+                         "letter and ending with a letter or digit (pods are named <name>-worker-<i>, at most 63)")
+k8s_label = _k8s_name(_DNS1123_LABEL, 63, "Kubernetes name (DNS-1123 label)",
+                      "lower-case letters, digits and '-', starting and ending with a letter or digit")
+k8s_subdomain = _k8s_name(_DNS1123_SUBDOMAIN, 253, "Kubernetes name (DNS-1123 subdomain)",
+                          "lower-case letters, digits, '-' and '.'")
 
 
 _CPU = re.compile(r"^(\d+(\.\d+)?|\.\d+|\d+m)$")

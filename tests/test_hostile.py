@@ -301,3 +301,20 @@ def test_held_up_yaml_stays_a_dataset_error(tmp_path, text, needle):
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     clean(cli("run", "--dataset", str(path), "--model", "demo", "--out", str(tmp_path / "o")), 10, needle)
     assert not (tmp_path / "o").exists()
+
+
+def test_held_up_unicode_space_and_symlink_paths(data, tmp_path):
+    """Paths with spaces, non-ASCII letters and symlinks are opened as the files they name."""
+    odd = tmp_path / "données d'essai ü"
+    odd.mkdir()
+    ds = load_dataset(str(data / "dataset.yml"))
+    first = Path(ds.sample(0).locations[0])
+    shutil.copy(first, odd / "bild 1 ✓.jpg")
+    os.symlink(ds.sample(1).locations[0], odd / "lien.jpg")
+    path = with_entries(data, {0: {"location": str(odd / "bild 1 ✓.jpg")}, 1: {"location": str(odd / "lien.jpg")}})
+    out = str(tmp_path / "sortie é")
+    proc = mpirun(2, "run", "--dataset", path, "--model", "demo-onnx", "--out", out, "--save-masks")
+    clean(proc, 0)
+    got = rows(out)
+    assert got[0]["status"] == got[1]["status"] == "ok" and "bild 1 ✓.jpg" in got[0]["location"]
+    assert len(os.listdir(os.path.join(out, "masks"))) == 13
