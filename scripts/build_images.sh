@@ -70,10 +70,11 @@ build() {  # NAME DOCKERFILE CONTEXT BASE HASH
       || { tail -40 "$STATE/build-$name.log" >&2; log "build of $name failed"; exit 1; }
   fi
   podman tag "$tag" "localhost/$name:latest"
-  # keep one build per image: older content hashes (and their dangling layers) go
+  # keep one build per image: older content hashes go. Untagged build-stage layers stay (they are the cache that
+  # makes the next build of a changed package take a minute instead of a full EDDL compile) unless a week old.
   podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$name" | grep -v -e ":$hash\$" -e ':latest$' \
     | xargs -r podman rmi -f >/dev/null 2>&1 || true
-  podman image prune -f >/dev/null 2>&1 || true
+  podman image prune -f --filter until=168h >/dev/null 2>&1 || true
   local size
   size=$(podman image inspect "$tag" --format '{{.Size}}')
   printf '{"figure": "image", "image": "%s", "tag": "%s", "size_mb": %s, "build_s": %s, "cached": %s}\n' \
