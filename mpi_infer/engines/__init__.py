@@ -8,9 +8,10 @@ A run is one *loader* times one *engine*:
   own network).
 
 The loading is what makes results "ECVL's"; the forward pass is the same maths in either engine, and ONNX
-Runtime runs it about 14-50x faster on a CPU than EDDL 1.1b. So ``auto`` picks the ECVL loader where pyecvl
-imports (else OpenCV) and the ONNX engine wherever the model loads in ONNX Runtime (else EDDL). The old
-``--backend ecvl|onnx`` is shorthand for the two pure pairs, ecvl+eddl and opencv+onnx.
+Runtime runs it 25x faster than EDDL 1.1b on a 2-core CPU (the demo SegNet; scripts/bench.py --only stacks).
+So ``auto`` picks the ECVL loader where pyecvl imports (else OpenCV) and the ONNX engine wherever the model
+loads in ONNX Runtime (else EDDL). The old ``--backend ecvl|onnx`` is shorthand for the two pure pairs,
+ecvl+eddl and opencv+onnx.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Engine(Protocol):
     name: str
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """[N, C, H, W] float32 -> [N, H, W] float32 foreground probabilities."""
+        """[N, 3, H, W] float32 -> what the engine's head makes of the network's output (engines/heads.py):
+        [N, H, W] foreground probabilities (segmentation) or [N, C] class probabilities (classification)."""
         ...
 
     def describe(self) -> dict:
