@@ -162,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold: {exc}")
         if args.command == "run" and args.activation != "none" and _model_path(args.model).endswith(".bin"):
-            parser.error(f"argument --activation: {args.model} is an EDDL .bin, whose SegNet ends in its own "
-                         f"Sigmoid; --activation is for ONNX models")
+            parser.error(f"argument --activation: {args.model} is an EDDL .bin, whose network ends in its own "
+                         f"Sigmoid (SegNet) or Softmax (VGG16, LeNet); --activation is for ONNX models")
     try:
         return _dispatch(args)
     except MpiInferError as exc:

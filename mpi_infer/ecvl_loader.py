@@ -41,11 +41,13 @@ from .atomic import read_input
 from .dataset import dump_document
 from .loader import (
     MAX_IMAGE_BYTES,
+    PNG_MAGIC,
     Batch,
     ImageFault,
     Loaded,
     WorkItem,
     check_image_file,
+    conversion_notes,
     mask_notes,
     normalise,
 )
@@ -53,7 +55,6 @@ from .profiles import Profile
 
 NOLABEL = "--no-mask"
 GROUP_BATCHES = 4  # dynamic schedule: batches per DLDataset (each one loads its first image once more)
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def shard_document(items: list[WorkItem], name: str, classes: list[str] | None = None
@@ -163,7 +164,7 @@ def read_header(path: str, what: str) -> Header | None:
     check_image_file(path, what)
     with open(path, "rb") as fh:
         data = fh.read(HEAD_BYTES)
-        if data[:8] == _PNG_MAGIC:
+        if data[:8] == PNG_MAGIC:
             size = os.fstat(fh.fileno()).st_size
             fh.seek(max(0, size - 12))
             return png_header(data[:33], fh.read(12), what, path)
@@ -187,7 +188,7 @@ def precheck(item: WorkItem) -> list[str]:
     notes: list[str] = []
     if len(item.locations) == 1:
         head = read_header(item.locations[0], "image")
-        _conversion_notes(head, "image", notes)
+        notes += conversion_notes("image", head.depth, head.alpha)
         if head.channels == 1:
             notes.append("image is grey; replicated to RGB")
     else:
@@ -198,24 +199,17 @@ def precheck(item: WorkItem) -> list[str]:
         if len({(p.height, p.width) for p in planes}) != 1:
             raise ImageFault(f"planes differ in size: {[(p.height, p.width) for p in planes]}")
         for k, p in enumerate(planes):
-            _conversion_notes(p, f"plane {k}", notes)
+            notes += conversion_notes(f"plane {k}", p.depth, p.alpha)
         head = planes[0]
     if item.label_path:
         mask = read_header(item.label_path, "mask")
-        _conversion_notes(mask, "mask", notes)
+        notes += conversion_notes("mask", mask.depth, mask.alpha)
         if mask.channels == 3:
             notes.append("mask is colour; converted to grey with ECVL's 0.299R+0.587G+0.114B")
         if (mask.width, mask.height) != (head.width, head.height):
             raise ImageFault(f"mask size {mask.width}x{mask.height} differs from image size "
                              f"{head.width}x{head.height}: {item.label_path}")
     return notes
-
-
-def _conversion_notes(head: Header, what: str, notes: list[str]) -> None:
-    if head.depth == 16:
-        notes.append(f"{what} is 16-bit; converted to 8-bit as ECVL does")
-    if head.alpha:
-        notes.append(f"{what} has an alpha channel; dropped as ECVL does")
 
 
 class EcvlLoader:

@@ -30,7 +30,7 @@ CV_INTERP = {
     "cubic": cv2.INTER_CUBIC,
     "lanczos4": cv2.INTER_LANCZOS4,
 }
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageFault(Exception):
@@ -83,7 +83,7 @@ def check_image_file(path: str, what: str) -> None:
 
 def _png_depth_and_colour(head: bytes) -> tuple[int, int] | None:
     """(bit depth, colour type) from a PNG header, or None for other formats."""
-    if len(head) >= 26 and head[:8] == _PNG_MAGIC:
+    if len(head) >= 26 and head[:8] == PNG_MAGIC:
         return head[24], head[25]
     return None
 
@@ -103,11 +103,14 @@ def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
     header = _png_depth_and_colour(head)
     if header is not None:
         depth, colour = header
-        if depth == 16:
-            notes.append(f"{what} is 16-bit; converted to 8-bit as ECVL does")
-        if colour in (4, 6):
-            notes.append(f"{what} has an alpha channel; dropped as ECVL does")
+        notes += conversion_notes(what, depth, alpha=colour in (4, 6))
     return img
+
+
+def conversion_notes(what: str, depth: int, alpha: bool) -> list[str]:
+    """What ECVL's 8-bit ANYCOLOR read converts, worded once for both loaders."""
+    return ([f"{what} is 16-bit; converted to 8-bit as ECVL does"] if depth == 16 else []) + \
+           ([f"{what} has an alpha channel; dropped as ECVL does"] if alpha else [])
 
 
 def read_rgb(path: str, notes: list[str]) -> np.ndarray:

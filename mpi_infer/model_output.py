@@ -50,9 +50,7 @@ def foreground(raw: np.ndarray, spec: OutputSpec, source: str = "model") -> np.n
         if channels < 2:
             raise ModelError(f"--activation softmax needs a C-channel output (C >= 2); {source} has 1 channel "
                               f"(use --activation sigmoid for one channel of logits)")
-        y = y - y.max(axis=1, keepdims=True)
-        np.exp(y, out=y)
-        y /= y.sum(axis=1, keepdims=True)
+        y = softmax(y)
     elif spec.activation == "sigmoid":
         y = 1.0 / (1.0 + np.exp(-y))
     if channels == 1:
@@ -61,6 +59,14 @@ def foreground(raw: np.ndarray, spec: OutputSpec, source: str = "model") -> np.n
         return np.ascontiguousarray(y[:, 0], np.float32)
     k = foreground_channel(channels, spec, source)
     return np.ascontiguousarray(y[:, k], np.float32)
+
+
+def softmax(y: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 (the classes), stable for large logits; float32 in, float32 out."""
+    y = y - y.max(axis=1, keepdims=True)
+    np.exp(y, out=y)
+    y /= y.sum(axis=1, keepdims=True)
+    return y
 
 
 def foreground_channel(channels: int, spec: OutputSpec, source: str) -> int:

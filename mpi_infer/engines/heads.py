@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import ModelError
-from ..model_output import OutputSpec, check_probabilities, foreground
+from ..model_output import OutputSpec, check_probabilities, foreground, softmax
 from ..profiles import Profile
 
 
@@ -71,9 +71,7 @@ class ClassificationHead:
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         y = np.asarray(raw, np.float32).reshape(len(raw), -1)
         if self.spec.activation == "softmax":
-            y = y - y.max(axis=1, keepdims=True)
-            np.exp(y, out=y)
-            y /= y.sum(axis=1, keepdims=True)
+            y = softmax(y)
         return np.ascontiguousarray(y, np.float32)
 
     def check(self, raw: np.ndarray, source: str) -> None:
