@@ -213,7 +213,7 @@ def stacks(work: str, models: dict, args) -> None:
     from mpi_infer.engines import ecvl_available
 
     if not ecvl_available():
-        emit("stacks", skipped="pyecvl/pyeddl not installed (../shared/deephealth/build.sh installs them)")
+        emit("stacks", skipped="pyecvl/pyeddl not installed (run it in a DeepHealth image or your own install)")
         return
     _, dataset = models["demo"]
     n = 2

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Build both container images with podman, on local Debian bases, cached by content hash.
+# Build the container images with podman, cached by content hash.
 #
 #   sudo bash scripts/build_images.sh [cpu|ecvl|all]      # default: all; prints one JSON line per image
+#   sudo DEEPHEALTH_BASE=IMAGE bash scripts/build_images.sh ecvl
 #
-# - Bases: `debootstrap --variant=minbase` of trixie (CPU image) and bookworm (ECVL image: the toolchain the
-#   DeepHealth sources are fixed for), imported as localhost/debian:<suite>-slim. This machine reaches PyPI
-#   through a TLS proxy, so its extra CA certificates (/usr/local/share/ca-certificates) go into these local
-#   bases: images built so are for this machine only and must never be pushed. On a machine that can pull
-#   Docker Hub, `docker build .` uses the python image instead (the Dockerfile's default BASE).
-# - The ECVL image's sources: $DEEPHEALTH_KIT (default ../shared/deephealth) with sources/*.tar.gz + SHA256SUMS.
+# - cpu: docker/../Dockerfile on a `debootstrap --variant=minbase` trixie, imported as localhost/debian:trixie-slim.
+#   This machine reaches PyPI through a TLS proxy, so its extra CA certificates (/usr/local/share/ca-certificates)
+#   go into that local base: images built so are for this machine only and must never be pushed. On a machine
+#   that can pull Docker Hub, `docker build .` uses the python image instead (the Dockerfile's default BASE).
+# - ecvl: docker/ecvl.Dockerfile layered over $DEEPHEALTH_BASE, an image the site already has where
+#   `python3 -c "import pyecvl.ecvl, pyeddl.eddl"` works (Python >= 3.10). Nothing of DeepHealth is built here.
+#   `ecvl` without it is an error; `all` without it builds the CPU image and says that it left the other out.
 # - Tags: localhost/mpi-infer:<hash> and localhost/mpi-infer-ecvl:<hash>, the hash of everything that goes into
-#   the image (Dockerfile, package, docker/, sources), so an unchanged tree is not rebuilt; also :latest.
+#   the image (Dockerfile, package, docker/, and the base image's id), so an unchanged tree is not rebuilt;
+#   also :latest.
 # - Needs root, podman and debootstrap (apt-get install podman buildah debootstrap runc uidmap); crun fails on
 #   hosts with hybrid cgroups, so containers.conf selects runc, with ulimits inside the hard limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHICH=${1:-all}
-KIT=${DEEPHEALTH_KIT:-../shared/deephealth}
 MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit} /^deb / {print $2; exit}' \
   /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true)}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
@@ -55,8 +57,11 @@ base_image() {  # debootstrap SUITE once, with this host's extra CA certificates
   echo "$tag"
 }
 
-content_hash() {  # files (and folders) that make up an image
-  find "$@" -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+content_hash() {  # files (and folders) that make up an image, and any extra words (a base image's id)
+  local files=() extra=()
+  for a in "$@"; do if [ -e "$a" ]; then files+=("$a"); else extra+=("$a"); fi; done
+  { find "${files[@]}" -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
+    printf '%s\n' "${extra[@]}"; } | sha256sum | cut -c1-16
 }
 
 build() {  # NAME DOCKERFILE CONTEXT BASE HASH
@@ -66,12 +71,12 @@ build() {  # NAME DOCKERFILE CONTEXT BASE HASH
   if ! podman image exists "$tag"; then
     cached=false
     log "building $tag (log: $STATE/build-$name.log)"
-    podman build --build-arg BASE="$base" -f "$dockerfile" -t "$tag" "$context" >"$STATE/build-$name.log" 2>&1 \
+    podman build --build-arg BASE="$base" --build-arg DEEPHEALTH_BASE="$base" -f "$dockerfile" -t "$tag" "$context" >"$STATE/build-$name.log" 2>&1 \
       || { tail -40 "$STATE/build-$name.log" >&2; log "build of $name failed"; exit 1; }
   fi
   podman tag "$tag" "localhost/$name:latest"
   # keep one build per image: older content hashes go. Untagged build-stage layers stay (they are the cache that
-  # makes the next build of a changed package take a minute instead of a full EDDL compile) unless a week old.
+  # makes the next build of a changed package take seconds instead of minutes) unless a week old.
   podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$name" | grep -v -e ":$hash\$" -e ':latest$' \
     | xargs -r podman rmi -f >/dev/null 2>&1 || true
   podman image prune -f --filter until=168h >/dev/null 2>&1 || true
@@ -90,13 +95,13 @@ if [ "$WHICH" = cpu ] || [ "$WHICH" = all ]; then
   build mpi-infer Dockerfile . "$base" "$(content_hash Dockerfile .dockerignore pyproject.toml README.md mpi_infer docker)"
 fi
 if [ "$WHICH" = ecvl ] || [ "$WHICH" = all ]; then
-  [ -d "$KIT/sources" ] || { log "no DeepHealth sources at $KIT/sources (see the README)"; exit 77; }
-  ctx="$STATE/ecvl-context"
-  rm -rf "$ctx"; mkdir -p "$ctx/deephealth"
-  cp -r pyproject.toml README.md mpi_infer docker "$ctx/"
-  find "$ctx/mpi_infer" -name __pycache__ -prune -exec rm -rf {} +
-  cp -r "$KIT/sources" "$ctx/deephealth/"
-  base=$(base_image bookworm)
-  build mpi-infer-ecvl "$ctx/docker/ecvl.Dockerfile" "$ctx" "$base" \
-    "$(cd "$ctx" && content_hash docker pyproject.toml README.md mpi_infer deephealth)"
+  if [ -z "${DEEPHEALTH_BASE:-}" ]; then
+    why="DEEPHEALTH_BASE is not set: the ECVL image is layered over an image of your site's DeepHealth build, where python3 -c 'import pyecvl.ecvl, pyeddl.eddl' works (Python >= 3.10); this repository builds no DeepHealth library"
+    if [ "$WHICH" = ecvl ]; then log "$why"; exit 2; fi
+    log "mpi-infer-ecvl left out: $why"
+  else
+    base_id=$(podman image inspect --format '{{.Id}}' "$DEEPHEALTH_BASE" 2>/dev/null || echo "$DEEPHEALTH_BASE")
+    build mpi-infer-ecvl docker/ecvl.Dockerfile . "$DEEPHEALTH_BASE" \
+      "$(content_hash docker pyproject.toml README.md mpi_infer .dockerignore "$base_id")"
+  fi
 fi

@@ -73,14 +73,15 @@ REQUIRE_ECVL_ENV = "MPI_INFER_REQUIRE_ECVL"
 
 
 def need_ecvl() -> None:
-    """Skip (saying why) where pyecvl/pyeddl are missing, as on a user's fresh clone; but where
-    $MPI_INFER_REQUIRE_ECVL=1 (CI with the DeepHealth build kit) a missing stack is a failure, never a skip."""
+    """Skip (saying why) where pyecvl/pyeddl are missing, as on a fresh clone and in CI; but where
+    $MPI_INFER_REQUIRE_ECVL=1 (set by whoever runs the suite inside their DeepHealth environment to check the
+    site's stack) a missing stack is a failure, never a skip."""
     from mpi_infer.engines import ecvl_available
 
     if ecvl_available():
         return
-    why = ("pyecvl and pyeddl are not installed: they need the ECVL/EDDL C++ libraries (the DeepHealth image, "
-           "or ../shared/deephealth/build.sh, which .ci/run uses where it exists)")
+    why = ("pyecvl and pyeddl are not installed: they need the ECVL/EDDL C++ libraries, from a DeepHealth image "
+           "or the user's own install")
     if os.environ.get(REQUIRE_ECVL_ENV) == "1":
         pytest.fail(f"{REQUIRE_ECVL_ENV}=1 but {why}")
     pytest.skip(why)

@@ -1,10 +1,13 @@
 """The container images, built and run: an MPIJob rehearsed in real containers (scripts/container_rehearsal.py).
 
-Where podman works and we are root, the images are built by scripts/build_images.sh (cached by content hash;
-.ci/run builds them first) and three rehearsals run: the CPU image on 3 workers (results equal a local run of
-the same image, image for image), the same command without --hostfile (exit 13), and the ECVL image on 2
-workers (auto picks the ECVL loader; results equal the CPU image's local run). Elsewhere they skip, saying why;
-with MPI_INFER_REQUIRE_CONTAINERS=1 (.ci/run sets it where podman is installed) a skip is a failure."""
+Where podman works and we are root, the CPU image is built by scripts/build_images.sh (cached by content hash;
+.ci/run builds it first) and rehearsed: on 3 workers (results equal a local run of the same image, image for
+image) and without --hostfile (exit 13). The ECVL image is a thin layer over a site's own DeepHealth image: its
+rehearsal (2 workers, auto picks the ECVL loader, results equal the CPU image's local run) runs only where
+$MPI_INFER_ECVL_BASE names such an image, and otherwise skips saying why, even under
+MPI_INFER_REQUIRE_CONTAINERS=1. Its Dockerfile's refusals (no base named, a base without pyecvl) are tested
+always. Elsewhere the tests skip, saying why; with MPI_INFER_REQUIRE_CONTAINERS=1 (.ci/run sets it where
+podman is installed) a skip of the CPU image's tests is a failure."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = "MPI_INFER_REQUIRE_CONTAINERS"
+ECVL_BASE = "MPI_INFER_ECVL_BASE"
 pytestmark = [pytest.mark.slow]
 
 
@@ -28,18 +32,61 @@ def skip(why: str) -> None:
     pytest.skip(why)
 
 
+def build_images(which: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "build_images.sh"), which], capture_output=True, text=True,
+                          cwd=ROOT, timeout=3000, env={**os.environ, **env})
+
+
+def built(proc: subprocess.CompletedProcess) -> dict[str, dict]:
+    return {r["image"]: r for r in map(json.loads, proc.stdout.splitlines()) if r.get("figure") == "image"}
+
+
 @pytest.fixture(scope="module")
 def images() -> dict[str, dict]:
     if os.geteuid() != 0 or not shutil.which("podman"):
         skip("needs root and podman (apt-get install podman buildah debootstrap runc uidmap)")
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build_images.sh"), "all"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=3000)
+    proc = build_images("cpu")
     if proc.returncode == 77:
         skip(f"images cannot be built here: {proc.stderr.strip()[-300:]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    built = {r["image"]: r for r in map(json.loads, proc.stdout.splitlines()) if r.get("figure") == "image"}
-    assert set(built) == {"mpi-infer", "mpi-infer-ecvl"}
-    return built
+    return built(proc)
+
+
+@pytest.fixture(scope="module")
+def ecvl_image(images) -> dict:
+    base = os.environ.get(ECVL_BASE)
+    if not base:
+        pytest.skip(f"${ECVL_BASE} names no DeepHealth base image (one where python3 -c 'import pyecvl.ecvl, "
+                    "pyeddl.eddl' works: a site's DeepHealth image or the user's own build), so the ECVL image "
+                    "is not built here")
+    proc = build_images("ecvl", DEEPHEALTH_BASE=base)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return built(proc)["mpi-infer-ecvl"]
+
+
+def podman_build_ecvl(*build_args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", "build", *build_args, "-f", "docker/ecvl.Dockerfile", "."], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def test_ecvl_dockerfile_without_a_base_fails_at_once_naming_the_argument(images):
+    proc = podman_build_ecvl()
+    assert proc.returncode != 0
+    assert "DEEPHEALTH_BASE" in proc.stderr, proc.stderr[-2000:]
+    script = build_images("ecvl", DEEPHEALTH_BASE="")
+    assert script.returncode == 2 and "DEEPHEALTH_BASE is not set" in script.stderr, script.stderr[-2000:]
+
+
+@pytest.mark.parametrize("base, says", [
+    ("localhost/debian:trixie-slim", "has no python3 on PATH"),    # a plain Debian: no Python at all
+    ("localhost/mpi-infer:latest", "has no working pyecvl/pyeddl"),  # Python 3 and our package, no DeepHealth
+])
+def test_ecvl_dockerfile_refuses_a_base_without_pyecvl_in_seconds(images, base, says):
+    proc = podman_build_ecvl("--build-arg", f"DEEPHEALTH_BASE={base}")
+    assert proc.returncode != 0
+    assert says in proc.stderr + proc.stdout and f"DEEPHEALTH_BASE={base}" in proc.stderr + proc.stdout, \
+        proc.stderr[-2000:]
+    assert "pyecvl" in proc.stderr + proc.stdout
 
 
 def rehearse(*args: str) -> dict:
@@ -76,8 +123,8 @@ def test_without_hostfile_the_run_exits_13(images):
     assert r["returncode"] == 13, r
 
 
-def test_ecvl_image_on_two_workers_loads_with_ecvl_and_equals_the_cpu_image(images):
-    r = rehearse("--image", images["mpi-infer-ecvl"]["tag"], "--reference-image", images["mpi-infer"]["tag"],
+def test_ecvl_image_on_two_workers_loads_with_ecvl_and_equals_the_cpu_image(images, ecvl_image):
+    r = rehearse("--image", ecvl_image["tag"], "--reference-image", images["mpi-infer"]["tag"],
                  "--workers", "2", "--images", "24")
     assert r["returncode"] == 0, r
     assert r["loader"] == "ecvl" and r["engine"] == "onnx"  # auto's picks in the DeepHealth image

@@ -1,6 +1,6 @@
 """Loaders x engines: what needs no pyecvl is tested always; the real DLDataset and EDDL paths run where pyecvl
-and pyeddl import (CI builds them with ../shared/deephealth and requires these tests), and skip saying why
-on a clone without them."""
+and pyeddl import (a DeepHealth image or the user's own install; MPI_INFER_REQUIRE_ECVL=1 requires them there),
+and skip saying why elsewhere, CI included."""
 
 from __future__ import annotations
 

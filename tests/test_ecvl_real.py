@@ -1,7 +1,7 @@
 """The DeepHealth production path against the real pyecvl 1.3.0 / pyeddl 1.3.1 (ECVL 1.0.3, EDDL 1.1b).
 
-CI builds the real libraries with ../shared/deephealth/build.sh and sets MPI_INFER_REQUIRE_ECVL=1, so every
-test here runs there (a skip would be a failure); a clone without them skips each test, saying why.
+They run wherever pyecvl and pyeddl import (a site's DeepHealth image, or the user's own install); there
+MPI_INFER_REQUIRE_ECVL=1 makes a skip a failure. Elsewhere, CI included, each test skips saying why.
 Nothing here fakes pyecvl or pyeddl."""
 
 from __future__ import annotations
