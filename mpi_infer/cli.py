@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="applied to an ONNX model's raw output (logits: sigmoid, or softmax for C classes)")
     run.add_argument("--class", dest="cls", type=int_range(0, 1 << 16), default=None,
                      help="foreground channel of a C-channel output (default 1 when C = 2)")
+    run.add_argument("--output", default=None, type=nonempty, metavar="NAME",
+                     help="the ONNX output tensor to score, for a model with several outputs")
     run.add_argument("--out", required=True, type=nonempty,
                      help="output folder (on shared storage for multi-host runs)")
     run.add_argument("--split", action="append", default=None, type=split_names,
@@ -181,6 +183,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             profile_name=args.profile, profile_overrides=_profile_overrides(args),
             splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, loader=args.loader,
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
+            output=args.output,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,

@@ -42,12 +42,16 @@ from .dataset import dump_document
 from .loader import (
     MAX_IMAGE_BYTES,
     PNG_MAGIC,
+    TRANSPOSING_ORIENTATIONS,
     Batch,
     ImageFault,
     Loaded,
     WorkItem,
+    check_deep_mask,
     check_image_file,
+    check_mask_size,
     conversion_notes,
+    exif_orientation,
     mask_notes,
     normalise,
 )
@@ -204,11 +208,14 @@ def precheck(item: WorkItem) -> list[str]:
     if item.label_path:
         mask = read_header(item.label_path, "mask")
         notes += conversion_notes("mask", mask.depth, mask.alpha)
+        if mask.depth == 16:
+            check_deep_mask(item.label_path)
         if mask.channels == 3:
             notes.append("mask is colour; converted to grey with ECVL's 0.299R+0.587G+0.114B")
-        if (mask.width, mask.height) != (head.width, head.height):
-            raise ImageFault(f"mask size {mask.width}x{mask.height} differs from image size "
-                             f"{head.width}x{head.height}: {item.label_path}")
+        shown = (head.width, head.height)  # as ECVL decodes it: after the EXIF rotation
+        if len(item.locations) == 1 and exif_orientation(item.locations[0]) in TRANSPOSING_ORIENTATIONS:
+            shown = shown[::-1]
+        check_mask_size((mask.width, mask.height), shown, item.label_path, item.locations[0])
     return notes
 
 

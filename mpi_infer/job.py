@@ -31,7 +31,7 @@ from .orchestrate import (
 )
 from .progress import ProgressDisplay, configure, log
 from .records import DescriptorIndex, RecordTable
-from .results import Ledger, summary_table
+from .results import Ledger, problem_lines, summary_table
 from .runner import Fault, RankTimings, run_items
 
 TAG_PROGRESS, TAG_REQUEST, TAG_WORK = 11, 12, 13
@@ -281,12 +281,17 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         head = (ClassificationHead(spec, prepared.classes) if prepared.task == "classification"
                 else SegmentationHead(spec, cfg.profile))
         engine = open_engine(stack, prepared.run_model, cfg.profile, threads=threads, gpu=cfg.gpu,
-                             device_id=me.gpu or 0, arch=prepared.arch, eddl_mem=cfg.eddl_mem, head=head)
+                             device_id=me.gpu or 0, arch=prepared.arch, eddl_mem=cfg.eddl_mem, head=head,
+                             output=cfg.output)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
         loader = open_loader(stack.loader, cfg.profile, prepared.classes if prepared.task == "classification"
                              else None)
         ledger = Ledger(cfg.out, prepared.attempt, rank)
+        if rank == 0:
+            for w in getattr(head, "warnings", []):
+                log(0, f"warning: {w}")
+                prepared.warnings.append(w)
     except Exception as exc:  # noqa: BLE001
         error = (rank, str(exc), exit_code_for(exc))
     failed = _fail_together(comm, error)
@@ -346,9 +351,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
 
             write_report(cfg.out)
         if not cfg.quiet:
-            print(summary_table(summary), flush=True)
-            print(f"results: {os.path.join(cfg.out, 'summary.json')}, "
-                  f"{os.path.join(cfg.out, 'per_image.csv')}", flush=True)
+            where = f"results: {os.path.join(cfg.out, 'summary.json')}, {os.path.join(cfg.out, 'per_image.csv')}"
+            print(summary_table(summary, [*problem_lines(prepared.previous + all_records), where]), flush=True)
     return comm.bcast(code, root=0)
 
 

@@ -109,7 +109,7 @@ def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
 
 def conversion_notes(what: str, depth: int, alpha: bool) -> list[str]:
     """What ECVL's 8-bit ANYCOLOR read converts, worded once for both loaders."""
-    return ([f"{what} is 16-bit; converted to 8-bit as ECVL does"] if depth == 16 else []) + \
+    return ([f"{what} is 16-bit; converted to 8-bit as ECVL does (value / 256)"] if depth == 16 else []) + \
            ([f"{what} has an alpha channel; dropped as ECVL does"] if alpha else [])
 
 
@@ -133,18 +133,70 @@ def read_planes(paths: Sequence[str], notes: list[str]) -> np.ndarray:
     return np.dstack(planes)
 
 
-def read_mask(path: str, image_hw: tuple[int, int], notes: list[str]) -> np.ndarray:
+def read_mask(path: str, image_hw: tuple[int, int], notes: list[str], image_path: str | None = None) -> np.ndarray:
     """A ground-truth mask as uint8 grey, checked against the image's size and the 0/255 convention."""
     mask = decode(path, "mask", notes)
+    if png_depth(path) == 16:
+        check_deep_mask(path)
     if mask.ndim == 3:
         notes.append("mask is colour; converted to grey with ECVL's 0.299R+0.587G+0.114B")
         b, g, r = (mask[..., k].astype(np.float64) for k in range(3))
         mask = np.clip(np.rint(0.299 * r + 0.587 * g + 0.114 * b), 0, 255).astype(np.uint8)
-    if mask.shape[:2] != image_hw:
-        raise ImageFault(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image size "
-                         f"{image_hw[1]}x{image_hw[0]}: {path}")
+    check_mask_size((mask.shape[1], mask.shape[0]), (image_hw[1], image_hw[0]), path, image_path)
     notes += mask_notes(mask, path)
     return mask
+
+
+def png_depth(path: str) -> int | None:
+    """A PNG's bit depth from its header (None for other formats)."""
+    with open(path, "rb") as fh:
+        header = _png_depth_and_colour(fh.read(32))
+    return header[0] if header else None
+
+
+def check_deep_mask(path: str) -> None:
+    """A 16-bit mask is read as ECVL reads it, 8-bit (value / 256): one holding 0/255 (or any foreground under
+    32768) would become an empty mask and score as one. Refuse it, as a 0/1 label image is refused."""
+    deep = cv2.imread(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if deep is None or deep.dtype != np.uint16:
+        return
+    top = int(deep.max())
+    if 0 < top < 32768:
+        raise ImageFault(f"mask is 16-bit with values 0..{top}: ECVL's 8-bit read (value / 256) leaves every "
+                         f"pixel below 128, so it would score as an empty mask; save it as an 8-bit 0/255 PNG "
+                         f"(or 16-bit 0/65535): {path}")
+
+
+TRANSPOSING_ORIENTATIONS = {5: "transposed", 6: "rotated 90° clockwise", 7: "transversed",
+                            8: "rotated 90° counter-clockwise"}
+
+
+def exif_orientation(path: str) -> int | None:
+    """The EXIF Orientation tag (1-8) of an image file, or None. OpenCV's imread, and so ECVL's reader, applies
+    it: the decoded pixels are in the displayed orientation, not the stored one."""
+    try:
+        from PIL import Image  # reads the header only
+
+        with Image.open(path) as im:
+            value = im.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - no EXIF, or a format PIL does not know: nothing is rotated
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def check_mask_size(mask_wh: tuple[int, int], image_wh: tuple[int, int], mask_path: str,
+                    image_path: str | None) -> None:
+    """The mask must have the decoded image's size; say so when the image's EXIF rotation is the cause."""
+    if mask_wh == image_wh:
+        return
+    why = ""
+    orientation = exif_orientation(image_path) if image_path else None
+    if orientation in TRANSPOSING_ORIENTATIONS and mask_wh == image_wh[::-1]:
+        why = (f" after its EXIF Orientation {orientation} ({TRANSPOSING_ORIENTATIONS[orientation]}) was applied, "
+               f"as ECVL's reader (OpenCV imread) does; the mask matches the image as stored "
+               f"({mask_wh[0]}x{mask_wh[1]}): rotate the mask the same way, or remove the image's Orientation tag")
+    raise ImageFault(f"mask size {mask_wh[0]}x{mask_wh[1]} differs from image size {image_wh[0]}x{image_wh[1]}"
+                     f"{why}: {mask_path}")
 
 
 def mask_notes(mask: np.ndarray, path: str) -> list[str]:
@@ -173,7 +225,7 @@ def load_item(item: WorkItem, profile: Profile) -> Loaded:
         size = (profile.width, profile.height)
         out.image = cv2.resize(rgb, size, interpolation=CV_INTERP[profile.interpolation])
         if item.label_path:
-            mask = read_mask(item.label_path, out.original_hw, out.notes)
+            mask = read_mask(item.label_path, out.original_hw, out.notes, item.locations[0])
             out.mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         labelled = item.label_path is not None or item.target is not None
         out.status = "converted" if out.notes else ("ok" if labelled else "unscored")

@@ -11,6 +11,7 @@ and the global (pooled) IoU/Dice from summed pixel counts, per split and overall
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,7 +49,8 @@ def iou_dice(tp: Any, fp: Any, fn: Any) -> tuple[Any, Any]:
 def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts and metrics for a set of per-image records (dicts with status, tp, fp, fn, iou, dice)."""
     counts = {"selected": 0, "scored": 0, "unscored": 0, "failed": 0, "converted": 0}
-    iou_sum = dice_sum = 0.0
+    ious: list[float] = []
+    dices: list[float] = []
     tp = fp = fn = 0
     for r in records:
         counts["selected"] += 1
@@ -56,8 +58,8 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if status in SCORED:
             counts["scored"] += 1
             counts["converted"] += status == "converted"
-            iou_sum += float(r["iou"])
-            dice_sum += float(r["dice"])
+            ious.append(float(r["iou"]))
+            dices.append(float(r["dice"]))
             tp += int(r["tp"])
             fp += int(r["fp"])
             fn += int(r["fn"])
@@ -68,8 +70,9 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     n = counts["scored"]
     g_iou, g_dice = iou_dice(tp, fp, fn)
     metrics = {
-        "mean_iou": iou_sum / n if n else None,
-        "mean_dice": dice_sum / n if n else None,
+        # fsum is exactly rounded, so the means do not depend on the order records arrive in
+        "mean_iou": math.fsum(ious) / n if n else None,
+        "mean_dice": math.fsum(dices) / n if n else None,
         "global_iou": float(g_iou) if n else None,
         "global_dice": float(g_dice) if n else None,
         "tp": tp, "fp": fp, "fn": fn,

@@ -97,12 +97,12 @@ def check_probabilities(probe: np.ndarray, raw_channels: int, spec: OutputSpec, 
 def inference_graph(model) -> tuple[object, list[str]]:
     """The ONNX model with training-mode BatchNormalization and Dropout switched to inference semantics, and
     what was changed; a graph that uses BatchNormalization's training outputs elsewhere is refused."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     graph = model.graph
     consumed = {name for node in graph.node for name in node.input}
     consumed |= {o.name for o in graph.output}
-    initialisers = {t.name: t for t in graph.initializer}
+    constants = constant_values(graph)
     notes: list[str] = []
     for node in graph.node:
         if node.op_type == "BatchNormalization":
@@ -127,9 +127,9 @@ def inference_graph(model) -> tuple[object, list[str]]:
             if len(node.output) > 1 and node.output[1] and node.output[1] in consumed:
                 raise ModelError(f"Dropout '{node.name}': its mask output feeds other nodes; re-export in eval mode")
             mode = node.input[2] if len(node.input) > 2 else ""
-            if mode and mode in initialisers and not bool(numpy_helper.to_array(initialisers[mode])):
+            if mode and mode in constants and not bool(fixed_value(constants[mode])):
                 continue
-            if mode and mode not in initialisers:
+            if mode and mode not in constants:
                 raise ModelError(f"Dropout '{node.name}': its training_mode input '{mode}' is computed in the "
                                  f"graph, so inference semantics cannot be guaranteed; re-export in eval mode")
             if not mode and not any(a.name == "is_test" and helper.get_attribute_value(a) == 0
@@ -141,3 +141,25 @@ def inference_graph(model) -> tuple[object, list[str]]:
             del node.attribute[:]
             notes.append(f"Dropout '{node.name}': training mode -> identity")
     return model, notes
+
+
+def constant_values(graph) -> dict[str, object]:
+    """Tensors whose value is fixed in the file, by name: initialisers, and Constant nodes' outputs (torch 2.x
+    feeds Dropout's training_mode from a Constant node, older exporters from an initialiser). The values are
+    TensorProtos or attribute protos, read with ``fixed_value`` only where needed (weights may be external)."""
+    values: dict[str, object] = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name in ("value", "value_int", "value_float", "value_ints", "value_floats"):
+                    values[node.output[0]] = attr
+    return values
+
+
+def fixed_value(value: object) -> np.ndarray:
+    from onnx import AttributeProto, helper, numpy_helper
+
+    if isinstance(value, AttributeProto):
+        got = helper.get_attribute_value(value)
+        return numpy_helper.to_array(got) if value.name == "value" else np.asarray(got)
+    return numpy_helper.to_array(value)

@@ -37,6 +37,55 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def model_sha256(path: str) -> str:
+    """The model's identity for summary.json and --resume: its file's hash, and for an ONNX model whose weights
+    live in external data files (torch's new exporter writes ``<name>.onnx.data``) the hashes of those too, so
+    swapping the weights changes the identity."""
+    sha = file_sha256(path)
+    externals = external_data_files(path) if model_format(path) == "onnx" else []
+    if not externals:
+        return sha
+    digest = hashlib.sha256(sha.encode())
+    for name, full in externals:
+        digest.update(f"\0{name}\0{file_sha256(full)}".encode())
+    return digest.hexdigest()
+
+
+def external_data_files(path: str) -> list[tuple[str, str]]:
+    """(location as written, full path) of every external data file an ONNX model refers to, sorted."""
+    if not _mentions(path, b"location"):
+        return []  # no external data entry can be in the file: no need to parse it
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - not parseable: the engine reports it, naming the file
+        return []
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for node in model.graph.node for a in node.attribute if a.HasField("t")]
+    folder = os.path.dirname(os.path.abspath(path))
+    found = {e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
+             for e in t.external_data if e.key == "location"}
+    files = []
+    for name in sorted(found):
+        full = os.path.normpath(os.path.join(folder, name))
+        if not os.path.isfile(full):
+            raise ModelError(f"{path}: its external data file {name!r} is missing (looked for {full})")
+        files.append((name, full))
+    return files
+
+
+def _mentions(path: str, word: bytes) -> bool:
+    """Whether the file's bytes contain ``word`` (also across read blocks)."""
+    carry = b""
+    with open_input(path, ModelError, "model") as fh:
+        for block in read_chunks(fh, path, ModelError, "model", MAX_INPUT_BYTES):
+            if word in carry + block:
+                return True
+            carry = block[-len(word):]
+    return False
+
+
 def model_format(path: str) -> str:
     """``bin`` for EDDL record streams (by extension), else ``onnx``."""
     return "bin" if path.lower().endswith(".bin") else "onnx"

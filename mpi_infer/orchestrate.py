@@ -22,7 +22,7 @@ from .config import RunConfig
 from .dataset import Dataset, WorkList, check_single_labels, load_dataset, select_splits, selected_items
 from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError, clip
 from .metrics import EMPTY_GT_POLICY, summarise
-from .modelfile import cached_onnx, file_sha256, model_format
+from .modelfile import cached_onnx, model_format, model_sha256
 from .partition import describe, plan
 from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
 
@@ -91,9 +91,12 @@ def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[
     """What must match for --resume to reuse earlier records."""
     identity = {"model_sha256": model_sha, "dataset_sha256": dataset_sha, "profile": cfg.profile.to_dict(),
                 "splits": splits, "arch": arch}
-    if (cfg.activation, cfg.cls) != ("none", None):  # absent for the plain case: older run.json files match
-        identity["output"] = {"activation": cfg.activation, "class": cfg.cls}
-    return identity
+    if (cfg.activation, cfg.cls, cfg.output) != ("none", None, None):  # absent for the plain case: older
+        identity["output"] = {"activation": cfg.activation, "class": cfg.cls}  # run.json files match
+        if cfg.output is not None:
+            identity["output"]["name"] = cfg.output
+    # As run.json will hold it (tuples become lists), so that the same command compares equal on --resume.
+    return json.loads(json.dumps(identity))
 
 
 def resolve_arch(cfg: RunConfig) -> str | None:
@@ -170,7 +173,7 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepa
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
     splits = select_splits(dataset, cfg.splits)
-    model_sha = "" if cfg.dry_run else file_sha256(cfg.model)  # a dry run never touches the model
+    model_sha = "" if cfg.dry_run else model_sha256(cfg.model)  # a dry run never touches the model
     fresh, created = (False, False) if cfg.dry_run else prepare_output(cfg)
     try:
         prepared, payloads = _prepare(cfg, world, engine, dataset, splits, model_sha, fresh, t0)
@@ -260,7 +263,8 @@ def finish_run(
     wall_s: float,
 ) -> tuple[dict[str, Any], int]:
     """Aggregate every record (this attempt's and kept earlier ones) and write the reports."""
-    all_records = prepared.previous + records
+    # Dataset order, whatever order the gather and earlier attempts gave: the same sums for any N.
+    all_records = sorted(prepared.previous + records, key=lambda r: r["index"])
     classification = prepared.task == "classification"
     if classification:
         from .cls_metrics import summarise_classification
@@ -291,7 +295,8 @@ def finish_run(
         "dataset_sha256": prepared.dataset_sha256,
         "splits": prepared.splits,
         "arch": prepared.arch,
-        "output": {"activation": cfg.activation, "class": cfg.cls},
+        "output": {"activation": cfg.activation, "class": cfg.cls,
+                   "name": backend_info.get("output_name", cfg.output)},
         "schedule": cfg.schedule,
         "batch_size": cfg.batch_size,
         "attempt": prepared.attempt,

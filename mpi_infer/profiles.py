@@ -47,6 +47,8 @@ class Profile:
         """The full recipe, as summary.json records it."""
         d = asdict(self)
         d["size"] = [self.height, self.width]
+        for key in ("mean", "std"):  # lists, as JSON holds them
+            d[key] = None if d[key] is None else list(d[key])
         return d
 
 

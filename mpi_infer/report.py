@@ -85,12 +85,27 @@ def rank_chart(per_rank: list[dict[str, Any]]) -> str:
     return _png(fig)
 
 
-def overlay(image_path: str, gt_path: str, pred_path: str | None) -> np.ndarray | None:
-    """The image (RGB) with ground-truth and predicted contours, scaled to a TILE-wide tile."""
-    img = cv2.imread(image_path, cv2.IMREAD_COLOR)
-    if img is None:
-        return None
-    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def thumbnail_rgb(image_path: str) -> np.ndarray | None:
+    """The image as RGB, decoded no larger than a tile needs: a JPEG is scaled in the DCT domain (PIL's draft,
+    libjpeg's 1/2..1/8 decode), so a 12-megapixel photograph costs a few milliseconds, not a full decode."""
+    try:
+        from PIL import Image, ImageOps
+
+        with Image.open(image_path) as im:
+            im.draft("RGB", (TILE, TILE))
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # displayed as OpenCV decodes it
+    except Exception:  # noqa: BLE001 - a format PIL does not read: OpenCV's full decode
+        img = cv2.imread(image_path, cv2.IMREAD_COLOR)
+        return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def overlay(image_path: str, gt_path: str, pred_path: str | None) -> tuple[np.ndarray | None, bool]:
+    """The image (RGB) with ground-truth and predicted contours, scaled to a TILE-wide tile, and whether the
+    ground truth is empty (such a tile has no green contour, and upstream's policy scores it 1 or about 0)."""
+    rgb = thumbnail_rgb(image_path)
+    if rgb is None:
+        return None, False
+    empty_gt = False
     scale = TILE / max(rgb.shape[:2])
     size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
     tile = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
@@ -100,10 +115,13 @@ def overlay(image_path: str, gt_path: str, pred_path: str | None) -> np.ndarray 
         mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
         if mask is None:
             continue
-        mask = cv2.resize((mask >= 128).astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        binary = (mask >= 128).astype(np.uint8)
+        if path == gt_path:
+            empty_gt = not binary.any()
+        mask = cv2.resize(binary, size, interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(tile, contours, -1, colour, 2)
-    return tile
+    return tile, empty_gt
 
 
 def contact_sheet(run_dir: str, picked: list[dict[str, str]], title: str) -> str | None:
@@ -118,10 +136,11 @@ def contact_sheet(run_dir: str, picked: list[dict[str, str]], title: str) -> str
     for ax, r in zip(axes.ravel(), picked):
         loc = r["location"].split(";")[0]
         pred = os.path.join(run_dir, MASK_DIR, mask_file_name(int(r["index"]), loc))
-        tile = overlay(loc, r["label"], pred)
+        tile, empty_gt = overlay(loc, r["label"], pred)
         if tile is not None:
             ax.imshow(tile)
-        ax.set_title(f"#{r['index']} {r['split']}  Dice {float(r['dice']):.3f}", fontsize=9)
+        note = "\nempty ground truth: 1 if nothing is predicted" if empty_gt else ""
+        ax.set_title(f"#{r['index']} {r['split']}  Dice {float(r['dice']):.3f}{note}", fontsize=9)
     fig.suptitle(title + "   (green: ground truth, magenta: prediction)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
@@ -221,7 +240,7 @@ def write_report(run_dir: str, k: int = 8) -> str:
         ("model sha256", summary.get("model_sha256", "")[:16]), ("backend", summary.get("backend", {}).get("backend")),
         ("profile", f"{prof.get('name')}: {prof.get('height')}x{prof.get('width')} {prof.get('interpolation')}, "
                     f"{norm}"),
-        ("model output", ", ".join(f"{k} {v}" for k, v in (summary.get("output") or {}).items())),
+        ("model output", ", ".join(f"{k} {v}" for k, v in (summary.get("output") or {}).items() if v is not None)),
         ("arch", summary.get("arch") or "(from the ONNX file)"),
         *([("classes", ", ".join(summary.get("classes", [])))] if classification else
           [("threshold", summary.get("threshold")), ("empty ground truth", summary.get("empty_gt_policy"))]),
@@ -251,6 +270,15 @@ def write_report(run_dir: str, k: int = 8) -> str:
     for title, png, fid in figures:
         parts.append(f"<figure id='{fid}'><figcaption><h2>{html.escape(title)}</h2></figcaption>"
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'></figure>")
+    if summary.get("warnings"):
+        parts.append(f"<h2>Warnings ({len(summary['warnings'])})</h2><ul>" + "".join(
+            f"<li>{html.escape(str(w))}</li>" for w in summary["warnings"][:200]) + "</ul>")
+    converted = [r for r in rows if r["status"] == "converted"]
+    if converted:
+        parts.append(f"<h2>Converted images ({len(converted)})</h2><p>Scored after a conversion ECVL would make "
+                     "too (the note says which).</p><table><tr><th>index</th><th>location</th><th>note</th></tr>"
+                     + "".join(f"<tr><td>{r['index']}</td><td>{html.escape(r['location'])}</td>"
+                               f"<td>{html.escape(r['error'])}</td></tr>" for r in converted[:200]) + "</table>")
     if failed:
         parts.append(f"<h2>Failed images ({len(failed)})</h2><table><tr><th>index</th><th>location</th>"
                      "<th>error</th></tr>" + "".join(
@@ -322,9 +350,9 @@ def classification_figures(summary: dict[str, Any], rows: list[dict[str, str]], 
         for a in axes.ravel():
             a.axis("off")
         for a, r in zip(axes.ravel(), unsure):
-            img = cv2.imread(r["location"].split(";")[0], cv2.IMREAD_COLOR)
+            img = thumbnail_rgb(r["location"].split(";")[0])
             if img is not None:
-                a.imshow(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+                a.imshow(img)
             a.set_title(f"#{r['index']} {r['label']} -> {r['predicted']}\np(true) {float(r['true_probability']):.3f}",
                         fontsize=8, color="#a33" if r["label"] != r["predicted"] else "black")
         fig.suptitle(f"The {len(unsure)} images the model was least sure of (lowest probability of the true class)",

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .atomic import with_path, write_text
+from .errors import clip
 
 CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
 CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
@@ -162,10 +163,11 @@ def _num(v: Any, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def summary_table(summary: Mapping[str, Any]) -> str:
-    """A one-screen table: counts and metrics per split and overall."""
+def summary_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
+    """A one-screen table: counts and metrics per split and overall, then ``notes`` (the failed images), then the
+    exit line."""
     if summary.get("task") == "classification":
-        return _classification_table(summary)
+        return _classification_table(summary, notes)
     rows = [("split", "selected", "scored", "unscored", "failed", "mean IoU", "mean Dice", "global IoU",
              "global Dice")]
     parts = list(summary.get("per_split", {}).items()) + [("all", summary)]
@@ -176,22 +178,47 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
-    return _render(rows, head, summary)
+    return _render(rows, head, summary, notes)
 
 
-def _render(rows: list[tuple[str, ...]], head: str, summary: Mapping[str, Any]) -> str:
+def _render(rows: list[tuple[str, ...]], head: str, summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
     """Aligned columns, rules around the body, the head line above and the timing and exit line below."""
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     t = summary.get("timings", {})
-    tail = (f"wall {t.get('total_s', 0):.2f} s, {t.get('images_per_s', 0):.1f} images/s; "
-            f"exit {summary.get('exit_code')}: {summary.get('exit_meaning', '')}")
-    return "\n".join([head, *lines, tail])
+    converted = summary.get("images", {}).get("converted", 0)
+    tail = (f"wall {t.get('total_s', 0):.2f} s, {t.get('images_per_s', 0):.1f} images/s"
+            + (f"; {converted} image(s) scored after a conversion (per_image.csv says which)" if converted else ""))
+    return "\n".join([head, *lines, tail, *notes, exit_line(summary.get("exit_code"), summary.get("exit_meaning", ""))])
 
 
-def _classification_table(summary: Mapping[str, Any]) -> str:
+def exit_line(code: Any, meaning: str) -> str:
+    """The last line a run prints. Under mpirun a non-zero exit is followed by Open MPI's own "prterun detected
+    that one or more processes exited with non-zero status" block: say here that the code is ours."""
+    line = f"exit {code}: {meaning}"
+    if code:
+        line += (" (mpi_infer's own exit code; under mpirun, Open MPI's 'prterun detected ... non-zero status' "
+                 "note after this line only repeats it: it is not a crash)")
+    return line
+
+
+def problem_lines(records: list[Mapping[str, Any]], limit: int = 10) -> list[str]:
+    """The failed images, with their reasons, for the console (the first ``limit``; per_image.csv has all)."""
+    failed = sorted((r for r in records if r.get("status") == "failed"), key=lambda r: r["index"])
+    if not failed:
+        return []
+    lines = [f"failed: {len(failed)} image(s)"]
+    for r in failed[:limit]:
+        where = ";".join(r.get("location", "")) if isinstance(r.get("location"), list) else r.get("location", "")
+        lines.append(f"  #{r['index']} {clip(str(where), 120)}: {clip(str(r.get('error', '')), 200)}")
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more (per_image.csv, status 'failed')")
+    return lines
+
+
+def _classification_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
     topk = "top-2" if summary["metrics"].get("top_k_accuracy", {}).get("2") is not None else None
     rows = [("split", "selected", "scored", "unscored", "failed", "accuracy", "balanced acc", "macro F1",
              *([topk] if topk else []))]
@@ -204,4 +231,4 @@ def _classification_table(summary: Mapping[str, Any]) -> str:
             f"{summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}")
-    return _render(rows, head, summary)
+    return _render(rows, head, summary, notes)

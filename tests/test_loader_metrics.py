@@ -224,3 +224,71 @@ def test_onnx_engine_refuses_logits_and_wrong_shapes_naming_the_option(tmp_path)
         OnnxEngine(model(tmp_path / "three.onnx", 3, True), prof, threads=1)
     with pytest.raises(ModelError, match="height is 64, but profile"):
         OnnxEngine(model(tmp_path / "big.onnx", 1, True, size=64), prof, threads=1)
+
+
+def test_normalisation_multiplies_by_the_float32_reciprocal_of_255():
+    """What the docs say is done: x * float32(1/255) (EDDL's Tensor::div_(255) is mult_(1.0f / 255)), which
+    differs from a true float32 division on 126 of the 256 values, by one unit in the last place."""
+    from mpi_infer.loader import normalise
+
+    values = np.arange(256, dtype=np.float32).reshape(1, 1, 16, 16).repeat(3, axis=1)
+    got = normalise(values.copy(), get_profile("segnet-192"))
+    assert np.array_equal(got, values * np.float32(1.0 / 255.0))
+    assert np.count_nonzero(got[0, 0] != values[0, 0] / np.float32(255.0)) == 126
+
+
+def mask16(path, value) -> str:
+    m = np.zeros((40, 60), np.uint16)
+    m[10:30, 15:45] = value
+    return png(path, m)
+
+
+def test_a_16_bit_mask_holding_0_255_is_refused_not_scored_as_empty(tmp_path):
+    img = png(tmp_path / "i.png", np.full((40, 60, 3), 120, np.uint8))
+    loaded = load_item(item(img, mask16(tmp_path / "m.png", 255)), PROFILE)
+    assert loaded.status == "failed" and loaded.mask is None
+    assert "16-bit with values 0..255" in loaded.notes[-1] and "empty mask" in loaded.notes[-1]
+    full = load_item(item(img, mask16(tmp_path / "m65535.png", 65535)), PROFILE)  # 0/65535: 0/255 after / 256
+    assert full.status == "converted" and set(np.unique(full.mask)) == {0, 255}
+    assert "16-bit; converted to 8-bit as ECVL does (value / 256)" in full.notes[0]
+
+
+def exif_jpeg(path, array, orientation: int) -> str:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, quality=95, exif=exif)
+    return str(path)
+
+
+def test_an_exif_rotated_jpeg_whose_mask_is_in_stored_orientation_says_why(tmp_path):
+    """OpenCV's imread (so ECVL's reader) applies the EXIF rotation: the image decodes 40x60 from a stored 60x40."""
+    img = exif_jpeg(tmp_path / "i.jpg", np.full((40, 60, 3), 120, np.uint8), 6)
+    stored = png(tmp_path / "m.png", np.zeros((40, 60), np.uint8))  # 60 wide, 40 high: as stored
+    loaded = load_item(item(img, stored), PROFILE)
+    assert loaded.status == "failed" and loaded.original_hw == (60, 40)
+    assert "after its EXIF Orientation 6 (rotated 90° clockwise) was applied" in loaded.notes[-1]
+    assert "matches the image as stored (60x40)" in loaded.notes[-1]
+    upright = png(tmp_path / "m2.png", np.zeros((60, 40), np.uint8))
+    assert load_item(item(img, upright), PROFILE).status == "ok"
+
+
+def test_the_ecvl_loaders_precheck_sees_the_exif_rotation_too(tmp_path):
+    from mpi_infer.ecvl_loader import precheck
+    from mpi_infer.loader import ImageFault
+
+    img = exif_jpeg(tmp_path / "i.jpg", np.full((40, 60, 3), 120, np.uint8), 8)
+    with pytest.raises(ImageFault, match="EXIF Orientation 8"):
+        precheck(item(img, png(tmp_path / "m.png", np.zeros((40, 60), np.uint8))))
+    assert precheck(item(img, png(tmp_path / "m2.png", np.zeros((60, 40), np.uint8)))) == []
+    with pytest.raises(ImageFault, match="16-bit with values 0..255"):
+        precheck(item(img, mask16(tmp_path / "m3.png", 255)))  # found before the size check
+
+
+def test_mean_dice_does_not_depend_on_the_order_records_arrive_in():
+    rng = np.random.default_rng(3)
+    records = [{"status": "ok", "iou": float(v), "dice": float(d), "tp": 1, "fp": 0, "fn": 0, "split": "test"}
+               for v, d in rng.random((1000, 2))]
+    forward, backward = aggregate(records)["metrics"], aggregate(records[::-1])["metrics"]
+    assert forward["mean_dice"] == backward["mean_dice"] and forward["mean_iou"] == backward["mean_iou"]

@@ -106,6 +106,16 @@ def rows(out: str) -> dict[int, dict[str, str]]:
         return {int(r["index"]): r for r in csv.DictReader(fh)}
 
 
+def run_matches(dataset: str, model: str, out: str, want: dict, *flags: str) -> dict:
+    """Run the model at N=2 over every split; each image's Dice must equal ``want``'s; returns summary.json."""
+    proc = mpirun(2, "run", "--dataset", dataset, "--model", model, "--out", out, "--split", "all", *flags)
+    assert proc.returncode == 0, proc.stderr
+    for i, r in rows(out).items():
+        assert abs(float(r["dice"]) - want[i][1]) <= 1e-6
+    with open(os.path.join(out, "summary.json")) as fh:
+        return json.load(fh)
+
+
 LOADERS = ["opencv", "ecvl"] if pyecvl_available() else ["opencv"]
 CASES = {  # name: (channels, final node in the graph, flags, activation, foreground channel)
     "logits": (1, None, ["--activation", "sigmoid"], sigmoid, 0),
@@ -138,7 +148,8 @@ def test_outputs_score_as_computed_from_the_raw_output(case, synth_small, tmp_pa
         s = json.load(fh)
     expected_activation = flags[flags.index("--activation") + 1] if "--activation" in flags else "none"
     assert s["output"] == {"activation": expected_activation,
-                           "class": int(flags[flags.index("--class") + 1]) if "--class" in flags else None}
+                           "class": int(flags[flags.index("--class") + 1]) if "--class" in flags else None,
+                           "name": "output" if final else "logits"}  # the tensor scored, recorded
 
 
 @pytest.mark.parametrize("case,flags,needle", [
@@ -167,14 +178,8 @@ def test_training_mode_export_runs_with_inference_semantics(synth_small, tmp_pat
     raw_model = write_model(str(tmp_path / "raw.onnx"), 2)
     bn = tuple(np.array(v).reshape(1, 2, 1, 1) for v in ((2.0, 2.0), (0.25, 0.25), (0.1, 0.1), (4.0, 4.0)))
     want = expected_scores(synth_small, raw_model, softmax, 1, bn=bn)
-    out = str(tmp_path / "o")
-    proc = mpirun(2, "run", "--dataset", synth_small, "--model", model, "--out", out, "--split", "all",
-                  "--activation", "softmax")
-    assert proc.returncode == 0, proc.stderr
-    for i, r in rows(out).items():
-        assert abs(float(r["dice"]) - want[i][1]) <= 1e-6
-    with open(os.path.join(out, "summary.json")) as fh:
-        changes = json.load(fh)["backend"]["graph_changes"]
+    changes = run_matches(synth_small, model, str(tmp_path / "o"), want, "--activation", "softmax")["backend"][
+        "graph_changes"]
     assert changes == ["BatchNormalization 'bn': training mode -> running statistics",
                        "Dropout 'drop': training mode -> identity"]
 
@@ -192,3 +197,133 @@ def test_fixed_spatial_size_that_differs_from_the_profile_is_refused(synth_small
     model = write_model(str(tmp_path / "fixed.onnx"), 1, final="Sigmoid", spatial=(224, 224))
     proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"))
     assert proc.returncode == 11 and "height is 224, but profile segnet-192 resizes to 192" in proc.stderr
+
+
+def save(graph_nodes, inputs, outputs, inits, path, opset=15) -> str:
+    model = helper.make_model(helper.make_graph(graph_nodes, "m", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def conv_inits(channels: int) -> list:
+    w, b = class_logits(channels)
+    return [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+
+
+NCHW = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "H", "W"])
+
+
+def test_a_multi_output_model_is_refused_until_output_names_the_tensor(synth_small, tmp_path):
+    """Deep-supervision style: 'aux' (logits) first, 'prob' (sigmoid) second: never scored silently on the first."""
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["aux"]), helper.make_node("Sigmoid", ["aux"], ["prob"])]
+    model = save(nodes,
+                 [NCHW], [helper.make_tensor_value_info("aux", TensorProto.FLOAT, None),
+                          helper.make_tensor_value_info("prob", TensorProto.FLOAT, None)],
+                 conv_inits(1), str(tmp_path / "two.onnx"))
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 11 and "has 2 outputs ('aux'" in proc.stderr and "--output NAME" in proc.stderr
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"),
+                  "--output", "nope")
+    assert proc.returncode == 11 and "--output 'nope' is not an output" in proc.stderr
+    want = expected_scores(synth_small, write_model(str(tmp_path / "one.onnx"), 1), sigmoid, 0)
+    s = run_matches(synth_small, model, str(tmp_path / "o"), want, "--output", "prob")
+    assert s["output"]["name"] == "prob" and s["backend"]["output_name"] == "prob"
+
+
+def test_dropout_fed_its_training_mode_by_a_constant_node_runs_with_inference_semantics(synth_small, tmp_path):
+    """torch 2.x's exporter feeds Dropout's training_mode from a Constant node, not an initialiser."""
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["logits"]),
+             helper.make_node("Constant", [], ["ratio"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
+             helper.make_node("Constant", [], ["train"], value=numpy_helper.from_array(np.array(True))),
+             helper.make_node("Dropout", ["logits", "ratio", "train"], ["dropped", "mask"], name="drop"),
+             helper.make_node("Sigmoid", ["dropped"], ["output"])]
+    model = save(nodes, [NCHW], [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], conv_inits(1),
+                 str(tmp_path / "drop.onnx"), opset=17)
+    want = expected_scores(synth_small, write_model(str(tmp_path / "one.onnx"), 1), sigmoid, 0)
+    s = run_matches(synth_small, model, str(tmp_path / "o"), want)
+    assert s["backend"]["graph_changes"] == ["Dropout 'drop': training mode -> identity"]
+
+
+def test_external_data_weights_are_part_of_the_model_identity(synth_small, tmp_path):
+    """torch's new exporter writes <name>.onnx.data: swapping it must change model_sha256 and stop --resume."""
+    from mpi_infer.modelfile import file_sha256, model_sha256
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model = onnx.load(write_model(str(tmp_path / "plain.onnx"), 1, final="Sigmoid"))
+    path = str(folder / "ext.onnx")
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    before = model_sha256(path)
+    assert before != file_sha256(path)
+    out = str(tmp_path / "o")
+    args = ["run", "--dataset", synth_small, "--model", path, "--out", out, "--resume"]
+    assert mpirun(2, *args).returncode == 0
+    data = folder / "ext.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 0x40  # other weights, same file names
+    data.write_bytes(bytes(raw))
+    assert model_sha256(path) != before and file_sha256(path) == file_sha256(path)
+    proc = mpirun(2, *args)
+    assert proc.returncode == 12 and "different model_sha256" in proc.stderr
+    data.unlink()
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", path, "--out", str(tmp_path / "o2"))
+    assert proc.returncode == 11 and "external data file 'ext.onnx.data' is missing" in proc.stderr
+
+
+def test_nhwc_input_is_refused_saying_channels_last(synth_small, tmp_path):
+    nhwc = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 192, 192, 3])
+    model = save([helper.make_node("Transpose", ["input"], ["x"], perm=[0, 3, 1, 2]),
+                  helper.make_node("Conv", ["x", "w", "b"], ["l"]), helper.make_node("Sigmoid", ["l"], ["output"])],
+                 [nhwc], [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], conv_inits(1),
+                 str(tmp_path / "nhwc.onnx"))
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 11 and "channels last (NHWC)" in proc.stderr and "takes 192 channels" not in proc.stderr
+
+
+def test_a_float16_model_is_fed_float16_and_scored(synth_small, tmp_path):
+    w, b = class_logits(1)
+    half = helper.make_tensor_value_info("input", TensorProto.FLOAT16, ["batch", 3, "H", "W"])
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["l"]), helper.make_node("Sigmoid", ["l"], ["output"])]
+    model = save(nodes, [half], [helper.make_tensor_value_info("output", TensorProto.FLOAT16, None)],
+                 [numpy_helper.from_array(w.astype(np.float16), "w"),
+                  numpy_helper.from_array(b.astype(np.float16), "b")],
+                 str(tmp_path / "half.onnx"))
+    out = str(tmp_path / "o")
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", out, "--split", "all")
+    assert proc.returncode == 0, proc.stderr
+    want = expected_scores(synth_small, write_model(str(tmp_path / "one.onnx"), 1), sigmoid, 0)
+    got = rows(out)
+    assert np.mean([abs(float(got[i]["dice"]) - want[i][1]) for i in got]) < 0.01  # float16 arithmetic
+    with open(os.path.join(out, "summary.json")) as fh:
+        assert json.load(fh)["backend"]["input_type"] == "float16"
+
+
+def test_a_unet_like_model_at_a_size_it_cannot_take_gets_a_hint(synth_small, tmp_path):
+    """Pool twice, upsample, concat with the skip: at 90x90 the pooled path comes back 44 wide against 45."""
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    roi = numpy_helper.from_array(np.zeros(0, np.float32), "roi")
+    nodes = [helper.make_node("MaxPool", ["input"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("MaxPool", ["p1"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Resize", ["p2", "roi", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Concat", ["u", "p1"], ["c"], axis=1),
+             helper.make_node("ReduceMean", ["c"], ["r"], axes=[1], keepdims=1),
+             helper.make_node("Sigmoid", ["r"], ["output"])]
+    model = save(nodes, [NCHW], [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], [scales, roi],
+                 str(tmp_path / "unet.onnx"), opset=13)
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"),
+                  "--size", "90", "90")
+    assert proc.returncode == 11, proc.stderr
+    assert "not divisible by 32" in proc.stderr and "multiples of 32" in proc.stderr
+
+
+def test_sigmoid_on_a_two_channel_output_warns(synth_small, tmp_path):
+    model = write_model(str(tmp_path / "two.onnx"), 2)
+    out = str(tmp_path / "o")
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", model, "--out", out, "--activation", "sigmoid")
+    assert proc.returncode == 0, proc.stderr
+    assert "usually meant for --activation softmax" in proc.stderr
+    with open(os.path.join(out, "summary.json")) as fh:
+        assert any("usually meant for --activation softmax" in w for w in json.load(fh)["warnings"])

@@ -220,3 +220,27 @@ def test_a_failure_before_inference_leaves_a_fresh_out_folder_reusable(synth_sma
     assert os.listdir(out) == []  # the user's empty folder stays, empty
     proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", out)  # fixed: just works
     assert proc.returncode == 0, proc.stderr
+
+
+RESUME_PROFILES = {  # every preset a segmentation run can use, and a custom mean/std (issue 20: always exit 12)
+    "segnet-192": ["--model", "demo"],
+    "unet-224": ["--model", "demo", "--profile", "unet-224"],
+    "cpp-512": ["--model", "demo", "--profile", "cpp-512"],
+    "custom-mean-std": ["--model", "demo-onnx", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"],
+}
+
+
+@pytest.mark.parametrize("name", list(RESUME_PROFILES))
+def test_resume_of_the_same_command_continues_with_every_profile(name, synth_small, tmp_path):
+    """The same command twice with --resume (what every MPIJob retry does): the second run reuses every record."""
+    out = str(tmp_path / "o")
+    args = ["run", "--dataset", synth_small, "--out", out, "--split", "all", *RESUME_PROFILES[name], "--resume"]
+    first = mpirun(2, *args)
+    assert first.returncode == 0, first.stderr
+    again = mpirun(3, *args)
+    assert again.returncode == 0, again.stderr
+    s = summary(out)
+    assert s["attempt"] == 1 and s["resumed_images"] == 13 and s["timings"]["images_this_attempt"] == 0
+    with open(os.path.join(out, "run.json")) as fh:
+        recorded = json.load(fh)["profile"]
+    assert recorded == s["profile"] and (recorded["mean"] is None) == (name == "segnet-192")

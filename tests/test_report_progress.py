@@ -73,14 +73,31 @@ def test_overlay_draws_both_contours(tmp_path):
     pred[40:90, 70:140] = 255
     for name, arr in (("i.png", img), ("g.png", gt), ("p.png", pred)):
         cv2.imwrite(str(tmp_path / name), arr)
-    tile = overlay(str(tmp_path / "i.png"), str(tmp_path / "g.png"), str(tmp_path / "p.png"))
-    assert tile.shape[1] == 220
+    tile, empty_gt = overlay(str(tmp_path / "i.png"), str(tmp_path / "g.png"), str(tmp_path / "p.png"))
+    assert tile.shape[1] == 220 and not empty_gt
     green = np.all(tile == GT_COLOUR, axis=2)
     magenta = np.all(tile == PRED_COLOUR, axis=2)
     assert green.sum() > 50 and magenta.sum() > 50
     ys, xs = np.nonzero(green)
     scale = 220 / 150
     assert 20 * scale - 3 <= ys.min() and ys.max() <= 60 * scale + 3  # on the mask's border, not elsewhere
+    cv2.imwrite(str(tmp_path / "e.png"), np.zeros_like(gt))
+    assert overlay(str(tmp_path / "i.png"), str(tmp_path / "e.png"), None)[1] is True  # the tile says why
+
+
+def test_thumbnail_of_a_large_jpeg_is_decoded_small_and_upright(tmp_path):
+    from PIL import Image
+
+    from mpi_infer.report import thumbnail_rgb
+
+    rng = np.random.default_rng(1)
+    big = cv2.GaussianBlur(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8), (0, 0), 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees clockwise for display
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=90, exif=exif)
+    thumb = thumbnail_rgb(str(tmp_path / "big.jpg"))
+    assert thumb is not None and max(thumb.shape[:2]) <= 1000  # DCT-scaled, never the full 12 MP
+    assert thumb.shape[0] > thumb.shape[1]  # the EXIF rotation applied, as OpenCV's imread applies it
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +159,48 @@ def test_report_opens_in_headless_chromium(reported_run, tmp_path):
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
     assert "Content Security Policy" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def troubled_run(synth_small, tmp_path_factory):
+    """Two good images, one missing, one grey (converted), one whose ground truth is empty; no split (a warning)."""
+    base = os.path.dirname(synth_small)
+    folder = tmp_path_factory.mktemp("troubled")
+    grey = cv2.cvtColor(cv2.imread(os.path.join(base, "images_segmentation", "SYN_007000001.jpg")),
+                        cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(folder / "grey.png"), grey)
+    cv2.imwrite(str(folder / "empty.png"), np.zeros(grey.shape, np.uint8))
+    gt = os.path.join(base, "ground_truth", "SYN_007000001_segmentation.png")
+    entries = [(os.path.join(base, "images_segmentation", "SYN_007000000.jpg"),
+                os.path.join(base, "ground_truth", "SYN_007000000_segmentation.png")),
+               (str(folder / "missing.jpg"), gt), (str(folder / "grey.png"), gt),
+               (os.path.join(base, "images_segmentation", "SYN_007000001.jpg"), str(folder / "empty.png"))]
+    (folder / "d.yml").write_text("name: troubled\nimages:\n" + "".join(
+        f"  - location: {img}\n    label: {mask}\n" for img, mask in entries))
+    out = str(folder / "out")
+    proc = mpirun(2, "run", "--dataset", str(folder / "d.yml"), "--model", "demo-onnx", "--out", out, "--split",
+                  "all", "--report")
+    assert proc.returncode == 3, proc.stderr
+    return proc, out
+
+
+def test_console_lists_failed_images_counts_converted_and_owns_the_exit_code(troubled_run):
+    proc, _ = troubled_run
+    lines = proc.stdout.splitlines()
+    assert "failed: 1 image(s)" in lines
+    assert any(line.startswith("  #1 ") and "missing.jpg" in line and "not found" in line for line in lines)
+    assert "1 image(s) scored after a conversion" in proc.stdout
+    assert lines[-1].startswith("exit 3: ") and "mpi_infer's own exit code" in lines[-1]
+    assert "prterun detected" in proc.stderr or "prterun" not in proc.stdout  # Open MPI's note comes after ours
+
+
+def test_report_shows_conversions_warnings_and_empty_ground_truth(troubled_run):
+    _, out = troubled_run
+    with open(os.path.join(out, "report.html")) as fh:
+        page = fh.read()
+    assert "Converted images (1)" in page and "image is grey; replicated to RGB" in page
+    assert "Warnings (1)" in page and "no &#x27;split&#x27; mapping" in page
+    assert "Failed images (1)" in page
+    assert "None" not in page.split("<h1>")[1].split("<figure")[0]  # the table and the run's facts
+    figs = figures(out)
+    assert {"worst", "histograms"} <= set(figs)

@@ -30,8 +30,8 @@ from ..modelfile import model_format
 LOADERS = ("auto", "ecvl", "opencv")
 ENGINES = ("auto", "onnx", "eddl")
 BACKENDS = {"onnx": ("opencv", "onnx"), "ecvl": ("ecvl", "eddl")}  # --backend shorthand
-NO_PYECVL = "pyecvl is not installed (it needs the ECVL C++ library: the DeepHealth image, or ../shared/deephealth)"
-NO_PYEDDL = "pyeddl is not installed (it needs the EDDL C++ library: the DeepHealth image, or ../shared/deephealth)"
+NO_PYECVL = "pyecvl is not installed (it needs the ECVL C++ library: a DeepHealth image, or your own install)"
+NO_PYEDDL = "pyeddl is not installed (it needs the EDDL C++ library: a DeepHealth image, or your own install)"
 
 
 class Engine(Protocol):
@@ -82,7 +82,7 @@ def pyeddl_available() -> bool:
 
 
 def ecvl_available() -> bool:
-    """Both DeepHealth libraries import (the DeepHealth image, or a venv the build kit installed into)."""
+    """Both DeepHealth libraries import (a DeepHealth image, or the user's own install)."""
     return pyecvl_available() and pyeddl_available()
 
 
@@ -128,7 +128,7 @@ def choose_stack(loader: str = "auto", engine: str = "auto", backend: str | None
 
 
 def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                arch: str | None = None, eddl_mem: str = "full_mem", head=None) -> Engine:
+                arch: str | None = None, eddl_mem: str = "full_mem", head=None, output: str | None = None) -> Engine:
     """Load the model once for this rank: ONNX for ``onnx``; .bin or .onnx for ``eddl``.
 
     Under ``--engine auto``, an ONNX file that ONNX Runtime cannot load goes to EDDL's importer where
@@ -138,7 +138,8 @@ def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bo
         from .onnx import OnnxEngine, OnnxLoadError
 
         try:
-            return OnnxEngine(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, head=head)
+            return OnnxEngine(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, head=head,
+                              output=output)
         except OnnxLoadError:
             if not (stack.engine_why.startswith("auto") and pyeddl_available()):
                 raise
@@ -152,6 +153,9 @@ def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bo
     if kind == "eddl":
         from .eddl import EddlEngine
 
+        if output is not None:
+            raise ConfigError(f"--output {output}: picking an output tensor is for the ONNX Runtime engine; "
+                              f"EDDL's engine scores the network's single output layer")
         return EddlEngine(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, arch=arch,
                           visible_gpus=visible_gpus(), mem=eddl_mem, head=head)
     raise ConfigError(f"unknown engine {kind!r}")

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import ModelError
-from ..model_output import OutputSpec, check_probabilities, foreground, softmax
+from ..model_output import OutputSpec, check_probabilities, foreground, foreground_channel, softmax
 from ..profiles import Profile
 
 
@@ -42,6 +42,7 @@ class SegmentationHead:
     def __init__(self, spec: OutputSpec, profile: Profile):
         self.spec, self.profile = spec, profile
         self.source = "model"
+        self.warnings: list[str] = []
 
     def check(self, raw: np.ndarray, source: str) -> None:
         self.source = source
@@ -51,7 +52,13 @@ class SegmentationHead:
             raise ModelError(f"{source} has shape {list(raw.shape)} for two images; expected [N, C, {h}, {w}] "
                              f"(segmentation at the network's input size)")
         probe = foreground(raw, self.spec, source)
-        check_probabilities(probe, raw.shape[1] if raw.ndim == 4 else 1, self.spec, source)
+        channels = raw.shape[1] if raw.ndim == 4 else 1
+        check_probabilities(probe, channels, self.spec, source)
+        if self.spec.activation == "sigmoid" and channels == 2:
+            k = foreground_channel(2, self.spec, source)
+            self.warnings.append(
+                f"--activation sigmoid on {source}, which has 2 channels: a 2-class (softmax-style) output is "
+                f"usually meant for --activation softmax; sigmoid scores channel {k} alone and ignores the other")
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         return foreground(raw, self.spec, self.source)

@@ -16,6 +16,21 @@ def first_line(exc: BaseException, cap: int = 300) -> str:
     return text if len(text) <= cap else text[:cap] + "..."
 
 
+FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def size_hint(profile: Profile, shape: list) -> str:
+    """Why a network with free spatial axes can fail on the probe: encoder-decoders need sizes divisible by
+    their total stride (UNets: 16 or 32), or their skip connections' Concat does not line up."""
+    free = not (isinstance(shape[2], int) and isinstance(shape[3], int))
+    odd = [d for d in (32, 16, 8) if profile.height % d or profile.width % d]
+    if not free or not odd:
+        return ""
+    return (f" (the model's spatial axes are free and the profile's {profile.height}x{profile.width} is not "
+            f"divisible by {odd[0]}: encoder-decoder networks such as UNets need sizes divisible by their total "
+            f"stride, often 16 or 32; try --size with multiples of 32)")
+
+
 class OnnxLoadError(ModelError):
     """ONNX Runtime cannot load the file at all (``auto`` may then try EDDL's importer)."""
 
@@ -24,10 +39,11 @@ class OnnxEngine:
     name = "onnx"
 
     def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                 head: Head | None = None):
+                 head: Head | None = None, output: str | None = None):
         import onnxruntime as ort
 
         self.path = path
+        self.requested_output = output
         self.head = head or SegmentationHead(OutputSpec(), profile)
         self.threads = max(1, int(threads))
         opts = ort.SessionOptions()
@@ -75,13 +91,15 @@ class OnnxEngine:
 
     def _check(self, profile: Profile) -> None:
         inputs = self.session.get_inputs()
-        outputs = self.session.get_outputs()
         if len(inputs) != 1:
             raise ModelError(f"{self.path}: expected one input, the model has {len(inputs)}")
         shape = inputs[0].shape
         if len(shape) != 4:
             raise ModelError(f"{self.path}: input '{inputs[0].name}' has shape {shape}, expected [N, C, H, W]")
         channels, h, w = shape[1], shape[2], shape[3]
+        if shape[3] == 3 and channels != 3:
+            raise ModelError(f"{self.path}: input '{inputs[0].name}' has shape {shape}: channels last (NHWC); "
+                             f"mpi_infer feeds [N, 3, H, W] (NCHW) as ECVL does: export the model channels-first")
         if isinstance(channels, int) and channels != 3:
             raise ModelError(f"{self.path}: input '{inputs[0].name}' takes {channels} channels, "
                              f"the profile gives 3 (RGB)")
@@ -93,14 +111,37 @@ class OnnxEngine:
         if isinstance(shape[0], int) and shape[0] != 1:
             raise ModelError(f"{self.path}: input batch dimension is fixed at {shape[0]}; export the model "
                              f"with a dynamic batch axis")
+        if inputs[0].type not in FLOAT_INPUTS:
+            raise ModelError(f"{self.path}: input '{inputs[0].name}' is {inputs[0].type}; mpi_infer feeds "
+                             f"float32 (float16 models are fed float16): re-export with a float input")
         self.input_name = inputs[0].name
-        self.output_name = outputs[0].name
+        self.input_dtype = FLOAT_INPUTS[inputs[0].type]
+        self.output_name = self._pick_output()
         self.fixed_batch = isinstance(shape[0], int)
-        self.head.check(self.raw(probe_batch(profile)), f"{self.path}: output '{self.output_name}'")
+        try:
+            self.head.check(self.raw(probe_batch(profile)), f"{self.path}: output '{self.output_name}'")
+        except ModelError as exc:
+            raise ModelError(f"{exc}{size_hint(profile, shape)}") from None
+
+    def _pick_output(self) -> str:
+        """The one output to score: --output NAME, or the only one; several without --output are refused."""
+        outputs = self.session.get_outputs()
+        names = [o.name for o in outputs]
+        listing = ", ".join(f"'{o.name}' {o.shape}" for o in outputs)
+        if self.requested_output is not None:
+            if self.requested_output not in names:
+                raise ModelError(f"{self.path}: --output {self.requested_output!r} is not an output of the model; "
+                                 f"its outputs: {listing}")
+            return self.requested_output
+        if len(outputs) > 1:
+            raise ModelError(f"{self.path}: the model has {len(outputs)} outputs ({listing}); say which one to "
+                             f"score with --output NAME")
+        return names[0]
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         try:
-            return self.session.run([self.output_name], {self.input_name: x})[0]
+            out = self.session.run([self.output_name], {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
+            return out if out.dtype == np.float32 else out.astype(np.float32)
         except Exception as exc:
             raise ModelError(f"{self.path}: inference failed: {first_line(exc)}") from exc
 
@@ -114,4 +155,5 @@ class OnnxEngine:
 
     def describe(self) -> dict:
         return {"engine": self.name, "providers": self.providers, "threads": self.threads,
-                "gpu_requested": self.gpu_requested, "graph_changes": self.graph_notes}
+                "gpu_requested": self.gpu_requested, "graph_changes": self.graph_notes,
+                "output_name": self.output_name, "input_type": str(np.dtype(self.input_dtype))}
