@@ -17,7 +17,7 @@ from .argtypes import (
     nonempty,
     split_names,
 )
-from .errors import EXIT_CODES, EXIT_OK, ConfigError, MpiInferError, clip
+from .errors import EXIT_CODES, EXIT_OK, EXIT_USAGE, ConfigError, MpiInferError, clip
 
 DEMO_MODELS = {"demo": ("demo_segnet", "bin"), "demo-bin": ("demo_segnet", "bin"),
                "demo-onnx": ("demo_segnet", "onnx"), "demo-classifier": ("demo_lenet", "bin"),
@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-masks", action="store_true", help="write predicted masks (0/255 PNG, original size)")
     run.add_argument("--dry-run", action="store_true", help="print the plan; load no model, write nothing")
     run.add_argument("--balance", action="store_true", help="shard sizes differ by at most one per split")
+    run.add_argument("--shard-by", choices=("bytes", "images"), default="bytes",
+                     help="bytes (default): each split's shards carry equal file bytes, so large images spread "
+                          "over the ranks; images: equal counts, the last shard taking the remainder (upstream)")
     run.add_argument("--schedule", choices=("static", "dynamic"), default="static",
                      help="dynamic: rank 0 hands out chunks pull-style (absorbs slow ranks)")
     run.add_argument("--chunk-size", type=int_range(1, 1 << 30), default=0,
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out")
     synth.add_argument("--n", type=int_range(1, 1_000_000), default=64)
     synth.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
+    synth.add_argument("--preset", choices=("small", "isic"), default="small",
+                       help="small: 150-320 px images (tests, demo); isic: ISIC-sized photographs, 0.8-30 MP")
     synth.add_argument("--task", choices=("segmentation", "classification"), default="segmentation",
                        help="lesion masks, or three lesion classes (nevus, melanoma, keratosis)")
 
@@ -185,6 +190,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
             output=args.output,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
+            shard_by=args.shard_by,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
             schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
@@ -197,7 +203,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .synth import SynthSpec, make_classification_dataset, make_dataset
 
         make = make_classification_dataset if args.task == "classification" else make_dataset
-        path = make(args.out, SynthSpec(n=args.n, seed=args.seed))
+        if args.preset != "small" and args.task == "classification":
+            print("mpi_infer: error: --preset isic makes a segmentation set", file=sys.stderr)
+            return EXIT_USAGE
+        path = make(args.out, SynthSpec(n=args.n, seed=args.seed, preset=args.preset))
         print(f"wrote {args.n} images and {path}")
         return EXIT_OK
     if args.command == "convert":

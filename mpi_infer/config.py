@@ -28,6 +28,7 @@ class RunConfig:
     save_masks: bool = False
     dry_run: bool = False
     balance: bool = False
+    shard_by: str = "bytes"  # bytes: balance each split's shards by file bytes; images: by count (upstream rule)
     allow_overlap: bool = False
     resume: bool = False
     overwrite: bool = False

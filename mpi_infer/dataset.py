@@ -14,6 +14,7 @@ Deliberate differences from ECVL, each the intended behaviour rather than ECVL's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -130,6 +131,16 @@ class Dataset:
             locs = entry if isinstance(entry, list) else [entry]
             label, label_path, values = None, None, {}
         return Sample(index, tuple(self.resolve(_scalar(x)) for x in locs), label, label_path, values)
+
+    def file_bytes(self, index: int) -> int:
+        """Bytes of image ``index``'s files (planes and mask): the cost the planner balances, known without
+        decoding. A file that cannot be stat'ed costs 0 (it will fail fast)."""
+        s = self.sample(index)
+        total = 0
+        for path in (*s.locations, *([s.label_path] if s.label_path else [])):
+            with contextlib.suppress(OSError, ValueError):
+                total += os.stat(path).st_size
+        return total
 
     def _label(self, raw: Any) -> tuple[tuple[int, ...] | None, str | None]:
         if raw is None:

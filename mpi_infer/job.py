@@ -192,7 +192,16 @@ def _fail_together(comm: Any, error: tuple[int, str, int] | None) -> int | None:
     return errors[0][2]
 
 
+# Open MPI's libfabric (ofi) BTL probes every provider at MPI_Init: about 1 s here, on every run, for a transport
+# Open MPI 5 uses only for one-sided operations, which mpi_infer never makes (point-to-point and collectives go
+# through ob1's sm/tcp BTLs, or the ucx/cm PMLs on fast fabrics, which this leaves alone). A user's own
+# OMPI_MCA_btl wins.
+MPI_DEFAULTS = {"OMPI_MCA_btl": "^ofi"}
+
+
 def run_job(cfg: RunConfig) -> int:
+    for key, value in MPI_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -335,6 +344,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "wall_s": round(timings.total_s, 4), "predict_s": round(timings.predict_s, 4),
              "wait_s": round(timings.wait_s, 4), "score_s": round(timings.score_s, 4),
+             "decode_s": round(timings.decode_s, 4), "preprocess_s": round(timings.preprocess_s, 4),
+             "loader_threads": loader_threads,
              "progress_s": round(channel.cost_s, 5), "progress_messages": channel.messages}
     log(rank, f"done: {timings.images} image(s) in {timings.total_s:.2f} s "
               f"(predict {timings.predict_s:.2f} s, waiting for images {timings.wait_s:.2f} s)", verbose=True)
@@ -361,8 +372,8 @@ def print_plan(prepared: Any, received: list[int], scatter_s: float, dynamic: bo
         print(f"plan: {prepared.selected} image(s), dynamic schedule: rank 0 hands out chunks to "
               f"{len(received)} rank(s); splits {', '.join(prepared.splits)}")
     else:
-        print(f"plan: {prepared.selected} image(s) in {len(prepared.shard_sizes)} shard(s), "
-              f"splits {', '.join(prepared.splits)}")
+        print(f"plan: {prepared.selected} image(s) in {len(prepared.shard_sizes)} shard(s) by "
+              f"{prepared.sharding}, splits {', '.join(prepared.splits)}")
         for row, got in zip(prepared.shard_sizes, received):
             per = ", ".join(f"{k} {v}" for k, v in row["per_split"].items())
             check = "" if got == row["images"] else f"  (received {got}!)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,6 +59,8 @@ class Loaded:
     original_hw: tuple[int, int] | None = None
     status: str = "ok"  # ok | converted | unscored | failed
     notes: list[str] = field(default_factory=list)
+    decode_s: float = 0.0  # CPU seconds reading and decoding the files (in a loader thread)
+    preprocess_s: float = 0.0  # CPU seconds resizing and checking
 
 
 MAX_IMAGE_BYTES = 1 << 30  # one image or mask file; larger ones are refused, not read
@@ -113,17 +116,23 @@ def conversion_notes(what: str, depth: int, alpha: bool) -> list[str]:
            ([f"{what} has an alpha channel; dropped as ECVL does"] if alpha else [])
 
 
-def read_rgb(path: str, notes: list[str]) -> np.ndarray:
-    """An image as RGB uint8; a grey image is replicated (ECVL's GRAY -> RGB)."""
+def read_image(path: str, notes: list[str]) -> np.ndarray:
+    """An image as decoded (BGR, or grey), full size; ``to_rgb`` makes it RGB once it is network-size."""
     img = decode(path, "image", notes)
     if img.ndim == 2:
         notes.append("image is grey; replicated to RGB")
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """ECVL's colour order: BGR -> RGB, grey replicated (GRAY -> RGB). The loader swaps BGR after the resize, on
+    the small image (resizing treats the three channels alike: the same pixels as swapping first), but replicates
+    grey before it (OpenCV's one-channel cubic path rounds a few upscaled pixels differently)."""
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if img.ndim == 2 else cv2.COLOR_BGR2RGB)
 
 
 def read_planes(paths: Sequence[str], notes: list[str]) -> np.ndarray:
-    """Several same-size grey planes stacked into one image (ECVL's multi-location ``Stack``)."""
+    """Several same-size grey planes stacked into one image (ECVL's multi-location ``Stack``), in RGB order."""
     planes = [decode(p, f"plane {k}", notes) for k, p in enumerate(paths)]
     if any(p.ndim != 2 for p in planes) or len(planes) != 3:
         raise ImageFault(f"multi-plane image needs 3 grey planes for an RGB model, got "
@@ -134,16 +143,21 @@ def read_planes(paths: Sequence[str], notes: list[str]) -> np.ndarray:
 
 
 def read_mask(path: str, image_hw: tuple[int, int], notes: list[str], image_path: str | None = None) -> np.ndarray:
-    """A ground-truth mask as uint8 grey, checked against the image's size and the 0/255 convention."""
+    """A ground-truth mask as decoded (grey, or BGR), full size, checked against the image's size."""
     mask = decode(path, "mask", notes)
     if png_depth(path) == 16:
         check_deep_mask(path)
+    check_mask_size((mask.shape[1], mask.shape[0]), (image_hw[1], image_hw[0]), path, image_path)
+    return mask
+
+
+def grey_mask(mask: np.ndarray, notes: list[str]) -> np.ndarray:
+    """A (resized) mask as uint8 grey: a colour mask by ECVL's 0.299R+0.587G+0.114B. Point-wise, so converting
+    after the nearest-neighbour resize gives the same pixels as converting the full-size mask."""
     if mask.ndim == 3:
         notes.append("mask is colour; converted to grey with ECVL's 0.299R+0.587G+0.114B")
         b, g, r = (mask[..., k].astype(np.float64) for k in range(3))
         mask = np.clip(np.rint(0.299 * r + 0.587 * g + 0.114 * b), 0, 255).astype(np.uint8)
-    check_mask_size((mask.shape[1], mask.shape[0]), (image_hw[1], image_hw[0]), path, image_path)
-    notes += mask_notes(mask, path)
     return mask
 
 
@@ -200,7 +214,8 @@ def check_mask_size(mask_wh: tuple[int, int], image_wh: tuple[int, int], mask_pa
 
 
 def mask_notes(mask: np.ndarray, path: str) -> list[str]:
-    """The 0/255 convention: a 0/1 label image is refused (ImageFault), other stray values noted."""
+    """The 0/255 convention, checked on the network-size mask that is scored (both loaders check the mask at that
+    size): a 0/1 label image is refused (ImageFault), other stray values noted."""
     present = np.bincount(mask.ravel(), minlength=256)
     odd = np.count_nonzero(present[1:255])
     if not odd:
@@ -213,20 +228,32 @@ def mask_notes(mask: np.ndarray, path: str) -> list[str]:
 
 
 def load_item(item: WorkItem, profile: Profile) -> Loaded:
-    """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``."""
+    """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``.
+
+    Only decoding touches full-size pixels: everything else (colour order, the mask's grey conversion and value
+    check) runs on the network-size result, so a 12-megapixel photograph costs its decode and one resize."""
     out = Loaded(item)
+    t0 = time.thread_time()  # this thread's CPU time: what the work costs, not how long it waited for a core
+    decode_s = 0.0
     try:
         if len(item.locations) == 1:
-            rgb = read_rgb(item.locations[0], out.notes)
+            img = read_image(item.locations[0], out.notes)
         else:
-            rgb = read_planes(item.locations, out.notes)
-        hw = rgb.shape[:2]
+            img = read_planes(item.locations, out.notes)
+        hw = img.shape[:2]
         out.original_hw = (int(hw[0]), int(hw[1]))
+        mask = read_mask(item.label_path, out.original_hw, out.notes, item.locations[0]) if item.label_path else None
+        decode_s = time.thread_time() - t0
         size = (profile.width, profile.height)
-        out.image = cv2.resize(rgb, size, interpolation=CV_INTERP[profile.interpolation])
-        if item.label_path:
-            mask = read_mask(item.label_path, out.original_hw, out.notes, item.locations[0])
-            out.mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        rgb = len(item.locations) > 1  # stacked planes are in RGB order already
+        if img.ndim == 2:
+            img, rgb = to_rgb(img), True
+        small = cv2.resize(img, size, interpolation=CV_INTERP[profile.interpolation])
+        del img
+        out.image = small if rgb else to_rgb(small)
+        if mask is not None:
+            out.mask = grey_mask(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST), out.notes)
+            out.notes += mask_notes(out.mask, item.label_path or "")
         labelled = item.label_path is not None or item.target is not None
         out.status = "converted" if out.notes else ("ok" if labelled else "unscored")
     except ImageFault as exc:
@@ -235,6 +262,8 @@ def load_item(item: WorkItem, profile: Profile) -> Loaded:
     except (cv2.error, ValueError, MemoryError) as exc:
         out.status, out.image, out.mask = "failed", None, None
         out.notes.append(f"cannot process image: {exc}".strip())
+    out.decode_s = decode_s or time.thread_time() - t0
+    out.preprocess_s = time.thread_time() - t0 - out.decode_s
     return out
 
 

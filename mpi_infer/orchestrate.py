@@ -66,6 +66,22 @@ class Prepared:
     task: str = "segmentation"
     classes: list[str] = field(default_factory=list)
     profile: Any = None  # the recipe every rank uses (the task's default where --profile was not given)
+    sharding: str = "images"  # how the static shards were cut: bytes | images | images (balanced) | dynamic
+
+
+COST_SHARDING_LIMIT = 200_000  # more images than this: stat'ing every file would cost more than it saves
+
+
+def shard_rule(cfg: RunConfig, shards: int, images: int) -> str:
+    """How the shards are cut: by file bytes (the default), by count (--shard-by images, --balance, or a set too
+    large to stat on rank 0), or not at all (the dynamic schedule)."""
+    if cfg.schedule == "dynamic":
+        return "dynamic"
+    if cfg.balance:
+        return "images (balanced)"
+    if cfg.shard_by == "bytes" and shards > 1 and images <= COST_SHARDING_LIMIT:
+        return "bytes"
+    return "images"
 
 
 def check_topology(topology: list[Topology], expect_hosts: int) -> None:
@@ -217,7 +233,11 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
             check_single_labels(dataset, idx)
     todo = {s: [i for i in idx if int(i) not in done] for s, idx in selected.items()} if done else selected
     # The dynamic schedule hands out chunks from one list on rank 0; the static one scatters N shards.
-    shards = plan(todo, 1 if cfg.schedule == "dynamic" else world, balance=cfg.balance)
+    shards_n = 1 if cfg.schedule == "dynamic" else world
+    sharding = shard_rule(cfg, shards_n, sum(len(v) for v in todo.values()))
+    weights = ({int(i): dataset.file_bytes(int(i)) for idx in todo.values() for i in idx}
+               if sharding == "bytes" else None)
+    shards = plan(todo, shards_n, balance=cfg.balance, weights=weights)
     run_model = cfg.model
     if model_format(cfg.model) == "bin" and engine == "onnx" and not cfg.dry_run:
         run_model = cached_onnx(cfg.model, model_sha, arch, cfg.profile.height, cfg.profile.width,
@@ -226,7 +246,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     prepared = Prepared(
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
         attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),
-        previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0,
+        previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0, sharding=sharding,
         fresh_output=fresh, arch=arch, task=dataset.task, classes=list(dataset.classes), profile=cfg.profile,
     )
     return prepared, payloads
@@ -298,6 +318,7 @@ def finish_run(
         "output": {"activation": cfg.activation, "class": cfg.cls,
                    "name": backend_info.get("output_name", cfg.output)},
         "schedule": cfg.schedule,
+        "sharding": prepared.sharding,
         "batch_size": cfg.batch_size,
         "attempt": prepared.attempt,
         "resumed_images": len(prepared.previous),

@@ -4,8 +4,11 @@ Within each split (in file order) every shard takes a contiguous run. The defaul
 DeepHealth users know from the split tool: floor(n/N) each, the last shard also takes the remainder
 (2750 ISIC images in 4 parts: 687, 687, 687, 689). ``balance=True`` spreads each split's remainder one
 image at a time, rotating across splits, so sizes differ by at most one per split and in total.
-The split tool's bugs (re-labelled splits, extra parts, dropped tails) cannot happen here: the plan
-checks itself and raises PlanError if it does not hold every selected image exactly once.
+``weights`` (a run's default: each image's file bytes, which JPEG decoding time follows) cuts each split's
+contiguous runs where the cumulative cost crosses k/N of the split's total instead, so a rank that draws the
+12-megapixel photographs does not finish last. The split tool's bugs (re-labelled splits, extra parts, dropped
+tails) cannot happen here: the plan checks itself and raises PlanError if it does not hold every selected image
+exactly once.
 """
 
 from __future__ import annotations
@@ -49,26 +52,51 @@ def split_sizes(count: int, n: int, balance: bool = False, offset: int = 0) -> l
     return sizes
 
 
-def plan(selected: Mapping[str, np.ndarray], n: int, balance: bool = False) -> list[Shard]:
-    """N shards over ``selected`` (split -> indices). N may exceed the image count (empty shards)."""
+def weighted_sizes(weights: np.ndarray, n: int) -> list[int]:
+    """Sizes of N contiguous runs whose summed weights come closest to an equal share of the total."""
+    count = len(weights)
+    cum = np.cumsum(np.asarray(weights, np.float64))
+    total = float(cum[-1]) if count else 0.0
+    if total <= 0:
+        return split_sizes(count, n)
+    prefix = np.concatenate([[0.0], cum])  # prefix[b] = weight of the first b images
+    bounds = [0]
+    for k in range(1, n):
+        target = total * k / n
+        b = int(np.searchsorted(prefix, target))  # first b with prefix[b] >= target
+        if b > 0 and target - prefix[b - 1] <= prefix[min(b, count)] - target:
+            b -= 1
+        bounds.append(min(count, max(bounds[-1], b)))
+    bounds.append(count)
+    return [bounds[k + 1] - bounds[k] for k in range(n)]
+
+
+def plan(selected: Mapping[str, np.ndarray], n: int, balance: bool = False,
+         weights: Mapping[int, float] | None = None) -> list[Shard]:
+    """N shards over ``selected`` (split -> indices). N may exceed the image count (empty shards).
+    ``weights`` (image index -> cost) balances each split's runs by cost instead of count."""
     if n < 1:
         raise ConfigError(f"number of shards must be >= 1, got {n}")
     shards = [Shard(rank) for rank in range(n)]
     offset = 0
     for split, indices in selected.items():
         indices = np.asarray(indices, dtype=np.int64)
-        sizes = split_sizes(len(indices), n, balance, offset)
+        if weights is not None:
+            sizes = weighted_sizes(np.array([weights.get(int(i), 0.0) for i in indices]), n)
+        else:
+            sizes = split_sizes(len(indices), n, balance, offset)
         offset = (offset + len(indices) % n) % n
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         for rank, shard in enumerate(shards):
             shard.parts[split] = indices[bounds[rank] : bounds[rank + 1]]
-    check_plan(selected, shards, balance)
+    check_plan(selected, shards, balance, sizes_by_rule=weights is None)
     return shards
 
 
-def check_plan(selected: Mapping[str, np.ndarray], shards: list[Shard], balance: bool) -> None:
+def check_plan(selected: Mapping[str, np.ndarray], shards: list[Shard], balance: bool,
+               sizes_by_rule: bool = True) -> None:
     """Raise PlanError unless the shards hold every selected image exactly once, in its own split,
-    with the sizes the rule promises."""
+    with the sizes the rule promises (the count rules; a cost-balanced plan is checked for coverage)."""
     n = len(shards)
     seen: list[np.ndarray] = []
     offset = 0
@@ -80,7 +108,7 @@ def check_plan(selected: Mapping[str, np.ndarray], shards: list[Shard], balance:
             raise PlanError(f"plan check failed: split '{split}' is not covered exactly once in order")
         want = split_sizes(len(indices), n, balance, offset)
         offset = (offset + len(indices) % n) % n
-        if [len(r) for r in runs] != want:
+        if sizes_by_rule and [len(r) for r in runs] != want:
             raise PlanError(f"plan check failed: split '{split}' sizes {[len(r) for r in runs]} != {want}")
         seen.append(got)
     for shard in shards:

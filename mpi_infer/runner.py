@@ -54,6 +54,8 @@ class Fault:
 @dataclass
 class RankTimings:
     wait_s: float = 0.0  # waiting for the loader
+    decode_s: float = 0.0  # loader threads' CPU seconds reading and decoding files (summed over threads)
+    preprocess_s: float = 0.0  # loader threads' CPU seconds resizing and checking (summed over threads)
     predict_s: float = 0.0
     score_s: float = 0.0
     total_s: float = 0.0
@@ -119,6 +121,9 @@ def run_items(
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait
         records = [record_for(it, rank, classification) for it in batch.items]
+        for it in batch.items:
+            timings.decode_s += it.decode_s
+            timings.preprocess_s += it.preprocess_s
         saved: list[str] = []
         if batch.x is not None and classification:
             probs = predict(batch.x)  # [N, C] class probabilities

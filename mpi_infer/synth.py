@@ -5,6 +5,10 @@ varied size, colour and contrast with a soft edge, and a few hairs; the mask is 
 0/255 PNG, the image a JPEG, like ISIC 2017 Task 1. The YAML uses the ISIC layout
 (images_segmentation/..., ground_truth/..._segmentation.png) with training/validation/test splits.
 Image i depends only on (seed, i), so sets of different sizes share their first images.
+
+``--preset isic`` makes ISIC-sized photographs instead (``isic_sample``): sizes drawn like ISIC 2018 Task 1's,
+from 1022x767 (0.8 MP) to 6688x4439 (30 MP), with skin texture at full resolution so that the JPEGs compress
+like photographs (about 0.7-1.1 bits per pixel at quality 90, not white noise), and ``*_segmentation.png`` masks.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ class SynthSpec:
     min_size: tuple[int, int] = (150, 200)  # (H, W)
     max_size: tuple[int, int] = (240, 320)
     fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)  # training, validation, test
+    preset: str = "small"  # small (150-320 px) | isic (ISIC-sized photographs)
+
+
+PRESETS = ("small", "isic")
+# (W, H) and weight: ISIC 2018 Task 1's range, most images small, a tail of 12-30 MP camera frames
+ISIC_SIZES = (((1022, 767), 0.40), ((2048, 1536), 0.15), ((3008, 2000), 0.15), ((4000, 3000), 0.15),
+              ((4288, 2848), 0.07), ((6000, 4000), 0.05), ((6688, 4439), 0.03))
 
 
 def lesion_sample(seed: int, index: int, spec: SynthSpec = SynthSpec()) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +83,24 @@ def lesion_sample(seed: int, index: int, spec: SynthSpec = SynthSpec()) -> tuple
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 
 
+def isic_sample(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One ISIC-sized (RGB uint8 image, 0/255 uint8 mask): the small lesion drawn at about 384 px, upsampled,
+    with mottling and fine skin grain added at full resolution (the mask's edge stays smooth)."""
+    rng = np.random.default_rng([seed, index, 2018])
+    sizes, weights = zip(*ISIC_SIZES)
+    w, h = sizes[int(rng.choice(len(sizes), p=np.asarray(weights) / sum(weights)))]
+    scale = 384 / max(h, w)
+    sh, sw = max(32, round(h * scale)), max(32, round(w * scale))
+    small, mask = lesion_sample(seed, index, SynthSpec(min_size=(sh, sw), max_size=(sh, sw)))
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    soft = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    mottle = cv2.resize(rng.normal(0, 1, (h // 16 + 1, w // 16 + 1)).astype(np.float32), (w, h),
+                        interpolation=cv2.INTER_LINEAR)
+    grain = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), 1.2)
+    img += (mottle * rng.uniform(2, 6) + grain * rng.uniform(3, 8))[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8), ((soft >= 127.5) * 255).astype(np.uint8)
+
+
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
     """Zero-mean, unit-ish noise with features about ``scale`` of the image size."""
     gh, gw = max(2, int(round(1 / scale))), max(2, int(round(1 / scale)))
@@ -85,19 +114,23 @@ def make_dataset(out_dir: str, spec: SynthSpec = SynthSpec(), name: str = "synth
     gt_dir = os.path.join(out_dir, "ground_truth")
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(gt_dir, exist_ok=True)
+    if spec.preset not in PRESETS:
+        raise ValueError(f"unknown preset {spec.preset!r}; known: {', '.join(PRESETS)}")
+    isic = spec.preset == "isic"
     images = []
     for i in range(spec.n):
-        rgb, mask = lesion_sample(spec.seed, i, spec)
-        stem = f"SYN_{spec.seed:03d}{i:06d}"
+        rgb, mask = isic_sample(spec.seed, i) if isic else lesion_sample(spec.seed, i, spec)
+        stem = f"{'ISIC' if isic else 'SYN'}_{spec.seed:03d}{i:06d}"
         loc = f"images_segmentation/{stem}.jpg"
         lab = f"ground_truth/{stem}_segmentation.png"
         cv2.imwrite(os.path.join(out_dir, loc), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+                    [cv2.IMWRITE_JPEG_QUALITY, 90 if isic else 92])
         cv2.imwrite(os.path.join(out_dir, lab), mask)
         images.append({"location": loc, "label": lab})
     return _write_yaml(out_dir, spec, {
         "name": name,
-        "description": f"Synthetic ISIC-like skin lesion segmentation set (seed {spec.seed}, {spec.n} images)",
+        "description": f"Synthetic ISIC-like skin lesion segmentation set ({spec.preset} preset, seed {spec.seed}, "
+                       f"{spec.n} images)",
         "images": images})
 
 

@@ -14,6 +14,11 @@ Figures and targets (issue 8):
   dynamic     one rank slowed 2x: dynamic makespan within 1.10x of ideal (static printed beside)
   planning    1M-image YAML loaded, validated, planned and scattered at N=2: <= 5 s
   memory      peak RSS per rank flat (within 10%) from 1k to 100k images, apart from the records
+  peers       (issue 24) the same model and images through mpi_infer at N=1 and N=2, the plain threads + ONNX
+              Runtime script (scripts/baseline_infer.py), the 2-core ideal (single-thread decode+preprocess plus
+              single-thread forward per image, over the cores) and Ray Data where installed; on the synthetic set
+              and an ISIC-sized one (synth --preset isic). Wall, steady-state images/s, peak RSS per rank;
+              targets: N=2 >= 1.0x the script's steady state, >= 0.9x its whole command, >= 0.85 of the ideal
   stacks      (issue 12, where pyecvl/pyeddl are installed) loader x engine on the demo model at N=2, same
               images: ECVL loader + ONNX engine wall / OpenCV loader + ONNX engine wall <= 1.10; the EDDL
               engine's wall against the ONNX engine's (the ECVL loader under both); peak RSS per rank of each
@@ -256,6 +261,95 @@ def _same_scores(a: str, b: str) -> bool:
     return load(a) == load(b)
 
 
+def baseline(dataset: str, model: str, csv_path: str | None = None) -> tuple[float, dict]:
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "baseline_infer.py"), "--dataset", dataset, "--model", model,
+           "--split", "all", *(["--csv", csv_path] if csv_path else [])]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"baseline failed: {proc.stderr[-3000:]}")
+    return wall, json.loads(proc.stdout.splitlines()[-1])
+
+
+def ideal_rate(dataset: str, model: str, cores: int, batch: int) -> dict:
+    """The 2-core ideal: single-thread decode + preprocess cost per image (the plain recipe) plus single-thread
+    forward cost per image, both measured here, spread over the cores."""
+    from baseline_infer import entries, load
+
+    todo = entries(dataset, "all")
+    t0 = time.perf_counter()
+    loaded = [load(e, (192, 192), None, None) for e in todo]
+    decode_s = (time.perf_counter() - t0) / len(todo)
+    engine = OnnxEngine(model, get_profile("segnet-192"), threads=1)
+    xs = [np.stack([b[1] for b in loaded[k : k + batch]]) for k in range(0, len(loaded), batch)]
+    engine.raw(xs[0])
+    t0 = time.perf_counter()
+    for x in xs:
+        engine.raw(x)
+    forward_s = (time.perf_counter() - t0) / len(todo)
+    return {"decode_ms": round(decode_s * 1e3, 2), "forward_ms": round(forward_s * 1e3, 2),
+            "ideal_ips": round(cores / (decode_s + forward_s), 2)}
+
+
+def ray_data_status() -> str:
+    import importlib.util
+
+    return "installed, not run here" if importlib.util.find_spec("ray") else "not installed (pip install 'ray[data]')"
+
+
+def peers(work: str, args) -> None:
+    cores = os.cpu_count() or 1
+    model = demo_model("onnx")
+    sets = {"synthetic": os.path.join(work, "data-peers-small", "dataset.yml"),
+            "isic": os.path.join(work, "data-peers-isic", "dataset.yml")}
+    if not os.path.exists(sets["synthetic"]):
+        make_dataset(os.path.dirname(sets["synthetic"]), SynthSpec(n=args.peer_images, seed=24))
+    if not os.path.exists(sets["isic"]):
+        make_dataset(os.path.dirname(sets["isic"]), SynthSpec(n=args.isic_images, seed=24, preset="isic"))
+    for name, dataset in sets.items():
+        walls: dict[str, list[float]] = {"mpi_infer N=1": [], "mpi_infer N=2": [], "script": []}
+        steady: dict[str, list[float]] = {k: [] for k in walls}
+        rss: dict[str, float] = {}
+        check = None
+        for r in range(args.repeats):
+            for label in walls:
+                if label == "script":
+                    wall, out = baseline(dataset, model, os.path.join(work, f"peers-{name}.csv") if r == 0 else None)
+                    walls[label].append(wall)
+                    steady[label].append(out["steady_images_per_s"])
+                    rss[label] = out["peak_rss_mb"]
+                    continue
+                n = int(label[-1])
+                wall, s = run_job(work, f"peers-{name}-{n}", n, dataset, model, args.peer_flags)
+                walls[label].append(wall)
+                steady[label].append(phase_rate(s))
+                rss[label] = max(x["peak_rss_mb"] for x in s["timings"]["per_rank"])
+                if n == 2 and r == 0:
+                    check = os.path.join(work, "runs", f"peers-{name}-{n}")
+                    split = {x["rank"]: {k: x.get(k) for k in ("decode_s", "preprocess_s", "predict_s",
+                                                               "score_s", "wait_s", "wall_s")}
+                             for x in s["timings"]["per_rank"]}
+        with open(os.path.join(work, f"peers-{name}.csv")) as fh:
+            script_dice = {int(row["index"]): float(row["dice"]) for row in csv.DictReader(fh)}
+        with open(os.path.join(check, "per_image.csv")) as fh:
+            ours = {int(row["index"]): float(row["dice"]) for row in csv.DictReader(fh)}
+        ideal = ideal_rate(dataset, model, cores, args.batch_size)
+        med = {k: float(np.median(v)) for k, v in walls.items()}
+        ips = {k: float(np.median(v)) for k, v in steady.items()}
+        emit("peers", set=name, images=len(ours), repeats=args.repeats,
+             wall_s={k: round(v, 2) for k, v in med.items()},
+             steady_ips={k: round(v, 2) for k, v in ips.items()},
+             peak_rss_mb_per_rank=rss, ideal=ideal, ray_data=ray_data_status(),
+             n2_steady_vs_script=round(ips["mpi_infer N=2"] / ips["script"], 3),
+             n2_wall_speed_vs_script=round(med["script"] / med["mpi_infer N=2"], 3),
+             n2_vs_ideal=round(ips["mpi_infer N=2"] / ideal["ideal_ips"], 3),
+             script_vs_ideal=round(ips["script"] / ideal["ideal_ips"], 3),
+             n2_time_split_per_rank=split,
+             same_dice_as_script=all(abs(ours[i] - script_dice[i]) <= 1e-9 for i in ours),
+             targets={"n2_steady_vs_script": 1.0, "n2_wall_speed_vs_script": 0.9, "n2_vs_ideal": 0.85})
+
+
 def planning(work: str, args) -> None:
     from bench_plan import write_yaml
 
@@ -339,8 +433,11 @@ def main() -> None:
     ap.add_argument("--dh-ranks", type=int, default=2)
     ap.add_argument("--scaling-model", choices=("full", "demo"), default="full")
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats of the ONNX-engine stack runs")
+    ap.add_argument("--peer-images", type=int, default=400, help="synthetic images for the peers comparison")
+    ap.add_argument("--isic-images", type=int, default=60, help="ISIC-sized images for the peers comparison")
+    ap.add_argument("--peer-flags", nargs="*", default=[], help="extra mpi_infer flags for the peers runs")
     ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
-                                                    "memory", "stacks"])
+                                                    "memory", "stacks", "peers"])
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     args.ranks = args.ranks or [n for n in (1, 2, 4, 8, 16) if n <= cores]
@@ -380,6 +477,8 @@ def main() -> None:
         memory(work, args)
     if "stacks" in args.only:
         stacks(work, models, args)
+    if "peers" in args.only:
+        peers(work, args)
 
     with open(os.path.join(work, "results.json"), "w") as fh:
         json.dump({"machine": info, "figures": RESULTS}, fh, indent=2)

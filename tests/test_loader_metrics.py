@@ -292,3 +292,22 @@ def test_mean_dice_does_not_depend_on_the_order_records_arrive_in():
                for v, d in rng.random((1000, 2))]
     forward, backward = aggregate(records)["metrics"], aggregate(records[::-1])["metrics"]
     assert forward["mean_dice"] == backward["mean_dice"] and forward["mean_iou"] == backward["mean_iou"]
+
+
+@pytest.mark.parametrize("interp", ["linear", "cubic", "area", "lanczos4", "nearest"])
+def test_colour_order_after_the_resize_gives_the_same_pixels(interp, tmp_path):
+    """The loader resizes BGR first and swaps to RGB on the small image: the pixels must equal swapping first.
+    (Grey is replicated before the resize: OpenCV's one-channel cubic upscale rounds 3 pixels differently.)"""
+    from mpi_infer.loader import CV_INTERP
+
+    rng = np.random.default_rng(11)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (301, 457, 3), dtype=np.uint8), (0, 0), 1.0)
+    grey = bgr[..., 1].copy()
+    colour_file, grey_file = png(tmp_path / "c.png", bgr), png(tmp_path / "g.png", grey)
+    for h, w in ((192, 192), (160, 224), (512, 512)):
+        profile = get_profile("segnet-192", size=(h, w), interpolation=interp)
+        flag = CV_INTERP[interp]
+        for path, rgb in ((colour_file, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)),
+                          (grey_file, cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB))):
+            loaded = load_item(item(path), profile)
+            assert np.array_equal(loaded.image, cv2.resize(rgb, (w, h), interpolation=flag)), (path, h, w)

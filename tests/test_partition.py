@@ -87,3 +87,27 @@ def test_every_image_exactly_once_in_its_split(sizes, n, balance, seed):
     if balance:
         totals = [len(s) for s in shards]
         assert max(totals) - min(totals) <= 1
+
+
+def test_cost_balanced_shards_spread_large_images_and_cover_each_once():
+    """12-megapixel photographs all at the end of a split: by count the last rank would get every one."""
+    indices = np.arange(100)
+    weights = {i: (3_000_000 if i >= 80 else 150_000) for i in range(100)}
+    shards = plan({"test": indices}, 2, weights=weights)
+    costs = [sum(weights[int(i)] for i in s.parts["test"]) for s in shards]
+    assert np.array_equal(np.concatenate([s.parts["test"] for s in shards]), indices)
+    assert abs(costs[0] - costs[1]) <= 3_000_000  # within one image's cost
+    by_count = plan({"test": indices}, 2)
+    counted = [sum(weights[int(i)] for i in s.parts["test"]) for s in by_count]
+    assert max(counted) / min(counted) > 5 and max(costs) / min(costs) < 1.2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10**7), max_size=60), st.integers(1, 9))
+def test_weighted_sizes_cover_every_image_in_order(costs, n):
+    from mpi_infer.partition import weighted_sizes
+
+    sizes = weighted_sizes(np.asarray(costs, np.float64), n)
+    assert len(sizes) == n and sum(sizes) == len(costs) and min(sizes) >= 0
+    shards = plan({"s": np.arange(len(costs))}, n, weights=dict(enumerate(costs)))
+    assert [len(s) for s in shards] == sizes

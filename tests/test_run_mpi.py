@@ -117,9 +117,9 @@ def test_results_equal_an_in_process_computation(runs, synth_small):
 
 def test_dry_run_prints_plan_without_loading_model(synth_small, tmp_path):
     proc = mpirun(3, "run", "--dataset", synth_small, "--model", str(tmp_path / "no-such-model.onnx"),
-                  "--out", str(tmp_path / "o"), "--split", "all", "--dry-run")
+                  "--out", str(tmp_path / "o"), "--split", "all", "--dry-run", "--shard-by", "images")
     assert proc.returncode == 0, proc.stderr
-    assert "plan: 13 image(s) in 3 shard(s)" in proc.stdout
+    assert "plan: 13 image(s) in 3 shard(s) by images" in proc.stdout
     assert "rank    2:        5 image(s)  (training 3, validation 1, test 1)" in proc.stdout
     assert not (tmp_path / "o").exists()
 

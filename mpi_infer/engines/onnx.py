@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..model_output import OutputSpec, inference_graph
+from ..modelfile import mentions
 from ..profiles import Profile
 from .heads import Head, SegmentationHead, probe_batch
 
@@ -16,6 +17,7 @@ def first_line(exc: BaseException, cap: int = 300) -> str:
     return text if len(text) <= cap else text[:cap] + "..."
 
 
+TRAINING_OPS = (b"BatchNormalization", b"Dropout")
 FLOAT_INPUTS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -74,7 +76,11 @@ class OnnxEngine:
 
     @staticmethod
     def _inference_model(path: str) -> tuple[str | bytes, list[str]]:
-        """The path itself, or the graph rewritten to inference semantics (a training-mode export)."""
+        """The path itself, or the graph rewritten to inference semantics (a training-mode export). Only a file
+        that names BatchNormalization or Dropout can need it (eval-mode exports fold BatchNormalization into the
+        convolutions): any other is never parsed, so the onnx package is not imported."""
+        if not mentions(path, TRAINING_OPS):
+            return path, []
         import onnx
 
         try:
