@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-masks", action="store_true", help="write predicted masks (0/255 PNG, original size)")
     run.add_argument("--dry-run", action="store_true", help="print the plan; load no model, write nothing")
     run.add_argument("--balance", action="store_true", help="shard sizes differ by at most one per split")
+    run.add_argument("--decode", choices=("exact", "reduced"), default="exact",
+                     help="reduced: decode JPEGs at 1/2-1/8 scale in libjpeg (at least twice the network input), "
+                          "then resize; much faster on multi-megapixel photographs, not bit-identical to ECVL")
     run.add_argument("--shard-by", choices=("bytes", "images"), default="bytes",
                      help="bytes (default): each split's shards carry equal file bytes, so large images spread "
                           "over the ranks; images: equal counts, the last shard taking the remainder (upstream)")
@@ -190,7 +193,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
             output=args.output,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
-            shard_by=args.shard_by,
+            shard_by=args.shard_by, decode=args.decode,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
             schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,

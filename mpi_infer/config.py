@@ -25,6 +25,7 @@ class RunConfig:
     activation: str = "none"  # applied to the model's raw output: none | sigmoid | softmax
     cls: int | None = None  # foreground channel of a C-channel output (default 1 when C = 2)
     output: str | None = None  # the ONNX output tensor to score (None: the model's only output)
+    decode: str = "exact"  # exact (ECVL's full decode) | reduced (JPEG DCT-domain scaling, then the resize)
     save_masks: bool = False
     dry_run: bool = False
     balance: bool = False

@@ -27,31 +27,27 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import struct
 import tempfile
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from .atomic import read_input
 from .dataset import dump_document
-from .loader import (
-    MAX_IMAGE_BYTES,
-    PNG_MAGIC,
+from .imagefiles import (
     TRANSPOSING_ORIENTATIONS,
-    Batch,
     ImageFault,
+    exif_orientation,
+    read_header,
+)
+from .loader import (
+    Batch,
     Loaded,
     WorkItem,
     check_deep_mask,
-    check_image_file,
     check_mask_size,
     conversion_notes,
-    exif_orientation,
     mask_notes,
     normalise,
 )
@@ -106,84 +102,6 @@ def batch_plan(count: int, batch_size: int) -> list[int]:
     """Batch sizes GetBatch yields with drop_last off: full batches, then the short remainder."""
     full, rest = divmod(count, batch_size)
     return [batch_size] * full + ([rest] if rest else [])
-
-
-@dataclass
-class Header:
-    """What a file's header says, read without decoding pixels."""
-
-    width: int
-    height: int
-    depth: int  # bits per sample
-    channels: int  # as OpenCV's IMREAD_ANYCOLOR will give them (alpha dropped, palette expanded)
-    alpha: bool = False
-
-
-def png_header(data: bytes, tail: bytes, what: str, path: str) -> Header:
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        raise ImageFault(f"{what} cannot be decoded (PNG without an IHDR header): {path}")
-    if tail[4:8] != b"IEND":
-        raise ImageFault(f"{what} cannot be decoded (truncated PNG: no IEND chunk): {path}")
-    width, height = struct.unpack(">II", data[16:24])
-    depth, colour = data[24], data[25]
-    channels = 1 if colour in (0, 4) else 3  # grey (+alpha) or RGB / palette (+alpha)
-    return Header(width, height, depth, channels, alpha=colour in (4, 6))
-
-
-def jpeg_header(data: bytes, what: str, path: str) -> Header:
-    """Walk the JPEG markers to the frame header (SOFn) and on to the first scan (SOS)."""
-    pos, frame = 2, None
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            break
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker == 0xDA:  # start of scan: pixels follow; a truncated tail still decodes (grey rows)
-            if frame is None:
-                break
-            return frame
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 10 <= len(data):
-            depth, height, width, comps = data[pos + 4], *struct.unpack(">HH", data[pos + 5 : pos + 9]), data[pos + 9]
-            frame = Header(width, height, depth, 1 if comps == 1 else 3)
-        pos += 2 + length
-    raise ImageFault(f"{what} cannot be decoded (JPEG without a frame and a scan: truncated or corrupt): {path}")
-
-
-_STANDALONE = {0x01, *range(0xD0, 0xDA)}
-
-
-HEAD_BYTES = 64 * 1024  # JPEG markers before the first scan (EXIF included) nearly always fit; else read on
-
-
-def read_header(path: str, what: str) -> Header | None:
-    """The header of a PNG or JPEG (raising ImageFault for one OpenCV could not decode), reading only the
-    first bytes (and a PNG's last 12); any other format is decoded once here instead, so that nothing
-    undecodable reaches ECVL's threads."""
-    check_image_file(path, what)
-    with open(path, "rb") as fh:
-        data = fh.read(HEAD_BYTES)
-        if data[:8] == PNG_MAGIC:
-            size = os.fstat(fh.fileno()).st_size
-            fh.seek(max(0, size - 12))
-            return png_header(data[:33], fh.read(12), what, path)
-        if data[:2] == b"\xff\xd8":
-            try:
-                return jpeg_header(data, what, path)
-            except ImageFault:
-                if len(data) < HEAD_BYTES:
-                    raise
-            return jpeg_header(data + fh.read(MAX_IMAGE_BYTES), what, path)  # a header past 64 KiB
-    data = read_input(path, ImageFault, what, max_bytes=MAX_IMAGE_BYTES)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR)
-    if img is None:
-        raise ImageFault(f"{what} cannot be decoded (not an image OpenCV reads): {path}")
-    return Header(img.shape[1], img.shape[0], 8, 1 if img.ndim == 2 else 3)
 
 
 def precheck(item: WorkItem) -> list[str]:

@@ -240,7 +240,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if rank == 0:
         try:
             check_topology(topology, cfg.expect_hosts)
-            stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model)
+            stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode)
             prepared, payloads = prepare_run(cfg, size, stack.engine)
             header = {"prepared": prepared, "stack": stack}
         except Exception as exc:  # noqa: BLE001 - reported below, once
@@ -334,7 +334,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
               masks_dir=cfg.out if cfg.save_masks and not classification else None,
               on_batch=on_batch, fault=fault, timings=timings,
               batch_source=loader.batches if loader is not None else None, keep=False,
-              classification=classification)
+              classification=classification, decode_mode=cfg.decode)
     ledger.close()
     timings.total_s = time.perf_counter() - t_run
     channel.finish(dynamic)

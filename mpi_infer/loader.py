@@ -11,8 +11,6 @@ Per-image faults never stop the run: the item comes back with status ``failed`` 
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +20,15 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .imagefiles import (
+    TRANSPOSING_ORIENTATIONS,
+    ImageFault,
+    check_image_file,
+    exif_orientation,
+    png_depth,
+    png_depth_and_colour,
+    read_header,
+)
 from .profiles import Profile
 
 CV_INTERP = {
@@ -31,11 +38,6 @@ CV_INTERP = {
     "cubic": cv2.INTER_CUBIC,
     "lanczos4": cv2.INTER_LANCZOS4,
 }
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class ImageFault(Exception):
-    """This image (or its mask) cannot be scored; the message says why."""
 
 
 @dataclass
@@ -63,34 +65,6 @@ class Loaded:
     preprocess_s: float = 0.0  # CPU seconds resizing and checking
 
 
-MAX_IMAGE_BYTES = 1 << 30  # one image or mask file; larger ones are refused, not read
-
-
-def check_image_file(path: str, what: str) -> None:
-    """Refuse, as an ImageFault, a remote location or anything that is not a regular file within the bound."""
-    if path.lower().startswith(("http://", "https://")):
-        raise ImageFault(f"{what} is a remote location, which mpi_infer does not download: {path}")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ImageFault(f"{what} file not found: {path}") from None
-    except OSError as exc:
-        raise ImageFault(f"{what} file cannot be opened ({exc.strerror or exc}): {path}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageFault(f"{what} path is a folder: {path}")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageFault(f"{what} is not a regular file (a FIFO, device or socket): {path}")
-    if st.st_size > MAX_IMAGE_BYTES:
-        raise ImageFault(f"{what} file is {st.st_size} bytes, more than the {MAX_IMAGE_BYTES} allowed: {path}")
-
-
-def _png_depth_and_colour(head: bytes) -> tuple[int, int] | None:
-    """(bit depth, colour type) from a PNG header, or None for other formats."""
-    if len(head) >= 26 and head[:8] == PNG_MAGIC:
-        return head[24], head[25]
-    return None
-
-
 def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
     """ECVL's ImRead: ``cv2.imread(path, IMREAD_ANYCOLOR)`` (8-bit; alpha dropped). Notes what got converted.
 
@@ -103,7 +77,7 @@ def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise ImageFault(f"{what} cannot be decoded (not an image OpenCV reads): {path}")
-    header = _png_depth_and_colour(head)
+    header = png_depth_and_colour(head)
     if header is not None:
         depth, colour = header
         notes += conversion_notes(what, depth, alpha=colour in (4, 6))
@@ -116,12 +90,48 @@ def conversion_notes(what: str, depth: int, alpha: bool) -> list[str]:
            ([f"{what} has an alpha channel; dropped as ECVL does"] if alpha else [])
 
 
-def read_image(path: str, notes: list[str]) -> np.ndarray:
-    """An image as decoded (BGR, or grey), full size; ``to_rgb`` makes it RGB once it is network-size."""
-    img = decode(path, "image", notes)
+DECODES = ("exact", "reduced")
+REDUCED_FLAGS = {2: (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+                 4: (cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                 8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8)}
+
+
+def read_image(path: str, notes: list[str], reduce_for: tuple[int, int] | None = None
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image as decoded (BGR, or grey) and its full (H, W) as displayed; ``to_rgb`` makes it RGB once it is
+    network-size.
+
+    ``reduce_for`` (the network's (H, W), with ``--decode reduced``): a JPEG is decoded by libjpeg at 1/2, 1/4 or
+    1/8 scale in the DCT domain (OpenCV's IMREAD_REDUCED_*), the largest that keeps both sides at least twice the
+    network input; the profile's resize follows. Anything else (PNG, small JPEGs) is decoded exactly."""
+    factor, head, orientation = 1, None, None
+    if reduce_for is not None:
+        head = read_header(path, "image")
+        if head is not None and head.format == "jpeg":
+            orientation = exif_orientation(path)
+            factor = reduction((head.height, head.width), reduce_for, orientation)
+    if factor == 1:
+        img = decode(path, "image", notes)
+        full = (int(img.shape[0]), int(img.shape[1]))
+    else:
+        img = cv2.imread(path, REDUCED_FLAGS[factor][head.channels == 1])
+        if img is None:
+            raise ImageFault(f"image cannot be decoded (not an image OpenCV reads): {path}")
+        full = (head.height, head.width)  # as displayed: the decode applies the EXIF rotation, as imread does
+        if orientation in TRANSPOSING_ORIENTATIONS:
+            full = full[::-1]
     if img.ndim == 2:
         notes.append("image is grey; replicated to RGB")
-    return img
+    return img, full
+
+
+def reduction(stored_hw: tuple[int, int], network_hw: tuple[int, int], orientation: int | None) -> int:
+    """The largest DCT scale divisor (8, 4, 2) that keeps both displayed sides >= twice the network input."""
+    h, w = stored_hw[::-1] if orientation in TRANSPOSING_ORIENTATIONS else stored_hw
+    for factor in (8, 4, 2):
+        if h // factor >= 2 * network_hw[0] and w // factor >= 2 * network_hw[1]:
+            return factor
+    return 1
 
 
 def to_rgb(img: np.ndarray) -> np.ndarray:
@@ -161,13 +171,6 @@ def grey_mask(mask: np.ndarray, notes: list[str]) -> np.ndarray:
     return mask
 
 
-def png_depth(path: str) -> int | None:
-    """A PNG's bit depth from its header (None for other formats)."""
-    with open(path, "rb") as fh:
-        header = _png_depth_and_colour(fh.read(32))
-    return header[0] if header else None
-
-
 def check_deep_mask(path: str) -> None:
     """A 16-bit mask is read as ECVL reads it, 8-bit (value / 256): one holding 0/255 (or any foreground under
     32768) would become an empty mask and score as one. Refuse it, as a 0/1 label image is refused."""
@@ -179,23 +182,6 @@ def check_deep_mask(path: str) -> None:
         raise ImageFault(f"mask is 16-bit with values 0..{top}: ECVL's 8-bit read (value / 256) leaves every "
                          f"pixel below 128, so it would score as an empty mask; save it as an 8-bit 0/255 PNG "
                          f"(or 16-bit 0/65535): {path}")
-
-
-TRANSPOSING_ORIENTATIONS = {5: "transposed", 6: "rotated 90° clockwise", 7: "transversed",
-                            8: "rotated 90° counter-clockwise"}
-
-
-def exif_orientation(path: str) -> int | None:
-    """The EXIF Orientation tag (1-8) of an image file, or None. OpenCV's imread, and so ECVL's reader, applies
-    it: the decoded pixels are in the displayed orientation, not the stored one."""
-    try:
-        from PIL import Image  # reads the header only
-
-        with Image.open(path) as im:
-            value = im.getexif().get(0x0112)
-    except Exception:  # noqa: BLE001 - no EXIF, or a format PIL does not know: nothing is rotated
-        return None
-    return int(value) if isinstance(value, int) else None
 
 
 def check_mask_size(mask_wh: tuple[int, int], image_wh: tuple[int, int], mask_path: str,
@@ -227,7 +213,7 @@ def mask_notes(mask: np.ndarray, path: str) -> list[str]:
     return [f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold"]
 
 
-def load_item(item: WorkItem, profile: Profile) -> Loaded:
+def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact") -> Loaded:
     """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``.
 
     Only decoding touches full-size pixels: everything else (colour order, the mask's grey conversion and value
@@ -237,11 +223,11 @@ def load_item(item: WorkItem, profile: Profile) -> Loaded:
     decode_s = 0.0
     try:
         if len(item.locations) == 1:
-            img = read_image(item.locations[0], out.notes)
+            reduce_for = profile.size if decode_mode == "reduced" else None
+            img, out.original_hw = read_image(item.locations[0], out.notes, reduce_for)
         else:
             img = read_planes(item.locations, out.notes)
-        hw = img.shape[:2]
-        out.original_hw = (int(hw[0]), int(hw[1]))
+            out.original_hw = (int(img.shape[0]), int(img.shape[1]))
         mask = read_mask(item.label_path, out.original_hw, out.notes, item.locations[0]) if item.label_path else None
         decode_s = time.thread_time() - t0
         size = (profile.width, profile.height)
@@ -293,7 +279,8 @@ class Batch:
 
 
 def iter_batches(
-    items: Iterable[WorkItem], profile: Profile, batch_size: int, threads: int = 2, prefetch: int = 2
+    items: Iterable[WorkItem], profile: Profile, batch_size: int, threads: int = 2, prefetch: int = 2,
+    decode_mode: str = "exact",
 ) -> Iterator[Batch]:
     """Batches in order; the short last batch is yielded, never dropped.
 
@@ -313,7 +300,7 @@ def iter_batches(
                 if item is None:
                     exhausted = True
                 else:
-                    pending.append(pool.submit(load_item, item, profile))
+                    pending.append(pool.submit(load_item, item, profile, decode_mode))
             if not pending:
                 return
             loaded = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]

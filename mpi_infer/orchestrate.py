@@ -102,6 +102,9 @@ def topology_lines(topology: list[Topology]) -> list[str]:
     return lines
 
 
+OPTIONAL_IDENTITY = ("output", "decode")  # in run.json only when not the default
+
+
 def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[str],
                  arch: str | None) -> dict[str, Any]:
     """What must match for --resume to reuse earlier records."""
@@ -111,6 +114,8 @@ def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[
         identity["output"] = {"activation": cfg.activation, "class": cfg.cls}  # run.json files match
         if cfg.output is not None:
             identity["output"]["name"] = cfg.output
+    if cfg.decode != "exact":  # other pixels: records of the two modes never mix (absent: older run.json match)
+        identity["decode"] = cfg.decode
     # As run.json will hold it (tuples become lists), so that the same command compares equal on --resume.
     return json.loads(json.dumps(identity))
 
@@ -216,7 +221,9 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     run_file = os.path.join(cfg.out, RUN_FILE)
     if cfg.resume and os.path.exists(run_file):
         before = read_run_file(run_file)
-        differs = [k for k in identity if before.get(k) != identity[k]]
+        # optional keys count both ways: written before but absent now is a difference too
+        keys = [*identity, *(k for k in OPTIONAL_IDENTITY if k in before and k not in identity)]
+        differs = [k for k in keys if before.get(k) != identity.get(k)]
         if differs:
             raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
                               f"use a new --out, or --overwrite")
@@ -319,6 +326,7 @@ def finish_run(
                    "name": backend_info.get("output_name", cfg.output)},
         "schedule": cfg.schedule,
         "sharding": prepared.sharding,
+        "decode": cfg.decode,
         "batch_size": cfg.batch_size,
         "attempt": prepared.attempt,
         "resumed_images": len(prepared.previous),

@@ -5,8 +5,9 @@ DeepHealth users know from the split tool: floor(n/N) each, the last shard also 
 (2750 ISIC images in 4 parts: 687, 687, 687, 689). ``balance=True`` spreads each split's remainder one
 image at a time, rotating across splits, so sizes differ by at most one per split and in total.
 ``weights`` (a run's default: each image's file bytes, which JPEG decoding time follows) cuts each split's
-contiguous runs where the cumulative cost crosses k/N of the split's total instead, so a rank that draws the
-12-megapixel photographs does not finish last. The split tool's bugs (re-labelled splits, extra parts, dropped
+contiguous runs by cost instead, aiming each rank at an equal share of the total over all splits (what a rank
+got too much of in one split it gets less of in the next), so a rank that draws the 12-megapixel photographs
+does not finish last. The split tool's bugs (re-labelled splits, extra parts, dropped
 tails) cannot happen here: the plan checks itself and raises PlanError if it does not hold every selected image
 exactly once.
 """
@@ -52,19 +53,21 @@ def split_sizes(count: int, n: int, balance: bool = False, offset: int = 0) -> l
     return sizes
 
 
-def weighted_sizes(weights: np.ndarray, n: int) -> list[int]:
-    """Sizes of N contiguous runs whose summed weights come closest to an equal share of the total."""
+def weighted_sizes(weights: np.ndarray, n: int, shares: np.ndarray | None = None) -> list[int]:
+    """Sizes of N contiguous runs whose summed weights come closest to ``shares`` of the total (default: equal
+    shares). The cuts are made in order, each where the cumulative weight best meets its target."""
     count = len(weights)
     cum = np.cumsum(np.asarray(weights, np.float64))
     total = float(cum[-1]) if count else 0.0
     if total <= 0:
         return split_sizes(count, n)
+    shares = np.full(n, 1.0 / n) if shares is None else np.asarray(shares, np.float64) / float(np.sum(shares))
     prefix = np.concatenate([[0.0], cum])  # prefix[b] = weight of the first b images
     bounds = [0]
     for k in range(1, n):
-        target = total * k / n
+        target = total * float(np.sum(shares[:k]))
         b = int(np.searchsorted(prefix, target))  # first b with prefix[b] >= target
-        if b > 0 and target - prefix[b - 1] <= prefix[min(b, count)] - target:
+        if b > 0 and target - prefix[b - 1] <= prefix[b] - target:
             b -= 1
         bounds.append(min(count, max(bounds[-1], b)))
     bounds.append(count)
@@ -79,10 +82,16 @@ def plan(selected: Mapping[str, np.ndarray], n: int, balance: bool = False,
         raise ConfigError(f"number of shards must be >= 1, got {n}")
     shards = [Shard(rank) for rank in range(n)]
     offset = 0
+    carried = np.zeros(n)  # cost each rank holds from earlier splits: later splits even it out
     for split, indices in selected.items():
         indices = np.asarray(indices, dtype=np.int64)
         if weights is not None:
-            sizes = weighted_sizes(np.array([weights.get(int(i), 0.0) for i in indices]), n)
+            w = np.array([weights.get(int(i), 0.0) for i in indices], np.float64)
+            goal = (carried.sum() + w.sum()) / n
+            shares = np.maximum(goal - carried, 0.0)
+            sizes = weighted_sizes(w, n, shares if shares.sum() > 0 else None)
+            ends = np.cumsum(sizes)
+            carried += np.diff(np.concatenate([[0.0], np.concatenate([[0.0], np.cumsum(w)])[ends]]))
         else:
             sizes = split_sizes(len(indices), n, balance, offset)
         offset = (offset + len(indices) % n) % n

@@ -101,6 +101,7 @@ def run_items(
     batch_source: Callable[[Iterable[WorkItem], int, int], Iterable[Batch]] | None = None,
     keep: bool = True,
     classification: bool = False,
+    decode_mode: str = "exact",
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
@@ -116,7 +117,7 @@ def run_items(
     if batch_source is not None:
         batches = batch_source(items, batch_size, threads)
     else:
-        batches = iter_batches(items, profile, batch_size, threads=threads)
+        batches = iter_batches(items, profile, batch_size, threads=threads, decode_mode=decode_mode)
     for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait

@@ -83,12 +83,14 @@ def lesion_sample(seed: int, index: int, spec: SynthSpec = SynthSpec()) -> tuple
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 
 
-def isic_sample(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+def isic_sample(seed: int, index: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One ISIC-sized (RGB uint8 image, 0/255 uint8 mask): the small lesion drawn at about 384 px, upsampled,
-    with mottling and fine skin grain added at full resolution (the mask's edge stays smooth)."""
+    with mottling and fine skin grain added at full resolution (the mask's edge stays smooth). ``size`` (W, H)
+    fixes the size; by default it is drawn from ``ISIC_SIZES``."""
     rng = np.random.default_rng([seed, index, 2018])
     sizes, weights = zip(*ISIC_SIZES)
-    w, h = sizes[int(rng.choice(len(sizes), p=np.asarray(weights) / sum(weights)))]
+    drawn = sizes[int(rng.choice(len(sizes), p=np.asarray(weights) / sum(weights)))]
+    w, h = size or drawn
     scale = 384 / max(h, w)
     sh, sw = max(32, round(h * scale)), max(32, round(w * scale))
     small, mask = lesion_sample(seed, index, SynthSpec(min_size=(sh, sw), max_size=(sh, sw)))

@@ -78,11 +78,12 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__, "host": platform.node()}
 
 
-def mpirun(n: int, args: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def mpirun(n: int, args: list[str], env: dict | None = None, flags: tuple[str, ...] = ()
+           ) -> tuple[float, subprocess.CompletedProcess]:
     mpirun_bin = os.path.join(os.path.dirname(sys.executable), "mpirun")
     if not os.path.exists(mpirun_bin):
         mpirun_bin = shutil.which("mpirun") or "mpirun"
-    cmd = [mpirun_bin, "-n", str(n), sys.executable, "-m", "mpi_infer", *args]
+    cmd = [mpirun_bin, *flags, "-n", str(n), sys.executable, "-m", "mpi_infer", *args]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, **MPI_ENV, **(env or {})}, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -103,11 +104,11 @@ def phase_rate(summary: dict) -> float:
 
 
 def run_job(work: str, name: str, n: int, dataset: str, model: str, extra: list[str] | None = None,
-            env: dict | None = None) -> tuple[float, dict]:
+            env: dict | None = None, flags: tuple[str, ...] = ()) -> tuple[float, dict]:
     out = os.path.join(work, "runs", name)
     shutil.rmtree(out, ignore_errors=True)
     wall, _ = mpirun(n, ["run", "--dataset", dataset, "--model", model, "--out", out, "--split", "all",
-                         "--quiet", *(extra or [])], env)
+                         "--quiet", *(extra or [])], env, flags)
     return wall, run_summary(out)
 
 
@@ -350,6 +351,85 @@ def peers(work: str, args) -> None:
              targets={"n2_steady_vs_script": 1.0, "n2_wall_speed_vs_script": 0.9, "n2_vs_ideal": 0.85})
 
 
+def isic_extras(work: str, args) -> None:
+    """Issue 24's other figures on the ISIC-sized set: the reduced decode (speed on >= 12 MP JPEGs, Dice against
+    exact decoding), cost-balanced shards when the large images come last, and peak RSS on 30 MP images."""
+    from mpi_infer.loader import read_image
+
+    model = demo_model("onnx")
+    dataset = os.path.join(work, "data-peers-isic", "dataset.yml")
+    ds = load_dataset(dataset)
+    big = [ds.sample(i).locations[0] for i in range(len(ds))]
+    big = [p for p in big if os.path.getsize(p) and _pixels(p) >= 12e6]
+    timing = {}
+    for mode, reduce_for in (("exact", None), ("reduced", (192, 192))):
+        t0 = time.perf_counter()
+        for p in big:
+            read_image(p, [], reduce_for)
+        timing[mode] = (time.perf_counter() - t0) / max(1, len(big))
+    walls, dice = {}, {}
+    for mode in ("exact", "reduced"):
+        walls[mode], s = run_job(work, f"decode-{mode}", 2, dataset, model, ["--decode", mode])
+        with open(os.path.join(work, "runs", f"decode-{mode}", "per_image.csv")) as fh:
+            dice[mode] = {int(r["index"]): float(r["dice"]) for r in csv.DictReader(fh)}
+    diff = [abs(dice["exact"][i] - dice["reduced"][i]) for i in dice["exact"]]
+    emit("decode", images_12mp_or_more=len(big), exact_ms=round(timing["exact"] * 1e3, 1),
+         reduced_ms=round(timing["reduced"] * 1e3, 1), speedup=round(timing["exact"] / timing["reduced"], 2),
+         target=1.8, run_wall_s={k: round(v, 2) for k, v in walls.items()},
+         dice_abs_diff_mean=round(float(np.mean(diff)), 6), dice_abs_diff_max=round(float(np.max(diff)), 6))
+
+    # the large images last (sorted by bytes): by count, rank 1 gets all of them. Each rank bound to its own core,
+    # as a rank per host would be (unbound on one host, the early rank's freed core goes to the other's threads)
+    order = sorted(range(len(ds)), key=ds.file_bytes)
+    sorted_yml = os.path.join(work, "data-peers-isic", "sorted.yml")
+    with open(sorted_yml, "w") as fh:
+        fh.write("name: isic-sorted\nimages:\n" + "".join(
+            f"  - location: {ds.sample(i).locations[0]}\n    label: {ds.sample(i).label_path}\n" for i in order))
+    row = {}
+    for rule in ("images", "bytes"):
+        wall, s = run_job(work, f"shard-{rule}", 2, sorted_yml, model, ["--shard-by", rule],
+                          flags=("--bind-to", "core"))
+        per = s["timings"]["per_rank"]
+        row[rule] = {"wall_s": round(wall, 2), "rank_wall_s": [r["wall_s"] for r in per],
+                     "rank_decode_s": [r["decode_s"] for r in per]}
+    emit("sharding", set="isic sorted by size, largest last", ranks=2, binding="a core per rank", **row,
+         speedup=round(row["images"]["wall_s"] / row["bytes"]["wall_s"], 2))
+
+    huge = os.path.join(work, "data-30mp", "dataset.yml")
+    if not os.path.exists(huge):
+        _make_30mp(os.path.dirname(huge), args.huge_images)
+    rss = {}
+    for mode in ("exact", "reduced"):
+        _, s = run_job(work, f"30mp-{mode}", 2, huge, model, ["--decode", mode])
+        rss[mode] = max(r["peak_rss_mb"] for r in s["timings"]["per_rank"])
+    emit("memory-30mp", images=args.huge_images, size="6688x4439", peak_rss_mb_per_rank=rss, target_mb=600)
+
+
+def _pixels(path: str) -> float:
+    from mpi_infer.imagefiles import read_header
+
+    h = read_header(path, "image")
+    return h.width * h.height
+
+
+def _make_30mp(folder: str, n: int) -> None:
+    """n ISIC-style images all at 6688x4439 (ISIC 2018's largest), for the memory figure."""
+    import cv2
+
+    from mpi_infer import synth
+
+    os.makedirs(os.path.join(folder, "img"), exist_ok=True)
+    lines = []
+    for i in range(n):
+        rgb, mask = synth.isic_sample(30, i, size=(6688, 4439))
+        cv2.imwrite(os.path.join(folder, "img", f"{i}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(os.path.join(folder, "img", f"{i}_segmentation.png"), mask)
+        lines.append(f"  - location: img/{i}.jpg\n    label: img/{i}_segmentation.png\n")
+    with open(os.path.join(folder, "dataset.yml"), "w") as fh:
+        fh.write("name: isic-30mp\nimages:\n" + "".join(lines))
+
+
 def planning(work: str, args) -> None:
     from bench_plan import write_yaml
 
@@ -435,6 +515,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating repeats of the ONNX-engine stack runs")
     ap.add_argument("--peer-images", type=int, default=400, help="synthetic images for the peers comparison")
     ap.add_argument("--isic-images", type=int, default=60, help="ISIC-sized images for the peers comparison")
+    ap.add_argument("--huge-images", type=int, default=6, help="6688x4439 images for the memory figure")
     ap.add_argument("--peer-flags", nargs="*", default=[], help="extra mpi_infer flags for the peers runs")
     ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
                                                     "memory", "stacks", "peers"])
@@ -479,6 +560,7 @@ def main() -> None:
         stacks(work, models, args)
     if "peers" in args.only:
         peers(work, args)
+        isic_extras(work, args)
 
     with open(os.path.join(work, "results.json"), "w") as fh:
         json.dump({"machine": info, "figures": RESULTS}, fh, indent=2)

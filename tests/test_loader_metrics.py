@@ -276,7 +276,7 @@ def test_an_exif_rotated_jpeg_whose_mask_is_in_stored_orientation_says_why(tmp_p
 
 def test_the_ecvl_loaders_precheck_sees_the_exif_rotation_too(tmp_path):
     from mpi_infer.ecvl_loader import precheck
-    from mpi_infer.loader import ImageFault
+    from mpi_infer.imagefiles import ImageFault
 
     img = exif_jpeg(tmp_path / "i.jpg", np.full((40, 60, 3), 120, np.uint8), 8)
     with pytest.raises(ImageFault, match="EXIF Orientation 8"):

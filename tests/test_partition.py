@@ -111,3 +111,14 @@ def test_weighted_sizes_cover_every_image_in_order(costs, n):
     assert len(sizes) == n and sum(sizes) == len(costs) and min(sizes) >= 0
     shards = plan({"s": np.arange(len(costs))}, n, weights=dict(enumerate(costs)))
     assert [len(s) for s in shards] == sizes
+
+
+def test_cost_balance_carries_over_splits():
+    """Three splits of few, uneven images: per-split cuts alone would leave one rank heavy in every split."""
+    rng = np.random.default_rng(5)
+    selected = {"training": np.arange(0, 30), "validation": np.arange(30, 37), "test": np.arange(37, 50)}
+    weights = {i: float(rng.choice([0.8, 3, 6, 12, 30])) for i in range(50)}
+    shards = plan(selected, 2, weights=weights)
+    costs = [sum(weights[int(i)] for _, i in s.items()) for s in shards]
+    assert abs(costs[0] - costs[1]) <= 30  # within the largest single image
+    assert sorted(i for s in shards for _, i in s.items()) == list(range(50))

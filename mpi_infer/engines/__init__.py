@@ -98,7 +98,7 @@ def visible_gpus() -> int:
 
 
 def choose_stack(loader: str = "auto", engine: str = "auto", backend: str | None = None,
-                 model: str = "") -> Stack:
+                 model: str = "", decode: str = "exact") -> Stack:
     """The loader and engine for a run, with the reason for each; refuses what cannot run here."""
     if backend not in (None, "auto"):
         if backend not in BACKENDS:
@@ -114,7 +114,12 @@ def choose_stack(loader: str = "auto", engine: str = "auto", backend: str | None
         raise ConfigError(f"--loader {loader!r}: choose from {', '.join(LOADERS)}")
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
-    if loader == "auto":
+    if decode == "reduced" and loader == "ecvl":
+        raise ConfigError("--decode reduced needs the OpenCV loader (ECVL decodes every image exactly); "
+                          "drop --loader ecvl, or --decode reduced")
+    if loader == "auto" and decode == "reduced":
+        loader, loader_why = "opencv", "auto: --decode reduced needs the OpenCV loader"
+    elif loader == "auto":
         loader, loader_why = (("ecvl", "auto: pyecvl imports") if pyecvl_available()
                               else ("opencv", "auto: pyecvl not installed"))
     elif loader == "ecvl" and not pyecvl_available():
