@@ -35,7 +35,7 @@ def test_isic_preset_writes_photograph_like_jpegs_and_segmentation_pngs(tmp_path
     assert "_segmentation.png" in text and "images_segmentation/ISIC_005000000.jpg" in text
     for i in range(3):
         head = read_header(str(tmp_path / "d" / "images_segmentation" / f"ISIC_005{i:06d}.jpg"), "image")
-        assert 767 <= min(head.width, head.height) and max(head.width, head.height) <= 6688
+        assert min(head.width, head.height) >= 767 and max(head.width, head.height) <= 6688
 
 
 def test_reduction_keeps_both_sides_at_least_twice_the_network_input():
