@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -30,7 +31,7 @@ TILE = 220
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100)  # the figures are laid out with tight_layout: one draw, not two
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -133,10 +134,13 @@ def contact_sheet(run_dir: str, picked: list[dict[str, str]], title: str) -> str
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.0 * rows_n), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, r in zip(axes.ravel(), picked):
+    def tile_for(r: dict[str, str]) -> tuple[np.ndarray | None, bool]:
         loc = r["location"].split(";")[0]
-        pred = os.path.join(run_dir, MASK_DIR, mask_file_name(int(r["index"]), loc))
-        tile, empty_gt = overlay(loc, r["label"], pred)
+        return overlay(loc, r["label"], os.path.join(run_dir, MASK_DIR, mask_file_name(int(r["index"]), loc)))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # OpenCV decodes without the GIL
+        tiles = list(pool.map(tile_for, picked))
+    for ax, r, (tile, empty_gt) in zip(axes.ravel(), picked, tiles):
         if tile is not None:
             ax.imshow(tile)
         note = "\nempty ground truth: 1 if nothing is predicted" if empty_gt else ""
