@@ -64,6 +64,18 @@ def split_names(text: str) -> str:
     return text
 
 
+def group_pattern(text: str) -> str:
+    """--group-by: a regular expression with exactly one capture group (the group's name in each location)."""
+    try:
+        compiled = re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc}): {clip(text, 80)!r}") from None
+    if compiled.groups != 1:
+        raise argparse.ArgumentTypeError(f"expected exactly one capture group, e.g. '(PAT_[0-9]+)_', "
+                                         f"got {compiled.groups} in {clip(text, 80)!r}")
+    return text
+
+
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -13,6 +13,7 @@ from .argtypes import (
     MAX_RANKS_HINT,
     ArgumentParser,
     float_range,
+    group_pattern,
     int_range,
     nonempty,
     split_names,
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-masks", action="store_true", help="write predicted masks (0/255 PNG, original size)")
     run.add_argument("--dry-run", action="store_true", help="print the plan; load no model, write nothing")
     run.add_argument("--balance", action="store_true", help="shard sizes differ by at most one per split")
+    run.add_argument("--bootstrap", type=int_range(0, 1_000_000), default=2000, metavar="B",
+                     help="bootstrap replicates for the 95%% confidence intervals (0: none)")
+    run.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="the bootstrap's seed")
+    run.add_argument("--group-by", type=group_pattern, default=None, metavar="REGEX",
+                     help="one capture group over each image's location (e.g. a patient ID): per-group results, "
+                          "and the bootstrap resamples groups")
     run.add_argument("--decode", choices=("exact", "reduced"), default="exact",
                      help="reduced: decode JPEGs at 1/2-1/8 scale in libjpeg (at least twice the network input), "
                           "then resize; much faster on multi-megapixel photographs, not bit-identical to ECVL")
@@ -193,7 +200,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
             output=args.output,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
-            shard_by=args.shard_by, decode=args.decode,
+            shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
+            group_by=args.group_by,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
             schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,

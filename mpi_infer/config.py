@@ -27,6 +27,9 @@ class RunConfig:
     output: str | None = None  # the ONNX output tensor to score (None: the model's only output)
     decode: str = "exact"  # exact (ECVL's full decode) | reduced (JPEG DCT-domain scaling, then the resize)
     save_masks: bool = False
+    bootstrap: int = 2000  # bootstrap replicates for the 95% CIs (0: none)
+    seed: int = 0  # the bootstrap's seed
+    group_by: str | None = None  # regex with one capture group over location: per-group results, group bootstrap
     dry_run: bool = False
     balance: bool = False
     shard_by: str = "bytes"  # bytes: balance each split's shards by file bytes; images: by count (upstream rule)

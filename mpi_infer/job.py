@@ -18,7 +18,6 @@ from typing import Any
 from .config import RunConfig
 from .dataset import WorkList
 from .engines import Stack, choose_stack, open_engine, visible_gpus
-from .engines.heads import ClassificationHead, SegmentationHead
 from .errors import EXIT_OK, clip, exit_code_for
 from .model_output import OutputSpec
 from .orchestrate import (
@@ -33,6 +32,8 @@ from .progress import ProgressDisplay, configure, log
 from .records import DescriptorIndex, RecordTable
 from .results import Ledger, problem_lines, summary_table
 from .runner import Fault, RankTimings, run_items
+from .tasks.classification import ClassificationHead
+from .tasks.segmentation import SegmentationHead
 
 TAG_PROGRESS, TAG_REQUEST, TAG_WORK = 11, 12, 13
 PROGRESS_EVERY_S = 0.5

@@ -21,10 +21,10 @@ from .atomic import read_input, write_text
 from .config import RunConfig
 from .dataset import Dataset, WorkList, check_single_labels, load_dataset, select_splits, selected_items
 from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError, clip
-from .metrics import EMPTY_GT_POLICY, summarise
 from .modelfile import cached_onnx, model_format, model_sha256
 from .partition import describe, plan
 from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
+from .tasks.segmentation import EMPTY_GT_POLICY, summarise
 
 RUN_FILE = "run.json"
 OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html")
@@ -259,6 +259,36 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     return prepared, payloads
 
 
+def group_namer(pattern: str | None) -> Any:
+    """--group-by: a record's group is the capture group's text in its location; an unmatched image is a group
+    of its own (its location), counted as unmatched."""
+    if not pattern:
+        return None
+    compiled = re.compile(pattern)
+
+    def group_of(r: dict[str, Any]) -> str:
+        m = compiled.search(r["location"])
+        return m.group(1) if m else f"(unmatched) {r['location']}"
+
+    return group_of
+
+
+def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str) -> dict[str, Any]:
+    """Each group's images and mean Dice/IoU/ISIC score, and how many images matched no group."""
+    from .tasks.segmentation import aggregate
+
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault(group_of(r), []).append(r)
+    unmatched = sum(len(v) for k, v in by.items() if k.startswith("(unmatched) "))
+    table = {}
+    for name, rs in sorted(by.items()):
+        m = aggregate(rs)
+        table[name] = {"images": m["images"]["selected"], "scored": m["images"]["scored"],
+                       "mean_dice": m["metrics"]["mean_dice"], "mean_iou": m["metrics"]["mean_iou"]}
+    return {"pattern": pattern, "groups": len(by), "unmatched_images": unmatched, "per_group": table}
+
+
 def read_run_file(path: str) -> dict[str, Any]:
     """The identity an earlier attempt recorded; a damaged file is a configuration error naming it."""
     try:
@@ -294,12 +324,18 @@ def finish_run(
     all_records = sorted(prepared.previous + records, key=lambda r: r["index"])
     classification = prepared.task == "classification"
     if classification:
-        from .cls_metrics import summarise_classification
+        from .tasks.classification import summarise_classification
 
-        summary = summarise_classification(all_records, prepared.splits, prepared.classes)
+        summary = summarise_classification(all_records, prepared.splits, prepared.classes, cfg.bootstrap, cfg.seed)
         summary = {"task": "classification", "classes": prepared.classes, **summary}
     else:
-        summary = {"task": "segmentation", **summarise(all_records, prepared.splits)}
+        group_of = group_namer(cfg.group_by)
+        summary = {"task": "segmentation", **summarise(all_records, prepared.splits, cfg.bootstrap, cfg.seed,
+                                                        group_of)}
+        summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
+                                "unit": "group" if group_of else "image"}
+        if group_of:
+            summary["groups"] = per_group(all_records, group_of, cfg.group_by)
     exit_code = EXIT_PARTIAL if summary["images"]["failed"] else EXIT_OK
     if summary["images"]["selected"] != prepared.selected:
         raise RuntimeError(f"internal error: {summary['images']['selected']} records for "

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from .dataset import WorkList
+from .tasks.segmentation import CURVE
 
 STATUSES = ("ok", "converted", "unscored", "failed")
+_NO_CURVE = (-1,) * (3 * len(CURVE))
 _CODE = {s: k for k, s in enumerate(STATUSES)}
 
 
@@ -30,7 +32,8 @@ class RecordTable:
         self.status = array("b")
         self.iou = array("d")
         self.dice = array("d")
-        self.counts = array("q")  # tp, fp, fn per image; -1 where not scored
+        self.counts = array("q")  # tp, fp, fn, tn per image; -1 where not scored
+        self.curve = array("i")  # (tp, fp, fn) at each threshold of the curve, per image; -1 where not scored
         self.errors: dict[int, str] = {}  # row -> text, only for rows that have one
 
     def __len__(self) -> int:
@@ -46,7 +49,9 @@ class RecordTable:
             scored = r["iou"] is not None
             self.iou.append(float(r["iou"]) if scored else float("nan"))
             self.dice.append(float(r["dice"]) if scored else float("nan"))
-            self.counts.extend((int(r["tp"]), int(r["fp"]), int(r["fn"])) if scored else (-1, -1, -1))
+            self.counts.extend((int(r["tp"]), int(r["fp"]), int(r["fn"]), int(r["tn"])) if scored
+                               else (-1, -1, -1, -1))
+            self.curve.extend(r["curve"] if scored else _NO_CURVE)
             if r.get("error"):
                 self.errors[row] = r["error"]
 
@@ -65,15 +70,17 @@ class RecordTable:
         if self.classes:
             return self._classification_records(lookup)
         out = []
+        k = len(_NO_CURVE)
         for row, index in enumerate(self.index):
             split, location, label, _ = lookup.describe(index)
-            scored = self.counts[3 * row] >= 0
+            scored = self.counts[4 * row] >= 0
+            tp, fp, fn, tn = self.counts[4 * row : 4 * row + 4] if scored else (None,) * 4
             out.append({
                 "index": index, "split": split, "location": location, "label": label, "rank": self.rank,
                 "iou": self.iou[row] if scored else None, "dice": self.dice[row] if scored else None,
-                "tp": self.counts[3 * row] if scored else None, "fp": self.counts[3 * row + 1] if scored else None,
-                "fn": self.counts[3 * row + 2] if scored else None, "status": STATUSES[self.status[row]],
-                "error": self.errors.get(row, ""),
+                "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                "curve": self.curve[k * row : k * (row + 1)].tolist() if scored else None,
+                "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""),
             })
         return out
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .atomic import read_input, write_text
 from .errors import clip
-from .results import CLASSIFICATION_COLUMNS, CSV_COLUMNS, MASK_DIR, mask_file_name
+from .results import CLASSIFICATION_COLUMNS, CSV_CORE_COLUMNS, MASK_DIR, mask_file_name
 
 GT_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (230, 0, 230)
@@ -198,7 +198,7 @@ def load_run(run_dir: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
                           f"not a per_image.csv mpi_infer wrote") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     classification = summary.get("task") == "classification"
-    columns = CLASSIFICATION_COLUMNS if classification else CSV_COLUMNS
+    columns = CLASSIFICATION_COLUMNS if classification else CSV_CORE_COLUMNS  # runs of 0.2 still report
     numbers = ("index", "probability", "true_probability") if classification else ("index", "iou", "dice")
     if reader.fieldnames is None or not set(columns) <= set(reader.fieldnames):
         raise ConfigError(f"{csv_path}: expected the columns {', '.join(columns)}")
@@ -229,6 +229,11 @@ def write_report(run_dir: str, k: int = 8) -> str:
         best = list(reversed(scored[-k:])) if len(scored) > k else []
         has_masks = os.path.isdir(os.path.join(run_dir, MASK_DIR))
         figures = [("Dice and IoU per image, by split", histograms(rows, summary.get("splits", [])), "histograms")]
+        for title, png, fid in (("Every image's scores, and the means' 95% CIs", distribution_figure(summary, rows),
+                                 "distributions"),
+                                ("The threshold curve", threshold_curve_figure(summary), "curve")):
+            if png:
+                figures.append((title, png, fid))
         for title, picked, fid in ((f"Worst {len(worst)} images", worst, "worst"),
                                    (f"Best {len(best)} images", best, "best")):
             png = contact_sheet(run_dir, picked, title)
@@ -335,6 +340,9 @@ def classification_figures(summary: dict[str, Any], rows: list[dict[str, str]], 
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (counts; colour: share of the true class)", fontsize=9)
     figures = [("Confusion matrix", _png(fig), "confusion")]
+    png = roc_and_reliability_figure(summary)
+    if png:
+        figures.append(("ROC curves and the reliability diagram", png, "roc"))
     per = metrics.get("per_class") or {}
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(classes)), 3))
     x = np.arange(len(classes))
@@ -364,3 +372,87 @@ def classification_figures(summary: dict[str, Any], rows: list[dict[str, str]], 
         fig.tight_layout()
         figures.append((f"Least confident {len(unsure)} images", _png(fig), "worst"))
     return figures
+
+
+SEGMENTATION_METRICS = (("dice", "Dice"), ("iou", "IoU (Jaccard)"), ("thresholded_jaccard", "thresholded Jaccard"),
+                        ("sensitivity", "sensitivity"), ("specificity", "specificity"))
+
+
+def distribution_figure(summary: dict[str, Any], rows: list[dict[str, str]]) -> str | None:
+    """Box plots of each per-image metric with every image's point over them, and the mean's bootstrap 95% CI."""
+    values = [[float(r[m]) for r in rows if r.get(m, "") != ""] for m, _ in SEGMENTATION_METRICS]
+    if not any(values):
+        return None
+    plt = _plt()
+    stats = summary.get("statistics", {})
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.boxplot(values, showfliers=False, widths=0.5)
+    jitter = np.random.default_rng(0)
+    for k, (v, (key, _)) in enumerate(zip(values, SEGMENTATION_METRICS), start=1):
+        ax.scatter(k + jitter.uniform(-0.18, 0.18, len(v)), v, s=6, alpha=0.45, color="#3b75af", zorder=3)
+        st = stats.get(key, {})
+        ci, mean = st.get("ci95"), st.get("mean")
+        if ci and None not in ci and mean is not None:
+            ax.errorbar(k + 0.33, mean, yerr=[[mean - ci[0]], [ci[1] - mean]], fmt="o", color="black", capsize=4,
+                        markersize=4, zorder=4)
+    ax.set_xticks(range(1, len(SEGMENTATION_METRICS) + 1), [label for _, label in SEGMENTATION_METRICS])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("per image (points), quartiles (boxes), and each mean with its bootstrap 95% CI (black)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def threshold_curve_figure(summary: dict[str, Any]) -> str | None:
+    """Mean and global Dice/IoU against the threshold, per split, with the run's threshold and the best one."""
+    curve = summary.get("threshold_curve")
+    if not curve:
+        return None
+    plt = _plt()
+    t = curve["thresholds"]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    ax.plot(t, curve["mean_dice"], color="#3b75af", label="mean Dice (all)")
+    ax.plot(t, curve["mean_iou"], color="#e1812c", label="mean IoU (all)")
+    ax.plot(t, curve["global_dice"], color="#3b75af", linestyle="--", label="global Dice (all)")
+    for name, split in summary.get("per_split", {}).items():
+        if "threshold_curve" in split:
+            ax.plot(t, split["threshold_curve"]["mean_dice"], linewidth=0.8, alpha=0.7, label=f"mean Dice ({name})")
+    ax.axvline(summary.get("threshold", 0.5), color="grey", linewidth=1, label="the run's threshold")
+    sel = summary.get("threshold_selection", {})
+    if sel.get("threshold") is not None:
+        ax.axvline(sel["threshold"], color="black", linestyle=":", label=f"best on {sel['picked_on']}")
+    ax.set_xlabel("threshold")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("the threshold curve (the same pass; every point exact)", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def roc_and_reliability_figure(summary: dict[str, Any]) -> str | None:
+    """One-vs-rest ROC curves per class, and the reliability diagram of the top-class probability."""
+    metrics = summary.get("metrics", {})
+    per = metrics.get("per_class") or {}
+    if not any(v.get("roc") for v in per.values()):
+        return None
+    plt = _plt()
+    fig, (roc, rel) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, v in per.items():
+        if v.get("roc"):
+            roc.plot(v["roc"]["fpr"], v["roc"]["tpr"], label=f"{name} (AUC {v['roc_auc']:.3f})")
+    roc.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+    roc.set_xlabel("false positive rate")
+    roc.set_ylabel("true positive rate")
+    roc.legend(fontsize=8)
+    roc.set_title(f"ROC, one vs rest (macro AUC {metrics.get('macro_auc') or 0:.3f})", fontsize=9)
+    bins = (metrics.get("calibration") or {}).get("bins", [])
+    width = 1 / max(1, len(bins))
+    centres = [(k + 0.5) * width for k in range(len(bins))]
+    rel.bar(centres, [b["accuracy"] or 0 for b in bins], width=width * 0.9, color="#55a868", label="accuracy")
+    rel.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    rel.set_xlabel("top-class probability")
+    rel.set_ylabel("accuracy in the bin")
+    rel.legend(fontsize=8)
+    rel.set_title(f"reliability diagram (ECE {(metrics.get('calibration') or {}).get('ece', 0):.3f}, "
+                  f"{len(bins)} bins)", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)

@@ -21,7 +21,9 @@ import numpy as np
 from .atomic import with_path, write_text
 from .errors import clip
 
-CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
+CSV_CORE_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
+CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "thresholded_jaccard", "sensitivity",
+               "specificity", "accuracy", "status", "error")
 CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
                           "true_probability", "top_k", "status", "error")
 LEDGER_DIR = "ledger"
@@ -56,14 +58,26 @@ def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]],
     for r in sorted(records, key=lambda r: (r["index"], r["split"])):
         if classes:
             r = classification_row(r, classes)
+        else:
+            r = segmentation_row(r)
         writer.writerow([_fmt(r.get(c)) for c in columns])
     path = os.path.join(out_dir, "per_image.csv")
     write_text(path, buf.getvalue())
     return path
 
 
+def segmentation_row(r: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ISIC per-image set beside IoU (the Jaccard) and Dice, from the record's pixel counts."""
+    if r.get("tn") is None:
+        return r
+    from .tasks.segmentation import image_metrics
+
+    extra = image_metrics(r["tp"], r["fp"], r["fn"], r["tn"])
+    return {**r, **{k: float(extra[k]) for k in ("thresholded_jaccard", "sensitivity", "specificity", "accuracy")}}
+
+
 def classification_row(r: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
-    from .cls_metrics import top_k_text
+    from .tasks.classification import top_k_text
 
     probs, target, predicted = r.get("probs"), r.get("target"), r.get("predicted")
     return {**r, "label": "" if target is None else classes[target],
@@ -178,7 +192,26 @@ def summary_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
     head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
-    return _render(rows, head, summary, notes)
+    return _render(rows, head, summary, [*ci_lines(summary), *notes])
+
+
+def ci_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The headline means with their bootstrap 95% CIs, and the ISIC score, in one line."""
+    st = summary.get("statistics") or {}
+    if not st.get("dice", {}).get("ci95"):
+        return []
+
+    def cited(key: str, label: str) -> str:
+        s = st[key]
+        value = s.get("mean", s.get("value"))
+        lo, hi = s.get("ci95") or (None, None)
+        return f"{label} {_num(value)} [{_num(lo)}, {_num(hi)}]"
+
+    boot = summary.get("bootstrap", {})
+    return [f"95% CI ({boot.get('replicates')} bootstrap resamples of {boot.get('unit', 'image')}s): "
+            + ", ".join(cited(k, label) for k, label in (("dice", "mean Dice"), ("iou", "mean IoU"),
+                                                          ("thresholded_jaccard", "ISIC score"),
+                                                          ("global_dice", "global Dice")))]
 
 
 def _render(rows: list[tuple[str, ...]], head: str, summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:

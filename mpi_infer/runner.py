@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from .loader import Batch, Loaded, WorkItem, iter_batches
-from .metrics import confusion, iou_dice
 from .profiles import Profile
 from .results import Ledger, save_mask
+from .tasks.segmentation import confusion, iou_dice, threshold_counts
 
 FAULT_ENV = "MPI_INFER_FAULT"
 
@@ -80,6 +80,8 @@ def record_for(loaded: Loaded, rank: int, classification: bool = False) -> dict[
         "tp": None,
         "fp": None,
         "fn": None,
+        "tn": None,
+        "curve": None,
         "status": loaded.status,
         "error": "; ".join(loaded.notes),
     }
@@ -140,12 +142,15 @@ def run_items(
             scored = [k for k in batch.rows if batch.items[k].mask is not None]
             if scored:
                 pos = [batch.rows.index(k) for k in scored]
-                tp, fp, fn = confusion(probs[pos], np.stack([batch.items[k].mask for k in scored]),
-                                       profile.threshold)
+                masks = np.stack([batch.items[k].mask for k in scored])
+                tp, fp, fn = confusion(probs[pos], masks, profile.threshold)
                 iou, dice = iou_dice(tp, fp, fn)
+                curve = threshold_counts(probs[pos], masks)
+                pixels = masks[0].size
                 for j, k in enumerate(scored):
                     records[k].update(iou=float(iou[j]), dice=float(dice[j]), tp=int(tp[j]), fp=int(fp[j]),
-                                      fn=int(fn[j]))
+                                      fn=int(fn[j]), tn=int(pixels - tp[j] - fp[j] - fn[j]),
+                                      curve=curve[j].ravel().tolist())
             if masks_dir is not None:
                 for j, k in enumerate(batch.rows):
                     it = batch.items[k]

@@ -19,6 +19,8 @@ Figures and targets (issue 8):
               single-thread forward per image, over the cores) and Ray Data where installed; on the synthetic set
               and an ISIC-sized one (synth --preset isic). Wall, steady-state images/s, peak RSS per rank;
               targets: N=2 >= 1.0x the script's steady state, >= 0.9x its whole command, >= 0.85 of the ideal
+  statistics  (issue 21) wall of the 200-image demo at N=2 with --bootstrap 2000 vs 0 (<= 5% added), the threshold
+              curve's cost per image, the mean Dice CI's width, identical from 1, 2 and 3 ranks
   stacks      (issue 12, where pyecvl/pyeddl are installed) loader x engine on the demo model at N=2, same
               images: ECVL loader + ONNX engine wall / OpenCV loader + ONNX engine wall <= 1.10; the EDDL
               engine's wall against the ONNX engine's (the ECVL loader under both); peak RSS per rank of each
@@ -430,6 +432,39 @@ def _make_30mp(folder: str, n: int) -> None:
         fh.write("name: isic-30mp\nimages:\n" + "".join(lines))
 
 
+def statistics_cost(work: str, args) -> None:
+    """Issue 21: the statistics' and threshold curve's cost on the 200-image demo, and the CI from 1, 2, 3 ranks."""
+    from mpi_infer.tasks.segmentation import threshold_counts
+
+    data = os.path.join(work, "data-stats", "dataset.yml")
+    if not os.path.exists(data):
+        make_dataset(os.path.dirname(data), SynthSpec(n=200, seed=0))
+    model = demo_model("onnx")
+    walls: dict[str, list[float]] = {"bootstrap 0": [], "bootstrap 2000": []}
+    for _ in range(args.repeats):
+        for label in walls:
+            wall, _ = run_job(work, "stats", 2, data, model, ["--bootstrap", label.split()[1]])
+            walls[label].append(wall)
+    rng = np.random.default_rng(0)
+    prob = rng.random((8, 192, 192)).astype(np.float32)
+    mask = (rng.random((8, 192, 192)) > 0.7).astype(np.uint8) * 255
+    t0 = time.perf_counter()
+    for _ in range(20):
+        threshold_counts(prob, mask)
+    curve_ms = (time.perf_counter() - t0) / (20 * 8) * 1e3
+    cis = {}
+    for n in (1, 2, 3):
+        _, s = run_job(work, f"stats-{n}", n, data, model)
+        cis[n] = s["statistics"]["dice"]["ci95"]
+    med = {k: float(np.median(v)) for k, v in walls.items()}
+    emit("statistics", images=200, wall_s={k: round(v, 3) for k, v in med.items()},
+         bootstrap_added=round(med["bootstrap 2000"] / med["bootstrap 0"] - 1, 4),
+         curve_ms_per_image=round(curve_ms, 3),
+         curve_share_of_wall=round(curve_ms * 200 / 1e3 / 2 / med["bootstrap 0"], 4), target=0.05,
+         dice_ci95=cis[1], dice_ci_width=round(cis[1][1] - cis[1][0], 5),
+         identical_for_n_1_2_3=cis[1] == cis[2] == cis[3])
+
+
 def planning(work: str, args) -> None:
     from bench_plan import write_yaml
 
@@ -518,7 +553,7 @@ def main() -> None:
     ap.add_argument("--huge-images", type=int, default=6, help="6688x4439 images for the memory figure")
     ap.add_argument("--peer-flags", nargs="*", default=[], help="extra mpi_infer flags for the peers runs")
     ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
-                                                    "memory", "stacks", "peers"])
+                                                    "memory", "stacks", "peers", "statistics"])
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     args.ranks = args.ranks or [n for n in (1, 2, 4, 8, 16) if n <= cores]
@@ -561,6 +596,8 @@ def main() -> None:
     if "peers" in args.only:
         peers(work, args)
         isic_extras(work, args)
+    if "statistics" in args.only:
+        statistics_cost(work, args)
 
     with open(os.path.join(work, "results.json"), "w") as fh:
         json.dump({"machine": info, "figures": RESULTS}, fh, indent=2)

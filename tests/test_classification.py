@@ -18,10 +18,10 @@ from mpi_infer.cls_archs import (
     random_classifier,
     records_from_classifier,
 )
-from mpi_infer.cls_metrics import classification_metrics
 from mpi_infer.dataset import load_dataset
 from mpi_infer.engines import pyecvl_available
 from mpi_infer.synth import CLASSES, SynthSpec, make_classification_dataset
+from mpi_infer.tasks.classification import classification_metrics
 
 LOADERS = ["opencv", "ecvl"] if pyecvl_available() else ["opencv"]
 

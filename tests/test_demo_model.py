@@ -11,11 +11,11 @@ from mpi_infer.dataset import load_dataset
 from mpi_infer.eddl_bin import read_records
 from mpi_infer.engines.onnx import OnnxEngine
 from mpi_infer.loader import WorkItem
-from mpi_infer.metrics import aggregate
 from mpi_infer.modelfile import demo_model
 from mpi_infer.profiles import get_profile
 from mpi_infer.runner import run_items
 from mpi_infer.synth import SynthSpec, make_dataset
+from mpi_infer.tasks.segmentation import aggregate
 
 
 def test_demo_model_files_are_small_and_the_same_network():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from mpi_infer.loader import WorkItem, iter_batches, load_item, to_tensor
-from mpi_infer.metrics import aggregate, confusion, iou_dice, summarise
 from mpi_infer.profiles import get_profile
+from mpi_infer.tasks.segmentation import aggregate, confusion, iou_dice, summarise
 
 PROFILE = get_profile("segnet-192", size=(32, 32))
 
@@ -173,7 +173,8 @@ def test_record_table_round_trip_through_descriptor_index():
     wl_a = WorkList("/root/", [5, 1], [("test", 1), ("training", 1)], ["a.jpg", "b.jpg"], ["a.png", None])
     wl_b = WorkList("", [3], [("test", 1)], [("/x/r.png", "/x/g.png", "/x/b.png")], ["/x/m.png"])
     recs = [
-        {"index": 5, "status": "ok", "iou": 0.25, "dice": 0.4, "tp": 1, "fp": 2, "fn": 1, "error": ""},
+        {"index": 5, "status": "ok", "iou": 0.25, "dice": 0.4, "tp": 1, "fp": 2, "fn": 1, "tn": 9,
+         "curve": list(range(57)), "error": ""},
         {"index": 1, "status": "unscored", "iou": None, "dice": None, "tp": None, "fp": None, "fn": None,
          "error": ""},
         {"index": 3, "status": "failed", "iou": None, "dice": None, "tp": None, "fp": None, "fn": None,
@@ -186,7 +187,8 @@ def test_record_table_round_trip_through_descriptor_index():
 
     back = pickle.loads(pickle.dumps(table)).to_records(DescriptorIndex([wl_a, None, wl_b]))
     assert back[0] == {"index": 5, "split": "test", "location": "/root/a.jpg", "label": "/root/a.png", "rank": 2,
-                       "iou": 0.25, "dice": 0.4, "tp": 1, "fp": 2, "fn": 1, "status": "ok", "error": ""}
+                       "iou": 0.25, "dice": 0.4, "tp": 1, "fp": 2, "fn": 1, "tn": 9, "curve": list(range(57)),
+                       "status": "ok", "error": ""}
     assert back[1]["split"] == "training" and back[1]["label"] == "" and back[1]["iou"] is None
     assert back[2]["location"] == "/x/r.png;/x/g.png;/x/b.png" and back[2]["error"].startswith("image file")
     with pytest.raises(KeyError):

@@ -121,7 +121,7 @@ def figures(run_dir: str) -> dict[str, np.ndarray]:
 
 def test_report_figures_are_real_images(reported_run):
     figs = figures(reported_run)
-    assert set(figs) == {"histograms", "ranks", "worst", "best"}
+    assert set(figs) == {"histograms", "ranks", "worst", "best", "distributions", "curve"}
     for fid, img in figs.items():
         assert img is not None and img.shape[0] > 150 and img.shape[1] > 300, fid
         assert img.std() > 10, f"{fid} looks blank"
@@ -155,7 +155,7 @@ def test_report_opens_in_headless_chromium(reported_run, tmp_path):
            "--virtual-time-budget=5000", "--dump-dom", "file://" + os.path.join(reported_run, "report.html")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert 'data-figures-loaded="4/4"' in proc.stdout
+    assert 'data-figures-loaded="6/6"' in proc.stdout
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
     assert "Content Security Policy" not in proc.stderr

@@ -20,7 +20,8 @@ from ..errors import ConfigError, ModelError
 from ..model_output import OutputSpec
 from ..modelfile import model_format
 from ..profiles import Profile
-from .heads import Head, SegmentationHead, probe_batch
+from ..tasks.segmentation import SegmentationHead
+from .heads import Head, probe_batch
 
 MEMORY_MODES = ("full_mem", "mid_mem", "low_mem")  # EDDL's; measured: no effect on inference RSS
 MICRO_BATCH = 2  # images per EDDL forward (see predict)

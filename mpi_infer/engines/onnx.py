@@ -8,7 +8,8 @@ from ..errors import ConfigError, ModelError
 from ..model_output import OutputSpec, inference_graph
 from ..modelfile import mentions
 from ..profiles import Profile
-from .heads import Head, SegmentationHead, probe_batch
+from ..tasks.segmentation import SegmentationHead
+from .heads import Head, probe_batch
 
 
 def first_line(exc: BaseException, cap: int = 300) -> str:

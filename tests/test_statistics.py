@@ -1,0 +1,183 @@
+"""Evaluation a reviewer accepts: distributions and bootstrap CIs (identical for any N), the ISIC 2018 Task 1 set,
+the threshold curve (its 0.3 equals a run at --threshold 0.3, image for image), per-class ROC AUC, average
+precision and calibration equal to scikit-learn's, and --group-by's group bootstrap, under a real mpirun."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import mpirun, read_rows, read_summary
+from sklearn import metrics as skm
+
+from mpi_infer.results import read_ledgers
+from mpi_infer.tasks.classification import average_precision, calibration, classification_metrics, weighted_auc
+from mpi_infer.tasks.segmentation import CURVE, confusion, image_metrics, threshold_counts
+from mpi_infer.tasks.stats import bootstrap_sums, describe, percentile_ci
+
+
+def test_threshold_counts_equal_confusion_at_every_threshold():
+    rng = np.random.default_rng(0)
+    prob = rng.random((5, 24, 31)).astype(np.float32)
+    prob[0, :3] = np.asarray(CURVE[:3], np.float32)[:, None]  # exactly on thresholds: >= counts them
+    mask = rng.choice(np.array([0, 255, 13, 77, 128, 200], np.uint8), size=(5, 24, 31))  # stray values too
+    counts = threshold_counts(prob, mask)
+    for k, t in enumerate(CURVE):
+        tp, fp, fn = confusion(prob, mask, t)
+        assert np.array_equal(counts[:, k, 0], tp) and np.array_equal(counts[:, k, 1], fp)
+        assert np.array_equal(counts[:, k, 2], fn), t
+
+
+def test_describe_and_the_isic_set():
+    v = np.random.default_rng(1).random(101)
+    d = describe(v)
+    assert d["n"] == 101 and d["median"] == pytest.approx(np.median(v)) and d["std"] == pytest.approx(v.std(ddof=1))
+    assert d["p5"] == pytest.approx(np.percentile(v, 5)) and d["max"] == v.max()
+    m = image_metrics([50, 0, 10], [5, 0, 90], [5, 0, 0], [940, 1000, 900])
+    assert m["iou"][0] == pytest.approx(50 / 60) and m["thresholded_jaccard"][0] == pytest.approx(50 / 60)
+    assert m["thresholded_jaccard"][2] == 0.0  # J = 0.1 < 0.65
+    assert m["sensitivity"][0] == pytest.approx(50 / 55) and m["specificity"][0] == pytest.approx(940 / 945)
+    assert m["accuracy"][0] == pytest.approx(990 / 1000)
+    assert m["iou"][1] == 1.0 and m["sensitivity"][1] == 1.0  # empty ground truth, empty prediction: defined
+
+
+def test_bootstrap_is_seeded_and_covers_the_mean():
+    v = np.random.default_rng(2).random((300, 1))
+    sums = np.column_stack([v, np.ones(300)])
+    a = bootstrap_sums(sums, 2000, 7, "test")
+    b = bootstrap_sums(sums, 2000, 7, "test")
+    assert np.array_equal(a, b) and a.shape == (2000, 2)
+    lo, hi = percentile_ci(a[:, 0] / a[:, 1])
+    assert lo < v.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * v.std() / np.sqrt(300), rel=0.15)
+    assert not np.array_equal(a, bootstrap_sums(sums, 2000, 8, "test"))
+
+
+def test_classification_extras_equal_scikit_learn():
+    rng = np.random.default_rng(3)
+    n, c = 400, 4
+    targets = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[targets]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probs[:20] = np.round(probs[:20], 1)  # ties
+    m = classification_metrics(targets, probs, [f"c{k}" for k in range(c)])
+    for k in range(c):
+        pc = m["per_class"][f"c{k}"]
+        assert pc["roc_auc"] == pytest.approx(skm.roc_auc_score(targets == k, probs[:, k]), abs=1e-12)
+        assert pc["average_precision"] == pytest.approx(skm.average_precision_score(targets == k, probs[:, k]),
+                                                        abs=1e-12)
+        tn, fp, fn, tp = skm.confusion_matrix(targets == k, probs.argmax(axis=1) == k).ravel()
+        assert pc["sensitivity"] == pytest.approx(tp / (tp + fn)) and pc["specificity"] == pytest.approx(tn / (tn + fp))
+    assert m["macro_auc"] == pytest.approx(np.mean([skm.roc_auc_score(targets == k, probs[:, k]) for k in range(c)]))
+    clean = probs[20:] / probs[20:].sum(axis=1, keepdims=True)  # sklearn's multiclass form wants rows summing to 1
+    again = classification_metrics(targets[20:], clean, [f"c{k}" for k in range(c)])
+    assert again["macro_auc"] == pytest.approx(skm.roc_auc_score(targets[20:], clean, multi_class="ovr"))
+    roc = m["per_class"]["c0"]["roc"]
+    fpr, tpr, _ = skm.roc_curve(targets == 0, probs[:, 0])
+    assert np.interp(0.3, roc["fpr"], roc["tpr"]) == pytest.approx(np.interp(0.3, fpr, tpr), abs=0.02)
+    # ECE, 15 equal-width bins (lo, hi] of the top-class probability, computed here independently
+    conf, hit = probs.max(axis=1), probs.argmax(axis=1) == targets
+    edges = np.linspace(0, 1, 16)
+    ece = sum(abs(hit[(conf > lo) & (conf <= hi)].mean() - conf[(conf > lo) & (conf <= hi)].mean())
+              * ((conf > lo) & (conf <= hi)).sum() / n for lo, hi in zip(edges[:-1], edges[1:])
+              if ((conf > lo) & (conf <= hi)).any())
+    assert m["calibration"]["ece"] == pytest.approx(ece, abs=1e-12)
+    assert calibration(probs, targets)["ece"] == m["calibration"]["ece"]
+    w = np.ones((1, n))
+    assert weighted_auc(probs[:, 0], targets == 0, w)[0] == pytest.approx(m["per_class"]["c0"]["roc_auc"])
+    assert average_precision(probs[:, 1], np.zeros(n, bool)) is None
+
+
+@pytest.fixture(scope="module")
+def stat_runs(synth_small, tmp_path_factory):
+    base = tmp_path_factory.mktemp("stats")
+    out = {}
+    for n in (1, 2, 3):
+        d = str(base / f"n{n}")
+        proc = mpirun(n, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", d, "--split", "all",
+                      "--quiet", *(["--schedule", "dynamic"] if n == 3 else []))
+        assert proc.returncode == 0, proc.stderr
+        out[n] = d
+    at03 = str(base / "t03")
+    assert mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", at03, "--split", "all",
+                  "--quiet", "--threshold", "0.3").returncode == 0
+    out["t03"] = at03
+    return out
+
+
+def test_statistics_and_cis_are_identical_for_any_n_and_schedule(stat_runs):
+    s = {n: read_summary(stat_runs[n]) for n in (1, 2, 3)}
+    for n in (2, 3):
+        assert s[n]["statistics"] == s[1]["statistics"]
+        assert s[n]["per_split"] == s[1]["per_split"] and s[n]["threshold_curve"] == s[1]["threshold_curve"]
+    st = s[1]["statistics"]
+    assert set(st) >= {"iou", "dice", "thresholded_jaccard", "sensitivity", "specificity", "accuracy",
+                       "global_iou", "global_dice"}
+    lo, hi = st["dice"]["ci95"]
+    assert lo <= st["dice"]["mean"] <= hi and st["dice"]["mean"] == s[1]["metrics"]["mean_dice"]
+    assert st["global_dice"]["ci95"][0] <= s[1]["metrics"]["global_dice"] <= st["global_dice"]["ci95"][1]
+    assert s[1]["metrics"]["isic_score"] == st["thresholded_jaccard"]["mean"]
+    assert s[1]["bootstrap"] == {"replicates": 2000, "seed": 0, "ci": "95% percentile", "unit": "image"}
+    rows = read_rows(stat_runs[1])
+    assert {"thresholded_jaccard", "sensitivity", "specificity", "accuracy"} <= set(rows[0])
+
+
+def test_threshold_curve_at_0_3_equals_a_run_at_0_3_image_for_image(stat_runs):
+    k = CURVE.index(0.3)
+    curve = {r["index"]: r["curve"] for r in read_ledgers(stat_runs[2])}
+    separate = {int(r["index"]): r for r in read_rows(stat_runs["t03"])}
+    for index, counts in curve.items():
+        tp, fp, fn = counts[3 * k : 3 * k + 3]
+        iou = (tp + 1e-6) / (tp + fp + fn + 1e-6)
+        assert iou == float(separate[index]["iou"]), index
+    s, t = read_summary(stat_runs[2]), read_summary(stat_runs["t03"])
+    assert s["threshold_curve"]["mean_dice"][k] == t["metrics"]["mean_dice"]
+    assert s["threshold_curve"]["global_iou"][k] == t["metrics"]["global_iou"]
+    assert s["threshold_curve"]["mean_dice"][CURVE.index(0.5)] == s["metrics"]["mean_dice"]
+    sel = s["threshold_selection"]
+    assert sel["picked_on"] == "validation" and sel["threshold"] == s["per_split"]["validation"][
+        "threshold_curve"]["best"]["threshold"]
+
+
+def test_the_ci_is_the_same_after_a_resume_with_another_n(synth_small, stat_runs, tmp_path):
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
+                  "--batch-size", "2", env={"MPI_INFER_FAULT": "kill:rank=1:after=2"})
+    assert proc.returncode != 0
+    proc = mpirun(3, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
+                  "--batch-size", "2", "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert read_summary(out)["statistics"] == read_summary(stat_runs[1])["statistics"]
+
+
+def test_group_by_resamples_groups_and_reports_each(synth_small, tmp_path):
+    out = str(tmp_path / "g")
+    # SYN_007000012.jpg: the last digit as a "patient" (10 groups of 1-2 images)
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
+                  "--quiet", "--group-by", r"SYN_\d{8}(\d)\.jpg")
+    assert proc.returncode == 0, proc.stderr
+    s = read_summary(out)
+    assert s["bootstrap"]["unit"] == "group" and s["groups"]["groups"] == 10 and s["groups"]["unmatched_images"] == 0
+    assert sum(g["images"] for g in s["groups"]["per_group"].values()) == 13
+    assert s["statistics"]["dice"]["mean"] == s["metrics"]["mean_dice"]
+    bad = mpirun(1, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", str(tmp_path / "b"),
+                 "--group-by", "no-group")
+    assert bad.returncode == 2 and "exactly one capture group" in bad.stderr
+
+
+def test_classification_cis_under_mpirun(tmp_path):
+    from mpi_infer.synth import SynthSpec, make_classification_dataset
+
+    data = make_classification_dataset(str(tmp_path / "cls"), SynthSpec(n=30, seed=4))
+    outs = []
+    for n in (1, 3):
+        out = str(tmp_path / f"o{n}")
+        assert mpirun(n, "run", "--dataset", data, "--model", "demo-classifier", "--out", out, "--split", "all",
+                      "--quiet").returncode == 0
+        outs.append(read_summary(out))
+    assert outs[0]["statistics"] == outs[1]["statistics"]
+    assert set(outs[0]["statistics"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
+    assert "calibration" in outs[0]["metrics"] and outs[0]["metrics"]["macro_auc"] is not None
+    with open(os.path.join(tmp_path / "o1", "summary.json")) as fh:
+        assert json.load(fh)["metrics"]["per_class"]["nevus"]["roc_auc"] is not None
