@@ -14,6 +14,7 @@ EXIT_DATASET = 10  # the dataset YAML is missing, malformed or inconsistent
 EXIT_MODEL = 11  # the model is missing, corrupt, or does not fit the profile
 EXIT_CONFIG = 12  # bad options, profile, or output folder
 EXIT_TOPOLOGY = 13  # ranks are not where the job expected them (e.g. all on the launcher)
+EXIT_LAUNCH = 14  # MPI's world is not what the launcher started (srun without PMI: N singletons)
 EXIT_SOFTWARE = 70  # an unexpected exception: a bug, which a retry will not fix
 EXIT_RETRYABLE = 200  # I/O trouble or an aborted peer: worth retrying (with --resume)
 
@@ -25,6 +26,7 @@ EXIT_CODES = {
     EXIT_MODEL: "model error (permanent)",
     EXIT_CONFIG: "configuration or output-folder error (permanent)",
     EXIT_TOPOLOGY: "rank layout does not match --expect-hosts (permanent)",
+    EXIT_LAUNCH: "MPI's world does not match what the launcher started (permanent)",
     EXIT_SOFTWARE: "unexpected internal error (permanent)",
     EXIT_RETRYABLE: "transient failure (I/O, a peer died); retry with --resume",
 }
@@ -81,6 +83,12 @@ class TopologyError(MpiInferError):
     """The ranks landed on fewer hosts than expected."""
 
     exit_code = EXIT_TOPOLOGY
+
+
+class LaunchError(MpiInferError):
+    """MPI's world differs from the launcher's: every process would run the whole dataset on its own."""
+
+    exit_code = EXIT_LAUNCH
 
 
 class RetryableError(MpiInferError):

@@ -18,10 +18,11 @@ from typing import Any
 from .config import RunConfig
 from .dataset import WorkList
 from .engines import Stack, choose_stack, open_engine, visible_gpus
-from .errors import EXIT_OK, clip, exit_code_for
+from .errors import EXIT_OK, LaunchError, clip, exit_code_for
 from .model_output import OutputSpec
 from .orchestrate import (
     Topology,
+    check_launch,
     check_topology,
     finish_run,
     prepare_run,
@@ -206,6 +207,11 @@ def run_job(cfg: RunConfig) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    try:
+        check_launch(comm.size, comm.rank, os.environ)  # before anything is read or written
+    except LaunchError as exc:
+        print(f"mpi_infer: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     try:
         return _run(cfg, comm, MPI)
     except SystemExit:

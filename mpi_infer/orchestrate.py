@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from . import __version__
 from .atomic import read_input, write_text
 from .config import RunConfig
 from .dataset import Dataset, WorkList, check_single_labels, load_dataset, select_splits, selected_items
-from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, TopologyError, clip
+from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, LaunchError, TopologyError, clip
 from .modelfile import cached_onnx, model_format, model_sha256
 from .partition import describe, plan
 from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
@@ -82,6 +83,38 @@ def shard_rule(cfg: RunConfig, shards: int, images: int) -> str:
     if cfg.shard_by == "bytes" and shards > 1 and images <= COST_SHARDING_LIMIT:
         return "bytes"
     return "images"
+
+
+# (size variable, rank variable, launcher): what each launcher says it started, per process
+LAUNCHER_VARS = (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "Open MPI's mpirun"),
+                 ("PMI_SIZE", "PMI_RANK", "a PMI launcher (MPICH's Hydra, srun --mpi=pmi2)"),
+                 ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "srun"),
+                 ("SLURM_NTASKS", "SLURM_PROCID", "Slurm"))
+
+
+def check_launch(world: int, rank: int, env: Mapping[str, str]) -> None:
+    """Refuse (LaunchError) a world that is not what the launcher started. ``srun`` without PMI support starts
+    N singletons: each would score every image and append to the same rank-0 ledger. Slurm's task count is
+    read only where SLURM_PROCID is set too (a task of a step, not a batch script's allocation)."""
+    for size_var, rank_var, who in LAUNCHER_VARS:
+        size_text, rank_text = env.get(size_var), env.get(rank_var)
+        if size_text is None or (size_var == "SLURM_NTASKS" and rank_text is None):
+            continue
+        try:
+            claimed = int(size_text)
+            claimed_rank = int(rank_text) if rank_text is not None else rank
+        except ValueError:
+            continue
+        if claimed == world and claimed_rank == rank:
+            return  # the first launcher that speaks agrees
+        how = ("srun --mpi=pmix (or --mpi=pmi2, whichever your Slurm and MPI support), or mpirun inside the "
+               "allocation" if size_var.startswith("SLURM") else "mpirun -n N, with the mpirun of the MPI that "
+               "mpi4py is built against")
+        raise LaunchError(
+            f"MPI started a world of {world} (this process is rank {rank}), but {who} started {claimed} task(s) "
+            f"({size_var}={size_text}{f', {rank_var}={rank_text}' if rank_text is not None else ''}): the "
+            f"processes are not connected, so each would score the whole dataset on its own and write the same "
+            f"ledger. Nothing was read or written. Launch with {how}")
 
 
 def check_topology(topology: list[Topology], expect_hosts: int) -> None:
