@@ -109,9 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bootstrap", type=int_range(0, 1_000_000), default=2000, metavar="B",
                      help="bootstrap replicates for the 95%% confidence intervals (0: none)")
     run.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="the bootstrap's seed")
+    run.add_argument("--boundary-metrics", action="store_true",
+                     help="also HD95, ASSD and normalized surface Dice per image (pixels, at the scoring size)")
+    run.add_argument("--nsd-tolerance", type=float_range(0, 1e6), default=2.0, metavar="PX",
+                     help="normalized surface Dice tolerance in pixels (default 2)")
+    run.add_argument("--empty-boundary", choices=("worst", "exclude"), default="worst",
+                     help="one mask empty: worst case (the image diagonal, NSD 0; default) or exclude and count")
     run.add_argument("--group-by", type=group_pattern, default=None, metavar="REGEX",
                      help="one capture group over each image's location (e.g. a patient ID): per-group results, "
                           "and the bootstrap resamples groups")
+    run.add_argument("--stall-timeout", type=float_range(0, 7 * 86400), default=600.0, metavar="S",
+                     help="end the job (exit 201, retryable) when a rank finishes no batch for S seconds or falls "
+                          "silent; 0: never (default 600)")
     run.add_argument("--decode", choices=("exact", "reduced"), default="exact",
                      help="reduced: decode JPEGs at 1/2-1/8 scale in libjpeg (at least twice the network input), "
                           "then resize; much faster on multi-megapixel photographs, not bit-identical to ECVL")
@@ -201,7 +210,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             output=args.output,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
-            group_by=args.group_by,
+            group_by=args.group_by, stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
+            nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
             schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,

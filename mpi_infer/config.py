@@ -29,6 +29,9 @@ class RunConfig:
     save_masks: bool = False
     bootstrap: int = 2000  # bootstrap replicates for the 95% CIs (0: none)
     seed: int = 0  # the bootstrap's seed
+    boundary: bool = False  # HD95, ASSD and NSD per image (opt-in: a distance transform per image)
+    nsd_tolerance: float = 2.0  # pixels at the scoring resolution
+    empty_boundary: str = "worst"  # one mask empty: worst case (diagonal, 0) | exclude (and count)
     group_by: str | None = None  # regex with one capture group over location: per-group results, group bootstrap
     dry_run: bool = False
     balance: bool = False
@@ -40,6 +43,7 @@ class RunConfig:
     threads: int = 0  # 0: cores on the host / ranks on the host
     loader_threads: int = 0  # 0: automatic
     expect_hosts: int = 0
+    stall_timeout: float = 600.0  # no batch for this long (s) ends the job with exit 201; 0: never
     schedule: str = "static"
     chunk_size: int = 0  # dynamic schedule: images per request (0: automatic)
     report: bool = False

@@ -35,18 +35,25 @@ from .results import Ledger, problem_lines, summary_table
 from .runner import Fault, RankTimings, run_items
 from .tasks.classification import ClassificationHead
 from .tasks.segmentation import SegmentationHead
+from .watchdog import EXIT_STALLED, StallError, Watchdog
 
-TAG_PROGRESS, TAG_REQUEST, TAG_WORK = 11, 12, 13
+TAG_PROGRESS, TAG_REQUEST, TAG_WORK, TAG_HEARTBEAT, TAG_GO = 11, 12, 13, 14, 15
 PROGRESS_EVERY_S = 0.5
+HEARTBEAT_EVERY_S = 1.0
 
 
 class Channel:
     """The run's point-to-point traffic: progress counts to rank 0 and, for ``--schedule dynamic``,
     chunk requests to rank 0. Everything is non-blocking for the ranks that compute."""
 
-    def __init__(self, comm: Any, total: int, cfg: RunConfig):
+    def __init__(self, comm: Any, total: int, cfg: RunConfig, hosts: list[str] | None = None):
         self.comm = comm
         self.rank, self.size = comm.rank, comm.size
+        self.timeout = cfg.stall_timeout
+        self.hosts = hosts or ["?"] * self.size
+        now = time.monotonic()
+        self.last_heard = {r: now for r in range(self.size)}  # rank 0: the last message from each rank
+        self.last_beat = 0.0
         self.done = self.failed = 0
         self.sends: list[Any] = []
         self.last_sent = 0.0
@@ -74,8 +81,10 @@ class Channel:
         if self.rank == 0:
             self.rank_counts[0] = (self.done, self.failed)
             self.poll()
-        elif time.perf_counter() - self.last_sent >= PROGRESS_EVERY_S:
-            self._send_progress(final=False)
+        else:
+            self._drain_heartbeats()
+            if time.perf_counter() - self.last_sent >= PROGRESS_EVERY_S:
+                self._send_progress(final=False)
 
     def _send_progress(self, final: bool) -> None:
         self.last_sent = time.perf_counter()
@@ -91,6 +100,7 @@ class Channel:
         while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
             src, tag = status.Get_source(), status.Get_tag()
             msg = self.comm.recv(source=src, tag=tag)
+            self.last_heard[src] = time.monotonic()
             if tag == TAG_PROGRESS:
                 done, failed, final = msg
                 self.rank_counts[src] = (done, failed)
@@ -104,17 +114,61 @@ class Channel:
         done = sum(d for d, _ in self.rank_counts.values())
         failed = sum(f for _, f in self.rank_counts.values())
         self.display.update(done, failed)
+        self._heartbeat()
+        self._check_silent()
+
+    # -- liveness: rank 0 names a silent rank; the others name a silent rank 0 -----------------------
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if self.size > 1 and now - self.last_beat >= HEARTBEAT_EVERY_S:
+            self.last_beat = now
+            self.sends.extend(self.comm.isend(None, dest=r, tag=TAG_HEARTBEAT) for r in range(1, self.size))
+            self.sends = [r for r in self.sends if not r.Test()]
+
+    def _check_silent(self) -> None:
+        if self.timeout <= 0:
+            return
+        now = time.monotonic()
+        for r in range(1, self.size):
+            if r not in self.finished and now - self.last_heard[r] > self.timeout:
+                done, _ = self.rank_counts[r]
+                raise StallError(f"rank {r} (host {self.hosts[r]}) sent nothing for {now - self.last_heard[r]:.0f} s "
+                                 f"(--stall-timeout {self.timeout:g}; it had finished {done} image(s)): it is "
+                                 f"stopped or blocked. Ending the job with exit {EXIT_STALLED} (retryable): finished "
+                                 f"images are in the ledger, rerun with --resume")
+
+    def _drain_heartbeats(self) -> bool:
+        """A worker: take rank 0's heartbeats (and its go-ahead); True once rank 0 said all ranks are done."""
+        go = False
+        while self.comm.Iprobe(source=0, tag=TAG_HEARTBEAT):
+            self.comm.recv(source=0, tag=TAG_HEARTBEAT)
+            self.last_heard[0] = time.monotonic()
+        if self.comm.Iprobe(source=0, tag=TAG_GO):
+            self.comm.recv(source=0, tag=TAG_GO)
+            go = True
+        return go
 
     def finish(self, dynamic: bool) -> None:
-        """Everyone: report the final count; rank 0 waits for all of them (and stops idle askers)."""
+        """Everyone: report the final count; rank 0 waits for all of them (and stops idle askers), naming a rank
+        that falls silent; the others wait for rank 0's go-ahead, naming rank 0 if its heartbeats stop."""
         if self.rank != 0:
             self._send_progress(final=True)
+            self.last_heard[0] = time.monotonic()
+            while not self._drain_heartbeats():
+                silent = time.monotonic() - self.last_heard[0]
+                if self.timeout > 0 and silent > self.timeout:
+                    raise StallError(f"rank 0 (host {self.hosts[0]}) sent no heartbeat for {silent:.0f} s "
+                                     f"(--stall-timeout {self.timeout:g}): it is stopped or blocked. Ending the job "
+                                     f"with exit {EXIT_STALLED} (retryable): finished images are in the ledger, "
+                                     f"rerun with --resume")
+                time.sleep(0.01)
         else:
             others = set(range(1, self.size))
             while self.finished != others or (dynamic and self.stopped != others):
                 self.poll()
                 time.sleep(0.005)
             self.display.close()
+            self.sends.extend(self.comm.isend(None, dest=r, tag=TAG_GO) for r in others)
         for req in self.sends:
             req.wait()
 
@@ -150,6 +204,14 @@ class Channel:
                 return
             self.sends.append(self.comm.isend(None, dest=0, tag=TAG_REQUEST))
             yield from chunk
+
+
+def in_flight(work: WorkList | None, done: int, batch_size: int) -> str:
+    """The images a stalled rank was working on: the next batch of its shard (static schedule)."""
+    if work is None:
+        return "the current chunk of the dynamic schedule"
+    items = list(work.slice(done, min(len(work), done + batch_size)))
+    return ", ".join(f"#{it.index} {clip(it.locations[0], 100)}" for it in items) or "none (all done)"
 
 
 def open_loader(kind: str, profile: Any, classes: list[str] | None = None) -> Any:
@@ -218,7 +280,9 @@ def run_job(cfg: RunConfig) -> int:
         raise
     except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
         code = exit_code_for(exc)
-        if isinstance(exc, OSError | MemoryError):  # the volume or the machine, not a bug: no traceback
+        if isinstance(exc, StallError):
+            sys.stderr.write(f"[rank {comm.rank}] mpi_infer: {exc}\n")
+        elif isinstance(exc, OSError | MemoryError):  # the volume or the machine, not a bug: no traceback
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
             what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             sys.stderr.write(f"[rank {comm.rank}] mpi_infer: error: {what}{where}; finished images are in "
@@ -319,7 +383,9 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
 
     # 3. Inference. Exceptions here abort the job (run_job's handler): nothing may wait forever.
     timings = RankTimings()
-    channel = Channel(comm, prepared.selected - len(prepared.previous), cfg)
+    channel = Channel(comm, prepared.selected - len(prepared.previous), cfg, [t.host for t in topology])
+    watchdog = Watchdog(rank, cfg.stall_timeout, abort=comm.Abort,
+                        in_flight=lambda: in_flight(work if not dynamic else None, timings.images, cfg.batch_size))
     loader_threads = cfg.loader_threads or max(2, min(4, threads))
     fault = Fault.from_env(rank)
     comm.Barrier()
@@ -333,18 +399,23 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     table = RecordTable(rank, classes=len(prepared.classes) if classification else 0)
 
     def on_batch(records: list[dict[str, Any]]) -> None:
+        watchdog.beat()
         table.extend(records)
         channel.on_batch(records)
 
+    watchdog.arm()
     run_items(source, engine.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
               threads=loader_threads, ledger=ledger,
               masks_dir=cfg.out if cfg.save_masks and not classification else None,
               on_batch=on_batch, fault=fault, timings=timings,
               batch_source=loader.batches if loader is not None else None, keep=False,
-              classification=classification, decode_mode=cfg.decode)
+              classification=classification, decode_mode=cfg.decode,
+              boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None)
+    watchdog.arm(False)  # waiting for the others from here: the channel watches them
     ledger.close()
     timings.total_s = time.perf_counter() - t_run
     channel.finish(dynamic)
+    watchdog.stop()
 
     # 4. Gather the compact record tables to rank 0, which rebuilds full records and writes the report.
     stats = {"rank": rank, "host": me.host, "images": timings.images, "threads": threads,

@@ -25,7 +25,7 @@ from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, LaunchError,
 from .modelfile import cached_onnx, model_format, model_sha256
 from .partition import describe, plan
 from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
-from .tasks.segmentation import EMPTY_GT_POLICY, summarise
+from .tasks.segmentation import BOUNDARY_POLICY, EMPTY_GT_POLICY, summarise
 
 RUN_FILE = "run.json"
 OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html")
@@ -135,7 +135,7 @@ def topology_lines(topology: list[Topology]) -> list[str]:
     return lines
 
 
-OPTIONAL_IDENTITY = ("output", "decode")  # in run.json only when not the default
+OPTIONAL_IDENTITY = ("output", "decode", "boundary")  # in run.json only when not the default
 
 
 def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[str],
@@ -147,6 +147,8 @@ def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[
         identity["output"] = {"activation": cfg.activation, "class": cfg.cls}  # run.json files match
         if cfg.output is not None:
             identity["output"]["name"] = cfg.output
+    if cfg.boundary:  # other records (absent: older run.json files match)
+        identity["boundary"] = {"nsd_tolerance": cfg.nsd_tolerance, "empty": cfg.empty_boundary}
     if cfg.decode != "exact":  # other pixels: records of the two modes never mix (absent: older run.json match)
         identity["decode"] = cfg.decode
     # As run.json will hold it (tuples become lists), so that the same command compares equal on --resume.
@@ -364,7 +366,11 @@ def finish_run(
     else:
         group_of = group_namer(cfg.group_by)
         summary = {"task": "segmentation", **summarise(all_records, prepared.splits, cfg.bootstrap, cfg.seed,
-                                                        group_of)}
+                                                        group_of, cfg.boundary)}
+        if cfg.boundary:
+            summary["boundary"] = {"tolerance_px": cfg.nsd_tolerance, "empty_policy": cfg.empty_boundary,
+                                   "policy": BOUNDARY_POLICY[cfg.empty_boundary],
+                                   "resolution": f"network input ({cfg.profile.height}x{cfg.profile.width})"}
         summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
                                 "unit": "group" if group_of else "image"}
         if group_of:

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from .dataset import WorkList
-from .tasks.segmentation import CURVE
+from .tasks.segmentation import BOUNDARY, CURVE
 
 STATUSES = ("ok", "converted", "unscored", "failed")
 _NO_CURVE = (-1,) * (3 * len(CURVE))
+_NAN = float("nan")
 _CODE = {s: k for k, s in enumerate(STATUSES)}
 
 
@@ -33,6 +34,7 @@ class RecordTable:
         self.iou = array("d")
         self.dice = array("d")
         self.counts = array("q")  # tp, fp, fn, tn per image; -1 where not scored
+        self.boundary = array("d")  # hd95, assd, nsd per image; NaN where not computed or excluded
         self.curve = array("i")  # (tp, fp, fn) at each threshold of the curve, per image; -1 where not scored
         self.errors: dict[int, str] = {}  # row -> text, only for rows that have one
 
@@ -52,6 +54,7 @@ class RecordTable:
             self.counts.extend((int(r["tp"]), int(r["fp"]), int(r["fn"]), int(r["tn"])) if scored
                                else (-1, -1, -1, -1))
             self.curve.extend(r["curve"] if scored else _NO_CURVE)
+            self.boundary.extend(_NAN if r.get(k) is None else float(r[k]) for k in BOUNDARY)
             if r.get("error"):
                 self.errors[row] = r["error"]
 
@@ -80,6 +83,7 @@ class RecordTable:
                 "iou": self.iou[row] if scored else None, "dice": self.dice[row] if scored else None,
                 "tp": tp, "fp": fp, "fn": fn, "tn": tn,
                 "curve": self.curve[k * row : k * (row + 1)].tolist() if scored else None,
+                **{name: (None if v != v else v) for name, v in zip(BOUNDARY, self.boundary[3 * row : 3 * row + 3])},
                 "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""),
             })
         return out

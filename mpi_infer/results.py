@@ -53,7 +53,10 @@ def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]],
     the true class's, and the top 3 as ``name:p;...``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    records = list(records)
     columns = CLASSIFICATION_COLUMNS if classes else CSV_COLUMNS
+    if not classes and any(r.get("hd95") is not None or r.get("nsd") is not None for r in records):
+        columns = (*columns[:-2], "hd95", "assd", "nsd", *columns[-2:])  # --boundary-metrics
     writer.writerow(columns)
     for r in sorted(records, key=lambda r: (r["index"], r["split"])):
         if classes:
@@ -208,7 +211,13 @@ def ci_lines(summary: Mapping[str, Any]) -> list[str]:
         return f"{label} {_num(value)} [{_num(lo)}, {_num(hi)}]"
 
     boot = summary.get("bootstrap", {})
-    return [f"95% CI ({boot.get('replicates')} bootstrap resamples of {boot.get('unit', 'image')}s): "
+    boundary = [f"{label} {_num(st[k]['mean'], 2)} [{_num((st[k].get('ci95') or [None])[0], 2)}, "
+                f"{_num((st[k].get('ci95') or [None, None])[1], 2)}] (n {st[k]['n']}, worst case "
+                f"{st[k]['worst_case_images']}, excluded {st[k]['excluded_images']})"
+                for k, label in (("hd95", "HD95 px"), ("assd", "ASSD px"), ("nsd", "NSD")) if k in st]
+    policy = summary.get("boundary", {}).get("empty_policy", "")
+    head = f"95% CI ({boot.get('replicates')} bootstrap resamples of {boot.get('unit', 'image')}s): "
+    return [*([f"boundary ({policy}): " + "; ".join(boundary)] if boundary else []), head
             + ", ".join(cited(k, label) for k, label in (("dice", "mean Dice"), ("iou", "mean IoU"),
                                                           ("thresholded_jaccard", "ISIC score"),
                                                           ("global_dice", "global Dice")))]

@@ -19,7 +19,7 @@ import numpy as np
 from .loader import Batch, Loaded, WorkItem, iter_batches
 from .profiles import Profile
 from .results import Ledger, save_mask
-from .tasks.segmentation import confusion, iou_dice, threshold_counts
+from .tasks.segmentation import boundary_metrics, confusion, iou_dice, threshold_counts
 
 FAULT_ENV = "MPI_INFER_FAULT"
 
@@ -49,6 +49,9 @@ class Fault:
             raise RuntimeError(f"injected fault ({FAULT_ENV}) after {done} images")
         if self.kind == "kill" and done >= self.after:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "stop" and done >= self.after:
+            self.kind = ""  # once: a real SIGSTOP, as a frozen node or `kill -STOP` does
+            os.kill(os.getpid(), signal.SIGSTOP)
 
 
 @dataclass
@@ -82,6 +85,9 @@ def record_for(loaded: Loaded, rank: int, classification: bool = False) -> dict[
         "fn": None,
         "tn": None,
         "curve": None,
+        "hd95": None,
+        "assd": None,
+        "nsd": None,
         "status": loaded.status,
         "error": "; ".join(loaded.notes),
     }
@@ -104,6 +110,7 @@ def run_items(
     keep: bool = True,
     classification: bool = False,
     decode_mode: str = "exact",
+    boundary: tuple[float, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
@@ -151,6 +158,12 @@ def run_items(
                     records[k].update(iou=float(iou[j]), dice=float(dice[j]), tp=int(tp[j]), fp=int(fp[j]),
                                       fn=int(fn[j]), tn=int(pixels - tp[j] - fp[j] - fn[j]),
                                       curve=curve[j].ravel().tolist())
+                if boundary is not None:
+                    gt = masks.astype(np.float32) / np.float32(255.0) >= np.float32(profile.threshold)
+                    pred = probs[pos] >= np.float32(profile.threshold)
+                    for j, k in enumerate(scored):
+                        hd95, assd, nsd = boundary_metrics(pred[j], gt[j], *boundary)
+                        records[k].update(hd95=hd95, assd=assd, nsd=nsd)
             if masks_dir is not None:
                 for j, k in enumerate(batch.rows):
                     it = batch.items[k]

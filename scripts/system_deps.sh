@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages some tests need, installed when running as root on Debian/Ubuntu (CI, fresh machines):
 # openssh-server for the multi-host rehearsal, chromium for the report's browser test, podman (with buildah,
-# runc, uidmap) and debootstrap for the container images and their MPIJob rehearsal.
+# runc, uidmap) and debootstrap for the container images and their MPIJob rehearsal, libfuse2 for the test whose
+# read never returns.
 # Elsewhere those tests skip and say why.
 set -uo pipefail
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -17,4 +18,12 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
     || echo "warning: could not install ${need[*]}; the tests that need them will skip"
+fi
+# libfuse2 (for fusepy) is named libfuse2t64 on Debian 13: its own step, so a missing name cannot stop the rest
+if ! ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2'; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq --no-install-recommends libfuse2 >/dev/null 2>&1 \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libfuse2 >/dev/null 2>&1; } \
+    || apt-get install -y -qq --no-install-recommends libfuse2t64 >/dev/null 2>&1; } \
+    || echo "warning: could not install libfuse2; the stalled-read test will skip"
 fi

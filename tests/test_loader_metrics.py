@@ -188,7 +188,7 @@ def test_record_table_round_trip_through_descriptor_index():
     back = pickle.loads(pickle.dumps(table)).to_records(DescriptorIndex([wl_a, None, wl_b]))
     assert back[0] == {"index": 5, "split": "test", "location": "/root/a.jpg", "label": "/root/a.png", "rank": 2,
                        "iou": 0.25, "dice": 0.4, "tp": 1, "fp": 2, "fn": 1, "tn": 9, "curve": list(range(57)),
-                       "status": "ok", "error": ""}
+                       "hd95": None, "assd": None, "nsd": None, "status": "ok", "error": ""}
     assert back[1]["split"] == "training" and back[1]["label"] == "" and back[1]["iou"] is None
     assert back[2]["location"] == "/x/r.png;/x/g.png;/x/b.png" and back[2]["error"].startswith("image file")
     with pytest.raises(KeyError):

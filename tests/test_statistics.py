@@ -181,3 +181,65 @@ def test_classification_cis_under_mpirun(tmp_path):
     assert "calibration" in outs[0]["metrics"] and outs[0]["metrics"]["macro_auc"] is not None
     with open(os.path.join(tmp_path / "o1", "summary.json")) as fh:
         assert json.load(fh)["metrics"]["per_class"]["nevus"]["roc_auc"] is not None
+
+
+def boundary_cases():
+    """Masks with holes, several components, and edges touching the image border."""
+    import cv2
+
+    rng = np.random.default_rng(9)
+    cases = []
+    for t in range(24):
+        g = np.zeros((96, 128), np.uint8)
+        for _ in range(1 + t % 3):
+            cv2.ellipse(g, (int(rng.integers(10, 118)), int(rng.integers(10, 86))),
+                        (int(rng.integers(5, 30)), int(rng.integers(5, 25))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        if t % 3 == 0:
+            g[40:48, 60:70] = 0  # a hole
+        if t % 4 == 0:
+            g[:, :4] = 1  # on the image's edge
+        p = np.roll(g, int(rng.integers(-4, 5)), axis=int(t % 2)).copy()
+        if t % 5 == 0:
+            p[5:15, 100:120] = 1  # a false component
+        cases.append((p, g))
+    return cases
+
+
+def test_boundary_metrics_equal_medpy_and_surface_distance():
+    import surface_distance
+    from medpy.metric import binary as medpy_binary
+
+    from mpi_infer.tasks.segmentation import boundary_metrics
+
+    for p, g in boundary_cases():
+        hd95, assd, nsd = boundary_metrics(p, g, 2.0, "worst")
+        assert hd95 == pytest.approx(medpy_binary.hd95(p, g), abs=1e-5)
+        assert assd == pytest.approx(medpy_binary.assd(p, g), abs=1e-5)
+        dists = surface_distance.compute_surface_distances(g.astype(bool), p.astype(bool), (1.0, 1.0))
+        assert nsd == pytest.approx(surface_distance.compute_surface_dice_at_tolerance(dists, 2.0), abs=1e-9)
+    empty = np.zeros((96, 128), np.uint8)
+    some = boundary_cases()[0][1]
+    assert boundary_metrics(empty, empty, 2.0, "worst") == (0.0, 0.0, 1.0)  # both empty: perfect
+    diagonal = float(np.hypot(96, 128))
+    assert boundary_metrics(empty, some, 2.0, "worst") == (diagonal, diagonal, 0.0)  # never a NaN
+    assert boundary_metrics(some, empty, 2.0, "exclude") == (None, None, None)
+
+
+def test_boundary_metrics_under_mpirun_name_their_policy_and_counts(synth_small, tmp_path):
+    outs = []
+    for n in (1, 3):
+        out = str(tmp_path / f"b{n}")
+        proc = mpirun(n, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
+                      "--boundary-metrics", "--nsd-tolerance", "1.5")
+        assert proc.returncode == 0, proc.stderr
+        outs.append(read_summary(out))
+    assert "boundary (worst): HD95 px" in proc.stdout and "worst case 0" in proc.stdout
+    s = outs[0]
+    assert outs[1]["statistics"] == s["statistics"]
+    assert s["boundary"]["tolerance_px"] == 1.5 and s["boundary"]["empty_policy"] == "worst"
+    for key in ("hd95", "assd", "nsd"):
+        st = s["statistics"][key]
+        assert st["n"] == 13 and st["worst_case_images"] == 0 and st["excluded_images"] == 0
+        assert st["ci95"][0] <= st["mean"] <= st["ci95"][1]
+    rows = read_rows(str(tmp_path / "b1"))
+    assert {"hd95", "assd", "nsd"} <= set(rows[0]) and all(r["nsd"] != "" for r in rows)

@@ -84,6 +84,75 @@ def threshold_counts(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack([tp, fp, fn], axis=2)
 
 
+BOUNDARY = ("hd95", "assd", "nsd")
+EMPTY_BOUNDARY = ("worst", "exclude")
+BOUNDARY_POLICY = {
+    "worst": "both masks empty: HD95 0, ASSD 0, NSD 1; one empty: HD95 and ASSD the image diagonal, NSD 0",
+    "exclude": "both masks empty: HD95 0, ASSD 0, NSD 1; one empty: left out of the boundary means (counted)"}
+_CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)  # 4-connectivity, as medpy's default
+
+
+def _border(mask: np.ndarray) -> np.ndarray:
+    """The mask's boundary pixels: the mask minus its erosion (outside the image counts as background)."""
+    import cv2
+
+    eroded = cv2.erode(mask, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return mask.astype(bool) & ~eroded.astype(bool)
+
+
+def _distances(from_border: np.ndarray, to_border: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels) of each ``from_border`` pixel to the nearest ``to_border`` pixel (exact EDT)."""
+    import cv2
+
+    dt = cv2.distanceTransform((~to_border).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return dt[from_border].astype(np.float64)
+
+
+def boundary_metrics(pred: np.ndarray, gt: np.ndarray, tolerance: float, policy: str) -> tuple[float | None, ...]:
+    """(HD95, ASSD, NSD at ``tolerance``) of two binary masks, in pixels: HD95 and ASSD as medpy defines them
+    (the mask minus its 4-connected erosion, exact Euclidean distances, ASSD the mean over both directions'
+    distances), NSD as DeepMind's surface-distance does (``surface_dice``). Empty masks follow a named policy, never a
+    silent NaN: both empty is perfect (0, 0, 1); one empty is the worst case (the image diagonal, the diagonal,
+    0) or, with ``exclude``, (None, None, None)."""
+    p, g = pred.astype(np.uint8), gt.astype(np.uint8)
+    p_any, g_any = bool(p.any()), bool(g.any())
+    if not p_any and not g_any:
+        return 0.0, 0.0, 1.0
+    if not (p_any and g_any):
+        if policy == "exclude":
+            return None, None, None
+        diagonal = float(np.hypot(*p.shape))
+        return diagonal, diagonal, 0.0
+    pb, gb = _border(p), _border(g)
+    both = np.concatenate([_distances(pb, gb), _distances(gb, pb)])
+    return float(np.percentile(both, 95)), float(both.mean()), surface_dice(p, g, tolerance)
+
+
+def _contour_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The marching-squares cells (every 2x2 window of the zero-padded mask) that the contour crosses, and the
+    contour's length in each: between the midpoints of the cell edges whose two corners differ, so 1/sqrt(2) for
+    one corner (or three) inside, 1 for two corners on one side, 2/sqrt(2) for a saddle."""
+    m = np.pad(mask.astype(bool), 1)
+    tl, tr, bl, br = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
+    top, bottom, left, right = tl != tr, bl != br, tl != bl, tr != br
+    crossings = top.astype(np.int8) + bottom + left + right
+    straight = (top & bottom) | (left & right)  # two crossings on opposite edges
+    length = np.where(crossings == 4, np.sqrt(2.0), np.where(straight, 1.0, np.sqrt(0.5)))
+    cells = crossings > 0
+    return cells, np.where(cells, length, 0.0)
+
+
+def surface_dice(pred: np.ndarray, gt: np.ndarray, tolerance: float) -> float:
+    """Normalized surface Dice at ``tolerance`` pixels, as DeepMind's surface-distance defines it: the share of
+    both contours' length (marching-squares cells, weighted by the length crossing each) lying within
+    ``tolerance`` of the other contour."""
+    pc, pw = _contour_cells(pred)
+    gc, gw = _contour_cells(gt)
+    d_pg, d_gp = _distances(pc, gc), _distances(gc, pc)
+    near = pw[pc][d_pg <= tolerance].sum() + gw[gc][d_gp <= tolerance].sum()
+    return float(near / (pw.sum() + gw.sum()))
+
+
 def image_metrics(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, np.ndarray]:
     """The ISIC 2018 Task 1 per-image set from pixel counts (eps as upstream, so empty classes are defined)."""
     tp, fp, fn, tn = (np.asarray(x, np.float64) for x in (tp, fp, fn, tn))
@@ -118,6 +187,26 @@ def statistics(records: list[Mapping[str, Any]], key: str, replicates: int, seed
         k = len(PER_IMAGE)
         b_iou, b_dice = iou_dice(reps[:, k], reps[:, k + 1], reps[:, k + 2])
         out["global_iou"]["ci95"], out["global_dice"]["ci95"] = percentile_ci(b_iou), percentile_ci(b_dice)
+    return out
+
+
+def boundary_statistics(records: list[Mapping[str, Any]], key: str, replicates: int, seed: int) -> dict[str, Any]:
+    """HD95, ASSD and NSD's distributions and CIs over the images that have them, each beside the count of
+    images set to the worst case (one mask empty) or left out (``--empty-boundary exclude``)."""
+    rs = sorted((r for r in records if r["status"] in SCORED and r.get("tn") is not None), key=lambda r: r["index"])
+    one_empty = [(r["tp"] + r["fn"] == 0) != (r["tp"] + r["fp"] == 0) for r in rs]
+    out = {}
+    for name in BOUNDARY:
+        have = [r[name] is not None for r in rs]
+        values = np.array([r[name] for r, h in zip(rs, have) if h], np.float64)
+        d = describe(values)
+        d["worst_case_images"] = sum(e and h for e, h in zip(one_empty, have))
+        d["excluded_images"] = sum(not h for h in have)
+        if replicates and len(values):
+            reps = bootstrap_sums(np.column_stack([values, np.ones(len(values))]), replicates, seed,
+                                  f"{key}:{name}")
+            d["ci95"] = percentile_ci(reps[:, 0] / reps[:, 1])
+        out[name] = d
     return out
 
 
@@ -179,13 +268,15 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate(records: list[Mapping[str, Any]], key: str, replicates: int, seed: int,
-             group_of: Any = None) -> dict[str, Any]:
+             group_of: Any = None, boundary: bool = False) -> dict[str, Any]:
     """``aggregate`` plus the statistics and the threshold curve, for one split (``key``) or all."""
     out = aggregate(records)
     stats = statistics(records, key, replicates, seed, group_of)
     if stats:
         out["metrics"]["isic_score"] = stats["thresholded_jaccard"]["mean"]
         out["statistics"] = stats
+        if boundary:
+            stats.update(boundary_statistics(records, key, replicates, seed))
     curve = curve_summary(records)
     if curve:
         out["threshold_curve"] = curve
@@ -193,14 +284,14 @@ def evaluate(records: list[Mapping[str, Any]], key: str, replicates: int, seed: 
 
 
 def summarise(records: list[Mapping[str, Any]], split_order: Iterable[str], replicates: int = 0, seed: int = 0,
-              group_of: Any = None) -> dict[str, Any]:
+              group_of: Any = None, boundary: bool = False) -> dict[str, Any]:
     """Overall and per-split results, splits in the given (file) order; with ``replicates`` the bootstrap CIs.
     ``threshold_selection`` names the best curve threshold on validation and what it gives on test."""
-    out = evaluate(records, "all", replicates, seed, group_of)
+    out = evaluate(records, "all", replicates, seed, group_of, boundary)
     by_split: dict[str, list[Mapping[str, Any]]] = {s: [] for s in split_order}
     for r in records:
         by_split.setdefault(r["split"], []).append(r)
-    out["per_split"] = {s: evaluate(rs, s, replicates, seed, group_of) for s, rs in by_split.items()}
+    out["per_split"] = {s: evaluate(rs, s, replicates, seed, group_of, boundary) for s, rs in by_split.items()}
     if "threshold_curve" in out:
         out["threshold_curve"] = {"thresholds": list(CURVE), **out["threshold_curve"]}
         out["threshold_selection"] = threshold_selection(out["per_split"])

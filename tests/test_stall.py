@@ -1,0 +1,106 @@
+"""A run that never hangs: a rank stopped with SIGSTOP (rank 1, or rank 0) or blocked in a read that never
+returns (a FUSE file we mount) ends the job within --stall-timeout plus a few seconds, naming the rank, with
+the retryable exit code 201, under a real mpirun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import mpirun
+
+from mpi_infer.watchdog import EXIT_STALLED, Watchdog
+
+pytestmark = pytest.mark.mpi
+HERE = Path(__file__).resolve().parent
+
+
+def run_stopped(dataset: str, out: str, n: int, fault: str, timeout: float = 3
+                ) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.monotonic()
+    proc = mpirun(n, "run", "--dataset", dataset, "--model", "demo-onnx", "--out", out, "--split", "all", "--quiet",
+                  "--batch-size", "2", "--stall-timeout", str(timeout), env={"MPI_INFER_FAULT": fault}, timeout=90)
+    return time.monotonic() - t0, proc
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_stopped_worker_is_named_by_rank_0(synth_small, tmp_path, n):
+    took, proc = run_stopped(synth_small, str(tmp_path / "o"), n, "stop:rank=1:after=2")
+    assert proc.returncode == EXIT_STALLED, proc.stderr[-2000:]
+    assert "rank 1 (host " in proc.stderr and "it is stopped or blocked" in proc.stderr
+    assert took < 3 + 15, took
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_a_stopped_rank_0_is_named_by_the_others(synth_small, tmp_path, n):
+    took, proc = run_stopped(synth_small, str(tmp_path / "o"), n, "stop:rank=0:after=2")
+    assert proc.returncode == EXIT_STALLED, proc.stderr[-2000:]
+    assert "rank 0 (host " in proc.stderr and "sent no heartbeat" in proc.stderr
+    assert took < 3 + 15, took
+
+
+def test_finished_work_survives_a_stall_and_resume_completes_it(synth_small, tmp_path):
+    out = str(tmp_path / "o")
+    _, proc = run_stopped(synth_small, out, 2, "stop:rank=1:after=2")
+    assert proc.returncode == EXIT_STALLED
+    again = mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
+                   "--quiet", "--resume")
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.fixture()
+def stuck_file(tmp_path, synth_small):
+    """A mounted FUSE file whose reads never return."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("needs root and /dev/fuse to mount a FUSE filesystem")
+    try:
+        import fuse  # noqa: F401 - fusepy, with libfuse2
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"fusepy with libfuse2 is needed (pip install fusepy; apt-get install libfuse2): {exc}")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    source = next((Path(synth_small).parent / "images_segmentation").glob("*.jpg"))
+    server = subprocess.Popen([sys.executable, str(HERE / "helpers" / "stuck_fuse.py"), str(mnt), str(source)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(100):
+        if (mnt / "stuck.jpg").exists():
+            break
+        time.sleep(0.05)
+    else:
+        server.kill()
+        pytest.skip(f"the FUSE mount did not come up: {server.stderr.read1(2000) if server.stderr else ''}")
+    yield mnt / "stuck.jpg"
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    server.kill()
+    server.wait(timeout=10)
+
+
+def test_a_read_that_never_returns_ends_the_job_with_the_stacks(synth_small, tmp_path, stuck_file):
+    root = Path(synth_small).parent
+    yml = tmp_path / "d.yml"
+    images = sorted((root / "images_segmentation").glob("*.jpg"))[:3]
+    yml.write_text("name: stuck\nimages:\n" + "".join(f"  - {p}\n" for p in images) + f"  - {stuck_file}\n")
+    t0 = time.monotonic()
+    proc = mpirun(1, "run", "--dataset", str(yml), "--model", "demo-onnx", "--out", str(tmp_path / "o"),
+                  "--split", "all", "--quiet", "--batch-size", "2", "--stall-timeout", "3", timeout=90)
+    took = time.monotonic() - t0
+    assert proc.returncode == EXIT_STALLED, proc.stderr[-2000:]
+    assert "stalled: no batch finished for" in proc.stderr and "stuck.jpg" in proc.stderr  # the image in flight
+    assert "Thread 0x" in proc.stderr  # every thread's stack (faulthandler), the blocked loader's among them
+    assert took < 3 + 15, took
+
+
+def test_the_watchdog_fires_only_while_armed():
+    fired: list[int] = []
+    dog = Watchdog(0, 0.2, fired.append, poll_s=0.02)
+    dog.arm(False)
+    time.sleep(0.4)
+    assert not fired  # waiting for the others is not a stall
+    dog.arm()
+    time.sleep(0.5)
+    assert fired == [EXIT_STALLED]
+    dog.stop()
