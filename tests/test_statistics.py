@@ -21,7 +21,11 @@ from mpi_infer.tasks.stats import bootstrap_sums, describe, percentile_ci
 def test_threshold_counts_equal_confusion_at_every_threshold():
     rng = np.random.default_rng(0)
     prob = rng.random((5, 24, 31)).astype(np.float32)
-    prob[0, :3] = np.asarray(CURVE[:3], np.float32)[:, None]  # exactly on thresholds: >= counts them
+    on = np.asarray(CURVE, np.float32)
+    prob[0, :19] = on[:, None]  # exactly on the thresholds: >= counts them
+    prob[1, :19] = np.nextafter(on, np.float32(0))[:, None]  # one float32 step below: not counted
+    prob[2, :19] = np.nextafter(on, np.float32(1))[:, None]
+    prob[3, 0, :4] = (0.0, 1.0, 0.9999999, 1e-9)
     mask = rng.choice(np.array([0, 255, 13, 77, 128, 200], np.uint8), size=(5, 24, 31))  # stray values too
     counts = threshold_counts(prob, mask)
     for k, t in enumerate(CURVE):

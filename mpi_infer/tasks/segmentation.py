@@ -38,6 +38,7 @@ ISIC_JACCARD_FLOOR = 0.65  # ISIC 2018 Task 1: a per-image Jaccard under this co
 PER_IMAGE = ("iou", "dice", "thresholded_jaccard", "sensitivity", "specificity", "accuracy")
 CURVE = tuple(round(k * 0.05, 2) for k in range(1, 20))  # 0.05, 0.10, ... 0.95
 _CURVE32 = np.asarray(CURVE, np.float32)
+_CURVE_PADDED = np.concatenate([[-np.inf], _CURVE32, [np.inf]]).astype(np.float32)  # index k: the k-th threshold
 # how many curve thresholds a mask value passes, with confusion()'s own float32 arithmetic
 _MASK_LEVELS = np.array([np.count_nonzero(np.float32(v) / np.float32(255.0) >= _CURVE32) for v in range(256)],
                         np.int64)
@@ -66,13 +67,21 @@ def iou_dice(tp: Any, fp: Any, fn: Any) -> tuple[Any, Any]:
     return iou, dice
 
 
+def thresholds_passed(prob: np.ndarray) -> np.ndarray:
+    """How many CURVE thresholds t each probability passes (p >= t, in float32): floor(20 p) is the count up to
+    one either way at the thresholds' own float32 values, so one comparison with each neighbour makes it exact
+    (five times faster than a binary search over the 19 thresholds)."""
+    guess = np.clip(prob * np.float32(len(CURVE) + 1), 0, len(CURVE)).astype(np.int64)
+    return guess + (prob >= _CURVE_PADDED[guess + 1]) - (prob < _CURVE_PADDED[guess])
+
+
 def threshold_counts(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[N, 19, 3] per-image (tp, fp, fn) at each CURVE threshold, prediction and ground truth binarised at it
     (>=, float32, as ``confusion``). One joint histogram of (thresholds passed by the probability, thresholds
     passed by the mask value) per image; suffix sums over it give every threshold's counts."""
     n = len(prob)
     levels = len(CURVE) + 1
-    pb = np.searchsorted(_CURVE32, prob.reshape(n, -1), side="right")  # thresholds t with p >= t
+    pb = thresholds_passed(prob.reshape(n, -1))
     mb = _MASK_LEVELS[mask.reshape(n, -1)]
     codes = (np.arange(n)[:, None] * levels + pb) * levels + mb
     joint = np.bincount(codes.ravel(), minlength=n * levels * levels).reshape(n, levels, levels)
