@@ -454,9 +454,6 @@ def statistics_cost(work: str, args) -> None:
     curve_ms = (time.perf_counter() - t0) / (20 * 8) * 1e3
     from mpi_infer.tasks.segmentation import boundary_metrics
 
-    t0 = time.perf_counter()
-    for p, g in zip(prob >= 0.5, mask > 0):
-        boundary_metrics(p, g, 2.0, "worst")
     lesion = np.zeros((192, 192), np.uint8)
     import cv2
 
