@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bootstrap", type=int_range(0, 1_000_000), default=2000, metavar="B",
                      help="bootstrap replicates for the 95%% confidence intervals (0: none)")
     run.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0, help="the bootstrap's seed")
+    run.add_argument("--score-at", choices=("network", "original"), default="network",
+                     help="network (default, upstream): score at the network's input size; original: resize the "
+                          "prediction to each image's own size and score against the full-size mask, as ISIC does")
     run.add_argument("--boundary-metrics", action="store_true",
                      help="also HD95, ASSD and normalized surface Dice per image (pixels, at the scoring size)")
     run.add_argument("--nsd-tolerance", type=float_range(0, 1e6), default=2.0, metavar="PX",
@@ -211,6 +214,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
             group_by=args.group_by, stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
+            score_at=args.score_at,
             nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
             threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,

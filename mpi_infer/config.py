@@ -29,6 +29,7 @@ class RunConfig:
     save_masks: bool = False
     bootstrap: int = 2000  # bootstrap replicates for the 95% CIs (0: none)
     seed: int = 0  # the bootstrap's seed
+    score_at: str = "network"  # network (upstream's definition) | original (the image's own size, as ISIC scores)
     boundary: bool = False  # HD95, ASSD and NSD per image (opt-in: a distance transform per image)
     nsd_tolerance: float = 2.0  # pixels at the scoring resolution
     empty_boundary: str = "worst"  # one mask empty: worst case (diagonal, 0) | exclude (and count)

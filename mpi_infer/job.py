@@ -311,7 +311,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if rank == 0:
         try:
             check_topology(topology, cfg.expect_hosts)
-            stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode)
+            stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode, cfg.score_at)
             prepared, payloads = prepare_run(cfg, size, stack.engine)
             header = {"prepared": prepared, "stack": stack}
         except Exception as exc:  # noqa: BLE001 - reported below, once
@@ -410,7 +410,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
               on_batch=on_batch, fault=fault, timings=timings,
               batch_source=loader.batches if loader is not None else None, keep=False,
               classification=classification, decode_mode=cfg.decode,
-              boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None)
+              boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None, score_at=cfg.score_at)
     watchdog.arm(False)  # waiting for the others from here: the channel watches them
     ledger.close()
     timings.total_s = time.perf_counter() - t_run

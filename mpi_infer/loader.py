@@ -61,6 +61,7 @@ class Loaded:
     original_hw: tuple[int, int] | None = None
     status: str = "ok"  # ok | converted | unscored | failed
     notes: list[str] = field(default_factory=list)
+    full_mask: np.ndarray | None = None  # uint8 grey at the image's own size (--score-at original only)
     decode_s: float = 0.0  # CPU seconds reading and decoding the files (in a loader thread)
     preprocess_s: float = 0.0  # CPU seconds resizing and checking
 
@@ -213,7 +214,7 @@ def mask_notes(mask: np.ndarray, path: str) -> list[str]:
     return [f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold"]
 
 
-def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact") -> Loaded:
+def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep_full_mask: bool = False) -> Loaded:
     """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``.
 
     Only decoding touches full-size pixels: everything else (colour order, the mask's grey conversion and value
@@ -240,6 +241,8 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact") -> L
         if mask is not None:
             out.mask = grey_mask(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST), out.notes)
             out.notes += mask_notes(out.mask, item.label_path or "")
+            if keep_full_mask:
+                out.full_mask = grey_mask(mask, [])
         labelled = item.label_path is not None or item.target is not None
         out.status = "converted" if out.notes else ("ok" if labelled else "unscored")
     except ImageFault as exc:
@@ -280,7 +283,7 @@ class Batch:
 
 def iter_batches(
     items: Iterable[WorkItem], profile: Profile, batch_size: int, threads: int = 2, prefetch: int = 2,
-    decode_mode: str = "exact",
+    decode_mode: str = "exact", keep_full_mask: bool = False,
 ) -> Iterator[Batch]:
     """Batches in order; the short last batch is yielded, never dropped.
 
@@ -300,7 +303,7 @@ def iter_batches(
                 if item is None:
                     exhausted = True
                 else:
-                    pending.append(pool.submit(load_item, item, profile, decode_mode))
+                    pending.append(pool.submit(load_item, item, profile, decode_mode, keep_full_mask))
             if not pending:
                 return
             loaded = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]

@@ -135,7 +135,7 @@ def topology_lines(topology: list[Topology]) -> list[str]:
     return lines
 
 
-OPTIONAL_IDENTITY = ("output", "decode", "boundary")  # in run.json only when not the default
+OPTIONAL_IDENTITY = ("output", "decode", "boundary", "score_at")  # in run.json only when not the default
 
 
 def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[str],
@@ -147,6 +147,8 @@ def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[
         identity["output"] = {"activation": cfg.activation, "class": cfg.cls}  # run.json files match
         if cfg.output is not None:
             identity["output"]["name"] = cfg.output
+    if cfg.score_at != "network":
+        identity["score_at"] = cfg.score_at
     if cfg.boundary:  # other records (absent: older run.json files match)
         identity["boundary"] = {"nsd_tolerance": cfg.nsd_tolerance, "empty": cfg.empty_boundary}
     if cfg.decode != "exact":  # other pixels: records of the two modes never mix (absent: older run.json match)
@@ -324,6 +326,12 @@ def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str) -> dic
     return {"pattern": pattern, "groups": len(by), "unmatched_images": unmatched, "per_group": table}
 
 
+def scoring_resolution(cfg: RunConfig) -> str:
+    if cfg.score_at == "network":
+        return f"network input ({cfg.profile.height}x{cfg.profile.width})"
+    return "each image's own size (the prediction resized linearly, then thresholded)"
+
+
 def read_run_file(path: str) -> dict[str, Any]:
     """The identity an earlier attempt recorded; a damaged file is a configuration error naming it."""
     try:
@@ -370,7 +378,7 @@ def finish_run(
         if cfg.boundary:
             summary["boundary"] = {"tolerance_px": cfg.nsd_tolerance, "empty_policy": cfg.empty_boundary,
                                    "policy": BOUNDARY_POLICY[cfg.empty_boundary],
-                                   "resolution": f"network input ({cfg.profile.height}x{cfg.profile.width})"}
+                                   "resolution": scoring_resolution(cfg)}
         summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
                                 "unit": "group" if group_of else "image"}
         if group_of:
@@ -388,7 +396,8 @@ def finish_run(
         **({} if classification else {
             "threshold": cfg.profile.threshold,
             "empty_gt_policy": EMPTY_GT_POLICY,
-            "metric_resolution": f"network input ({cfg.profile.height}x{cfg.profile.width})"}),
+            "score_at": cfg.score_at,
+            "metric_resolution": scoring_resolution(cfg)}),
         **({"accuracy_note": "upstream's categorical_accuracy is plain accuracy (top-1)"} if classification
            else {}),
         "model": os.path.abspath(cfg.model),

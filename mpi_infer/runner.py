@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .loader import Batch, Loaded, WorkItem, iter_batches
 from .profiles import Profile
 from .results import Ledger, save_mask
-from .tasks.segmentation import boundary_metrics, confusion, iou_dice, threshold_counts
+from .tasks.segmentation import score
 
 FAULT_ENV = "MPI_INFER_FAULT"
 
@@ -111,6 +112,7 @@ def run_items(
     classification: bool = False,
     decode_mode: str = "exact",
     boundary: tuple[float, str] | None = None,
+    score_at: str = "network",
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
@@ -126,7 +128,8 @@ def run_items(
     if batch_source is not None:
         batches = batch_source(items, batch_size, threads)
     else:
-        batches = iter_batches(items, profile, batch_size, threads=threads, decode_mode=decode_mode)
+        batches = iter_batches(items, profile, batch_size, threads=threads, decode_mode=decode_mode,
+                               keep_full_mask=score_at == "original")
     for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait
@@ -147,23 +150,17 @@ def run_items(
             t1 = time.perf_counter()
             timings.predict_s += t1 - t0
             scored = [k for k in batch.rows if batch.items[k].mask is not None]
-            if scored:
+            if scored and score_at == "original":  # each image at its own size: one at a time
+                for k in scored:
+                    it = batch.items[k]
+                    h, w = it.original_hw
+                    full = cv2.resize(probs[batch.rows.index(k)], (w, h), interpolation=cv2.INTER_LINEAR)
+                    records[k].update(score(full[None], it.full_mask[None], profile.threshold, boundary)[0])
+            elif scored:
                 pos = [batch.rows.index(k) for k in scored]
                 masks = np.stack([batch.items[k].mask for k in scored])
-                tp, fp, fn = confusion(probs[pos], masks, profile.threshold)
-                iou, dice = iou_dice(tp, fp, fn)
-                curve = threshold_counts(probs[pos], masks)
-                pixels = masks[0].size
-                for j, k in enumerate(scored):
-                    records[k].update(iou=float(iou[j]), dice=float(dice[j]), tp=int(tp[j]), fp=int(fp[j]),
-                                      fn=int(fn[j]), tn=int(pixels - tp[j] - fp[j] - fn[j]),
-                                      curve=curve[j].ravel().tolist())
-                if boundary is not None:
-                    gt = masks.astype(np.float32) / np.float32(255.0) >= np.float32(profile.threshold)
-                    pred = probs[pos] >= np.float32(profile.threshold)
-                    for j, k in enumerate(scored):
-                        hd95, assd, nsd = boundary_metrics(pred[j], gt[j], *boundary)
-                        records[k].update(hd95=hd95, assd=assd, nsd=nsd)
+                for k, fields in zip(scored, score(probs[pos], masks, profile.threshold, boundary)):
+                    records[k].update(fields)
             if masks_dir is not None:
                 for j, k in enumerate(batch.rows):
                     it = batch.items[k]

@@ -247,3 +247,36 @@ def test_boundary_metrics_under_mpirun_name_their_policy_and_counts(synth_small,
         assert st["ci95"][0] <= st["mean"] <= st["ci95"][1]
     rows = read_rows(str(tmp_path / "b1"))
     assert {"hd95", "assd", "nsd"} <= set(rows[0]) and all(r["nsd"] != "" for r in rows)
+
+
+def test_score_at_original_equals_an_independent_full_size_computation(synth_small, tmp_path):
+    import cv2
+    import onnxruntime as ort
+
+    from mpi_infer.dataset import load_dataset
+    from mpi_infer.modelfile import demo_model
+
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
+                  "--quiet", "--score-at", "original")
+    assert proc.returncode == 0, proc.stderr
+    s = read_summary(out)
+    assert s["score_at"] == "original" and "own size" in s["metric_resolution"]
+    ds = load_dataset(synth_small)
+    sess = ort.InferenceSession(demo_model("onnx"))
+    for r in read_rows(out):
+        sample = ds.sample(int(r["index"]))
+        bgr = cv2.imread(sample.locations[0], cv2.IMREAD_ANYCOLOR)
+        x = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (192, 192), interpolation=cv2.INTER_LINEAR)
+        prob = sess.run(None, {"input": (x.astype(np.float32) * np.float32(1 / 255)).transpose(2, 0, 1)[None]})[0]
+        full = cv2.resize(prob[0, 0], (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_LINEAR) >= 0.5
+        gt = cv2.imread(sample.label_path, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255 >= 0.5
+        inter, union = np.count_nonzero(full & gt), np.count_nonzero(full | gt)
+        assert float(r["iou"]) == pytest.approx((inter + 1e-6) / (union + 1e-6), abs=1e-6), r["index"]
+    network = str(tmp_path / "n")
+    assert mpirun(1, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", network, "--split", "all",
+                  "--quiet").returncode == 0
+    assert read_summary(network)["score_at"] == "network"
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
+                  "--resume")
+    assert proc.returncode == 12 and "different score_at" in proc.stderr

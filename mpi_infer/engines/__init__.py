@@ -98,7 +98,7 @@ def visible_gpus() -> int:
 
 
 def choose_stack(loader: str = "auto", engine: str = "auto", backend: str | None = None,
-                 model: str = "", decode: str = "exact") -> Stack:
+                 model: str = "", decode: str = "exact", score_at: str = "network") -> Stack:
     """The loader and engine for a run, with the reason for each; refuses what cannot run here."""
     if backend not in (None, "auto"):
         if backend not in BACKENDS:
@@ -114,11 +114,13 @@ def choose_stack(loader: str = "auto", engine: str = "auto", backend: str | None
         raise ConfigError(f"--loader {loader!r}: choose from {', '.join(LOADERS)}")
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
-    if decode == "reduced" and loader == "ecvl":
-        raise ConfigError("--decode reduced needs the OpenCV loader (ECVL decodes every image exactly); "
-                          "drop --loader ecvl, or --decode reduced")
-    if loader == "auto" and decode == "reduced":
-        loader, loader_why = "opencv", "auto: --decode reduced needs the OpenCV loader"
+    # what only the OpenCV loader does: ECVL decodes every image exactly and hands back network-size masks only
+    needs = "--decode reduced" if decode == "reduced" else "--score-at original" if score_at == "original" else None
+    if needs and loader == "ecvl":
+        raise ConfigError(f"{needs} needs the OpenCV loader (ECVL decodes exactly and gives network-size masks "
+                          f"only); drop --loader ecvl, or {needs}")
+    if loader == "auto" and needs:
+        loader, loader_why = "opencv", f"auto: {needs} needs the OpenCV loader"
     elif loader == "auto":
         loader, loader_why = (("ecvl", "auto: pyecvl imports") if pyecvl_available()
                               else ("opencv", "auto: pyecvl not installed"))

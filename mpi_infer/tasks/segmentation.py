@@ -162,6 +162,24 @@ def surface_dice(pred: np.ndarray, gt: np.ndarray, tolerance: float) -> float:
     return float(near / (pw.sum() + gw.sum()))
 
 
+def score(prob: np.ndarray, mask: np.ndarray, threshold: float, boundary: tuple[float, str] | None = None
+          ) -> list[dict[str, Any]]:
+    """Each image's record fields from [N, H, W] probabilities and uint8 masks of one size: the counts at the
+    threshold, IoU/Dice, the curve's counts, and (``boundary`` = (tolerance, empty policy)) HD95, ASSD, NSD."""
+    tp, fp, fn = confusion(prob, mask, threshold)
+    iou, dice = iou_dice(tp, fp, fn)
+    curve = threshold_counts(prob, mask)
+    pixels = mask[0].size
+    out = [{"iou": float(iou[j]), "dice": float(dice[j]), "tp": int(tp[j]), "fp": int(fp[j]), "fn": int(fn[j]),
+            "tn": int(pixels - tp[j] - fp[j] - fn[j]), "curve": curve[j].ravel().tolist()} for j in range(len(prob))]
+    if boundary is not None:
+        gt = mask.astype(np.float32) / np.float32(255.0) >= np.float32(threshold)
+        pred = prob >= np.float32(threshold)
+        for j, fields in enumerate(out):
+            fields.update(zip(BOUNDARY, boundary_metrics(pred[j], gt[j], *boundary)))
+    return out
+
+
 def image_metrics(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, np.ndarray]:
     """The ISIC 2018 Task 1 per-image set from pixel counts (eps as upstream, so empty classes are defined)."""
     tp, fp, fn, tn = (np.asarray(x, np.float64) for x in (tp, fp, fn, tn))
