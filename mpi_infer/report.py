@@ -73,13 +73,24 @@ def rank_chart(per_rank: list[dict[str, Any]]) -> str:
     ranks = [r["rank"] for r in per_rank]
     images = [r["images"] for r in per_rank]
     rate = [r["images"] / r["wall_s"] if r.get("wall_s") else 0.0 for r in per_rank]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 2.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 2.8))
     axes[0].bar(ranks, images, color="#3b75af")
     axes[0].set_title("images per rank", fontsize=10)
     axes[0].set_xlabel("rank")
     axes[1].bar(ranks, rate, color="#55a868")
     axes[1].set_title("throughput per rank (images/s of its own wall time)", fontsize=10)
     axes[1].set_xlabel("rank")
+    # where each rank's time went: the loader threads' CPU (decode, preprocess) beside the main thread's
+    # forward, scoring and waiting for images (seconds; the loader's run alongside the others)
+    parts = (("decode_s", "decode (loader CPU)", "#8c564b"), ("preprocess_s", "preprocess (loader CPU)", "#c49c94"),
+             ("predict_s", "forward", "#3b75af"), ("score_s", "scoring", "#55a868"), ("wait_s", "waiting", "#bbbbbb"))
+    width = 0.16
+    for k, (key, label, colour) in enumerate(parts):
+        axes[2].bar(np.asarray(ranks) + (k - 2) * width, [r.get(key) or 0.0 for r in per_rank], width=width,
+                    color=colour, label=label)
+    axes[2].set_title("time per rank (s)", fontsize=10)
+    axes[2].set_xlabel("rank")
+    axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_xticks(ranks if len(ranks) <= 32 else ranks[:: max(1, len(ranks) // 16)])
     fig.tight_layout()
