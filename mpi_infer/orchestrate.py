@@ -310,9 +310,10 @@ def group_namer(pattern: str | None) -> Any:
     return group_of
 
 
-def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str) -> dict[str, Any]:
-    """Each group's images and mean Dice/IoU/ISIC score, and how many images matched no group."""
-    from .tasks.segmentation import aggregate
+def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str, classification: bool = False
+              ) -> dict[str, Any]:
+    """Each group's images and mean Dice/IoU (classification: accuracy), and how many images matched no group."""
+    from .tasks.segmentation import SCORED, aggregate
 
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -320,6 +321,12 @@ def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str) -> dic
     unmatched = sum(len(v) for k, v in by.items() if k.startswith("(unmatched) "))
     table = {}
     for name, rs in sorted(by.items()):
+        if classification:
+            scored = [r for r in rs if r["status"] in SCORED]
+            hits = sum(r["predicted"] == r["target"] for r in scored)
+            table[name] = {"images": len(rs), "scored": len(scored),
+                           "accuracy": hits / len(scored) if scored else None}
+            continue
         m = aggregate(rs)
         table[name] = {"images": m["images"]["selected"], "scored": m["images"]["scored"],
                        "mean_dice": m["metrics"]["mean_dice"], "mean_iou": m["metrics"]["mean_iou"]}
@@ -366,23 +373,24 @@ def finish_run(
     # Dataset order, whatever order the gather and earlier attempts gave: the same sums for any N.
     all_records = sorted(prepared.previous + records, key=lambda r: r["index"])
     classification = prepared.task == "classification"
+    group_of = group_namer(cfg.group_by)
     if classification:
         from .tasks.classification import summarise_classification
 
-        summary = summarise_classification(all_records, prepared.splits, prepared.classes, cfg.bootstrap, cfg.seed)
+        summary = summarise_classification(all_records, prepared.splits, prepared.classes, cfg.bootstrap, cfg.seed,
+                                           group_of)
         summary = {"task": "classification", "classes": prepared.classes, **summary}
     else:
-        group_of = group_namer(cfg.group_by)
         summary = {"task": "segmentation", **summarise(all_records, prepared.splits, cfg.bootstrap, cfg.seed,
                                                         group_of, cfg.boundary)}
         if cfg.boundary:
             summary["boundary"] = {"tolerance_px": cfg.nsd_tolerance, "empty_policy": cfg.empty_boundary,
                                    "policy": BOUNDARY_POLICY[cfg.empty_boundary],
                                    "resolution": scoring_resolution(cfg)}
-        summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
-                                "unit": "group" if group_of else "image"}
-        if group_of:
-            summary["groups"] = per_group(all_records, group_of, cfg.group_by)
+    summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
+                            "unit": "group" if group_of else "image"}
+    if group_of:
+        summary["groups"] = per_group(all_records, group_of, cfg.group_by, classification)
     exit_code = EXIT_PARTIAL if summary["images"]["failed"] else EXIT_OK
     if summary["images"]["selected"] != prepared.selected:
         raise RuntimeError(f"internal error: {summary['images']['selected']} records for "

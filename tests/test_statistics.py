@@ -280,3 +280,17 @@ def test_score_at_original_equals_an_independent_full_size_computation(synth_sma
     proc = mpirun(1, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
                   "--resume")
     assert proc.returncode == 12 and "different score_at" in proc.stderr
+
+
+def test_classification_group_by(tmp_path):
+    from mpi_infer.synth import SynthSpec, make_classification_dataset
+
+    data = make_classification_dataset(str(tmp_path / "cls"), SynthSpec(n=24, seed=6))
+    out = str(tmp_path / "o")
+    assert mpirun(2, "run", "--dataset", data, "--model", "demo-classifier", "--out", out, "--split", "all",
+                  "--quiet", "--group-by", r"SYNC_\d{8}(\d)\.jpg").returncode == 0
+    s = read_summary(out)
+    assert s["bootstrap"]["unit"] == "group" and s["groups"]["groups"] == 10
+    assert sum(g["images"] for g in s["groups"]["per_group"].values()) == 24
+    assert all(0 <= g["accuracy"] <= 1 for g in s["groups"]["per_group"].values())
+    assert s["statistics"]["accuracy"]["ci95"][0] <= s["metrics"]["accuracy"] <= s["statistics"]["accuracy"]["ci95"][1]

@@ -175,9 +175,9 @@ def classification_metrics(targets: np.ndarray, probs: np.ndarray, classes: Sequ
 
 
 def aggregate_classification(records: Iterable[Mapping[str, Any]], classes: Sequence[str], key: str = "all",
-                             replicates: int = 0, seed: int = 0) -> dict[str, Any]:
+                             replicates: int = 0, seed: int = 0, group_of: Any = None) -> dict[str, Any]:
     counts = {"selected": 0, "scored": 0, "unscored": 0, "failed": 0, "converted": 0}
-    targets, probs = [], []
+    targets, probs, groups = [], [], []
     for r in records:
         counts["selected"] += 1
         if r["status"] in SCORED:
@@ -185,6 +185,8 @@ def aggregate_classification(records: Iterable[Mapping[str, Any]], classes: Sequ
             counts["converted"] += r["status"] == "converted"
             targets.append(int(r["target"]))
             probs.append(r["probs"])
+            if group_of is not None:
+                groups.append(group_of(r))
         elif r["status"] == "unscored":
             counts["unscored"] += 1
         else:
@@ -192,20 +194,26 @@ def aggregate_classification(records: Iterable[Mapping[str, Any]], classes: Sequ
     t = np.asarray(targets, np.int64)
     p = np.asarray(probs, np.float64).reshape(len(targets), len(classes))
     out = {"images": counts, "metrics": classification_metrics(t, p, classes)}
-    stats = classification_statistics(t, p, len(classes), key, replicates, seed)
+    units = None
+    if group_of is not None and groups:  # resample groups: numbered by first appearance in index order
+        ids: dict[str, int] = {}
+        units = np.array([ids.setdefault(g, len(ids)) for g in groups], np.int64)
+    stats = classification_statistics(t, p, len(classes), key, replicates, seed, units)
     if stats:
         out["statistics"] = stats
     return out
 
 
 def summarise_classification(records: list[Mapping[str, Any]], split_order: Iterable[str],
-                             classes: Sequence[str], replicates: int = 0, seed: int = 0) -> dict[str, Any]:
+                             classes: Sequence[str], replicates: int = 0, seed: int = 0,
+                             group_of: Any = None) -> dict[str, Any]:
     records = sorted(records, key=lambda r: r["index"])  # the bootstrap's order: the same for any N
-    out = aggregate_classification(records, classes, "all", replicates, seed)
+    out = aggregate_classification(records, classes, "all", replicates, seed, group_of)
     by_split: dict[str, list[Mapping[str, Any]]] = {s: [] for s in split_order}
     for r in records:
         by_split.setdefault(r["split"], []).append(r)
-    out["per_split"] = {s: aggregate_classification(rs, classes, s, replicates, seed) for s, rs in by_split.items()}
+    out["per_split"] = {s: aggregate_classification(rs, classes, s, replicates, seed, group_of)
+                        for s, rs in by_split.items()}
     return out
 
 
