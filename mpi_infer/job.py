@@ -33,8 +33,7 @@ from .progress import ProgressDisplay, configure, log
 from .records import DescriptorIndex, RecordTable
 from .results import Ledger, problem_lines, summary_table
 from .runner import Fault, RankTimings, run_items
-from .tasks.classification import ClassificationHead
-from .tasks.segmentation import SegmentationHead
+from .tasks import task_for
 from .watchdog import EXIT_STALLED, StallError, Watchdog
 
 TAG_PROGRESS, TAG_REQUEST, TAG_WORK, TAG_HEARTBEAT, TAG_GO = 11, 12, 13, 14, 15
@@ -358,8 +357,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     threads = rank_threads(cfg, me.local_size)
     try:
         spec = OutputSpec(cfg.activation, cfg.cls)
-        head = (ClassificationHead(spec, prepared.classes) if prepared.task == "classification"
-                else SegmentationHead(spec, cfg.profile))
+        head = task_for(prepared.task).head(spec, cfg.profile, prepared.classes)
         engine = open_engine(stack, prepared.run_model, cfg.profile, threads=threads, gpu=cfg.gpu,
                              device_id=me.gpu or 0, arch=prepared.arch, eddl_mem=cfg.eddl_mem, head=head,
                              output=cfg.output)

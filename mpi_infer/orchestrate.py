@@ -25,7 +25,7 @@ from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, LaunchError,
 from .modelfile import cached_onnx, model_format, model_sha256
 from .partition import describe, plan
 from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
-from .tasks.segmentation import BOUNDARY_POLICY, EMPTY_GT_POLICY, summarise
+from .tasks import task_for
 
 RUN_FILE = "run.json"
 OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html")
@@ -310,10 +310,8 @@ def group_namer(pattern: str | None) -> Any:
     return group_of
 
 
-def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str, classification: bool = False
-              ) -> dict[str, Any]:
-    """Each group's images and mean Dice/IoU (classification: accuracy), and how many images matched no group."""
-    from .tasks.segmentation import SCORED, aggregate
+def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str, task: Any) -> dict[str, Any]:
+    """Each group's line (the task's: mean Dice/IoU, or accuracy), and how many images matched no group."""
 
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -321,22 +319,8 @@ def per_group(records: list[dict[str, Any]], group_of: Any, pattern: str, classi
     unmatched = sum(len(v) for k, v in by.items() if k.startswith("(unmatched) "))
     table = {}
     for name, rs in sorted(by.items()):
-        if classification:
-            scored = [r for r in rs if r["status"] in SCORED]
-            hits = sum(r["predicted"] == r["target"] for r in scored)
-            table[name] = {"images": len(rs), "scored": len(scored),
-                           "accuracy": hits / len(scored) if scored else None}
-            continue
-        m = aggregate(rs)
-        table[name] = {"images": m["images"]["selected"], "scored": m["images"]["scored"],
-                       "mean_dice": m["metrics"]["mean_dice"], "mean_iou": m["metrics"]["mean_iou"]}
+        table[name] = task.group_row(rs)
     return {"pattern": pattern, "groups": len(by), "unmatched_images": unmatched, "per_group": table}
-
-
-def scoring_resolution(cfg: RunConfig) -> str:
-    if cfg.score_at == "network":
-        return f"network input ({cfg.profile.height}x{cfg.profile.width})"
-    return "each image's own size (the prediction resized linearly, then thresholded)"
 
 
 def read_run_file(path: str) -> dict[str, Any]:
@@ -372,25 +356,13 @@ def finish_run(
     """Aggregate every record (this attempt's and kept earlier ones) and write the reports."""
     # Dataset order, whatever order the gather and earlier attempts gave: the same sums for any N.
     all_records = sorted(prepared.previous + records, key=lambda r: r["index"])
-    classification = prepared.task == "classification"
+    task = task_for(prepared.task)
     group_of = group_namer(cfg.group_by)
-    if classification:
-        from .tasks.classification import summarise_classification
-
-        summary = summarise_classification(all_records, prepared.splits, prepared.classes, cfg.bootstrap, cfg.seed,
-                                           group_of)
-        summary = {"task": "classification", "classes": prepared.classes, **summary}
-    else:
-        summary = {"task": "segmentation", **summarise(all_records, prepared.splits, cfg.bootstrap, cfg.seed,
-                                                        group_of, cfg.boundary)}
-        if cfg.boundary:
-            summary["boundary"] = {"tolerance_px": cfg.nsd_tolerance, "empty_policy": cfg.empty_boundary,
-                                   "policy": BOUNDARY_POLICY[cfg.empty_boundary],
-                                   "resolution": scoring_resolution(cfg)}
+    summary = task.summarise(all_records, prepared.splits, prepared.classes, cfg, group_of)
     summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
                             "unit": "group" if group_of else "image"}
     if group_of:
-        summary["groups"] = per_group(all_records, group_of, cfg.group_by, classification)
+        summary["groups"] = per_group(all_records, group_of, cfg.group_by, task)
     exit_code = EXIT_PARTIAL if summary["images"]["failed"] else EXIT_OK
     if summary["images"]["selected"] != prepared.selected:
         raise RuntimeError(f"internal error: {summary['images']['selected']} records for "
@@ -401,13 +373,6 @@ def finish_run(
         "hosts": sorted({t.host for t in topology}),
         "backend": backend_info,
         "profile": cfg.profile.to_dict(),
-        **({} if classification else {
-            "threshold": cfg.profile.threshold,
-            "empty_gt_policy": EMPTY_GT_POLICY,
-            "score_at": cfg.score_at,
-            "metric_resolution": scoring_resolution(cfg)}),
-        **({"accuracy_note": "upstream's categorical_accuracy is plain accuracy (top-1)"} if classification
-           else {}),
         "model": os.path.abspath(cfg.model),
         "model_sha256": prepared.model_sha256,
         "dataset": os.path.abspath(cfg.dataset),
@@ -436,6 +401,6 @@ def finish_run(
         "version": __version__,
         "launcher_host": socket.gethostname(),
     })
-    write_per_image_csv(cfg.out, all_records, prepared.classes if classification else None)
+    write_per_image_csv(cfg.out, all_records, task, prepared.classes)
     write_summary(cfg.out, summary)
     return summary, exit_code

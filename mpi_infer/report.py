@@ -22,7 +22,9 @@ import numpy as np
 
 from .atomic import read_input, write_text
 from .errors import clip
-from .results import CLASSIFICATION_COLUMNS, CSV_CORE_COLUMNS, MASK_DIR, mask_file_name
+from .results import MASK_DIR, mask_file_name
+from .tasks.classification import CLASSIFICATION_COLUMNS
+from .tasks.segmentation import CSV_CORE_COLUMNS
 
 GT_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (230, 0, 230)

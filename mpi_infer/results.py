@@ -21,11 +21,6 @@ import numpy as np
 from .atomic import with_path, write_text
 from .errors import clip
 
-CSV_CORE_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
-CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "thresholded_jaccard", "sensitivity",
-               "specificity", "accuracy", "status", "error")
-CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
-                          "true_probability", "top_k", "status", "error")
 LEDGER_DIR = "ledger"
 MASK_DIR = "masks"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -45,49 +40,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]],
+def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]], task: Any,
                         classes: list[str] | None = None) -> str:
-    """One row per selected image, in dataset order (``index`` = position in the original YAML).
-
-    Classification (``classes`` given): the true and predicted class names, the predicted class's probability,
-    the true class's, and the top 3 as ``name:p;...``."""
+    """One row per selected image, in dataset order (``index`` = position in the original YAML); the task gives
+    the columns and each row (tasks/)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     records = list(records)
-    columns = CLASSIFICATION_COLUMNS if classes else CSV_COLUMNS
-    if not classes and any(r.get("hd95") is not None or r.get("nsd") is not None for r in records):
-        columns = (*columns[:-2], "hd95", "assd", "nsd", *columns[-2:])  # --boundary-metrics
+    columns = task.csv_columns(records)
     writer.writerow(columns)
     for r in sorted(records, key=lambda r: (r["index"], r["split"])):
-        if classes:
-            r = classification_row(r, classes)
-        else:
-            r = segmentation_row(r)
-        writer.writerow([_fmt(r.get(c)) for c in columns])
+        row = task.csv_row(r, classes or [])
+        writer.writerow([_fmt(row.get(c)) for c in columns])
     path = os.path.join(out_dir, "per_image.csv")
     write_text(path, buf.getvalue())
     return path
-
-
-def segmentation_row(r: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The ISIC per-image set beside IoU (the Jaccard) and Dice, from the record's pixel counts."""
-    if r.get("tn") is None:
-        return r
-    from .tasks.segmentation import image_metrics
-
-    extra = image_metrics(r["tp"], r["fp"], r["fn"], r["tn"])
-    return {**r, **{k: float(extra[k]) for k in ("thresholded_jaccard", "sensitivity", "specificity", "accuracy")}}
-
-
-def classification_row(r: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
-    from .tasks.classification import top_k_text
-
-    probs, target, predicted = r.get("probs"), r.get("target"), r.get("predicted")
-    return {**r, "label": "" if target is None else classes[target],
-            "predicted": "" if predicted is None else classes[predicted],
-            "probability": None if probs is None else probs[predicted],
-            "true_probability": None if probs is None or target is None else probs[target],
-            "top_k": "" if probs is None else top_k_text(probs, classes)}
 
 
 def read_per_image_csv(path: str) -> list[dict[str, str]]:

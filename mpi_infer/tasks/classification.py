@@ -23,6 +23,8 @@ from ..errors import ModelError
 from ..model_output import OutputSpec, softmax
 
 SCORED = ("ok", "converted")
+CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
+                          "true_probability", "top_k", "status", "error")
 ECE_BINS = 15
 
 
@@ -252,3 +254,41 @@ class ClassificationHead:
                     else "the output is not finite after the softmax")
             raise ModelError(f"{source}: class scores are not probabilities on probe images (each in [0, 1], "
                              f"summing to 1); {hint}")
+
+
+def classification_row(r: Mapping[str, Any], classes: list[str]) -> dict[str, Any]:
+    probs, target, predicted = r.get("probs"), r.get("target"), r.get("predicted")
+    return {**r, "label": "" if target is None else classes[target],
+            "predicted": "" if predicted is None else classes[predicted],
+            "probability": None if probs is None else probs[predicted],
+            "true_probability": None if probs is None or target is None else probs[target],
+            "top_k": "" if probs is None else top_k_text(probs, classes)}
+
+
+class ClassificationTask:
+    """The classification task behind the protocol of tasks/__init__.py."""
+
+    name = "classification"
+
+    def head(self, spec: OutputSpec, profile: Any, classes: list[str]) -> ClassificationHead:
+        return ClassificationHead(spec, classes)
+
+    def summarise(self, records: list[Mapping[str, Any]], splits: list[str], classes: list[str], cfg: Any,
+                  group_of: Any) -> dict[str, Any]:
+        out = summarise_classification(records, splits, classes, cfg.bootstrap, cfg.seed, group_of)
+        return {"task": "classification", "classes": list(classes), **out,
+                "accuracy_note": "upstream's categorical_accuracy is plain accuracy (top-1)"}
+
+    def group_row(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:
+        scored = [r for r in records if r["status"] in SCORED]
+        hits = sum(r["predicted"] == r["target"] for r in scored)
+        return {"images": len(records), "scored": len(scored), "accuracy": hits / len(scored) if scored else None}
+
+    def csv_columns(self, records: list[Mapping[str, Any]]) -> tuple[str, ...]:
+        return CLASSIFICATION_COLUMNS
+
+    def csv_row(self, record: Mapping[str, Any], classes: list[str]) -> Mapping[str, Any]:
+        return classification_row(record, classes)
+
+
+TASK = ClassificationTask()

@@ -93,6 +93,9 @@ def threshold_counts(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack([tp, fp, fn], axis=2)
 
 
+CSV_CORE_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "status", "error")
+CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "thresholded_jaccard", "sensitivity",
+               "specificity", "accuracy", "status", "error")
 BOUNDARY = ("hd95", "assd", "nsd")
 EMPTY_BOUNDARY = ("worst", "exclude")
 BOUNDARY_POLICY = {
@@ -364,3 +367,52 @@ class SegmentationHead:
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         return foreground(raw, self.spec, self.source)
+
+
+def segmentation_row(r: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ISIC per-image set beside IoU (the Jaccard) and Dice, from the record's pixel counts."""
+    if r.get("tn") is None:
+        return r
+    extra = image_metrics(r["tp"], r["fp"], r["fn"], r["tn"])
+    return {**r, **{k: float(extra[k]) for k in ("thresholded_jaccard", "sensitivity", "specificity", "accuracy")}}
+
+
+def scoring_resolution(cfg: Any) -> str:
+    if cfg.score_at == "network":
+        return f"network input ({cfg.profile.height}x{cfg.profile.width})"
+    return "each image's own size (the prediction resized linearly, then thresholded)"
+
+
+class SegmentationTask:
+    """The segmentation task behind the protocol of tasks/__init__.py."""
+
+    name = "segmentation"
+
+    def head(self, spec: OutputSpec, profile: Profile, classes: list[str]) -> SegmentationHead:
+        return SegmentationHead(spec, profile)
+
+    def summarise(self, records: list[Mapping[str, Any]], splits: list[str], classes: list[str], cfg: Any,
+                  group_of: Any) -> dict[str, Any]:
+        out = {"task": "segmentation", **summarise(records, splits, cfg.bootstrap, cfg.seed, group_of, cfg.boundary)}
+        if cfg.boundary:
+            out["boundary"] = {"tolerance_px": cfg.nsd_tolerance, "empty_policy": cfg.empty_boundary,
+                               "policy": BOUNDARY_POLICY[cfg.empty_boundary], "resolution": scoring_resolution(cfg)}
+        out.update(threshold=cfg.profile.threshold, empty_gt_policy=EMPTY_GT_POLICY, score_at=cfg.score_at,
+                   metric_resolution=scoring_resolution(cfg))
+        return out
+
+    def group_row(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:
+        m = aggregate(records)
+        return {"images": m["images"]["selected"], "scored": m["images"]["scored"],
+                "mean_dice": m["metrics"]["mean_dice"], "mean_iou": m["metrics"]["mean_iou"]}
+
+    def csv_columns(self, records: list[Mapping[str, Any]]) -> tuple[str, ...]:
+        if any(r.get("hd95") is not None or r.get("nsd") is not None for r in records):  # --boundary-metrics
+            return (*CSV_COLUMNS[:-2], *BOUNDARY, *CSV_COLUMNS[-2:])
+        return CSV_COLUMNS
+
+    def csv_row(self, record: Mapping[str, Any], classes: list[str]) -> Mapping[str, Any]:
+        return segmentation_row(record)
+
+
+TASK = SegmentationTask()
