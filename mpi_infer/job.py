@@ -30,10 +30,10 @@ from .orchestrate import (
     topology_lines,
 )
 from .progress import ProgressDisplay, configure, log
-from .records import DescriptorIndex, RecordTable
+from .records import DescriptorIndex
 from .results import Ledger, problem_lines, summary_table
 from .runner import Fault, RankTimings, run_items
-from .tasks import task_for
+from .tasks import ScoreOptions, task_for
 from .watchdog import EXIT_STALLED, StallError, Watchdog
 
 TAG_PROGRESS, TAG_REQUEST, TAG_WORK, TAG_HEARTBEAT, TAG_GO = 11, 12, 13, 14, 15
@@ -363,8 +363,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
                              output=cfg.output)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
-        loader = open_loader(stack.loader, cfg.profile, prepared.classes if prepared.task == "classification"
-                             else None)
+        loader = open_loader(stack.loader, cfg.profile, prepared.classes or None)
         ledger = Ledger(cfg.out, prepared.attempt, rank)
         if rank == 0:
             for w in getattr(head, "warnings", []):
@@ -393,8 +392,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         source = channel.master_items(work, chunk) if rank == 0 else channel.worker_items()
     else:
         source = work
-    classification = prepared.task == "classification"
-    table = RecordTable(rank, classes=len(prepared.classes) if classification else 0)
+    task = task_for(prepared.task)
+    table = task.table(rank, prepared.classes)
 
     def on_batch(records: list[dict[str, Any]]) -> None:
         watchdog.beat()
@@ -404,11 +403,11 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     watchdog.arm()
     run_items(source, engine.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
               threads=loader_threads, ledger=ledger,
-              masks_dir=cfg.out if cfg.save_masks and not classification else None,
               on_batch=on_batch, fault=fault, timings=timings,
               batch_source=loader.batches if loader is not None else None, keep=False,
-              classification=classification, decode_mode=cfg.decode,
-              boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None, score_at=cfg.score_at)
+              task=task, decode_mode=cfg.decode,
+              options=ScoreOptions(masks_dir=cfg.out if cfg.save_masks else None, score_at=cfg.score_at,
+                                   boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None))
     watchdog.arm(False)  # waiting for the others from here: the channel watches them
     ledger.close()
     timings.total_s = time.perf_counter() - t_run

@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
-from .loader import Batch, Loaded, WorkItem, iter_batches
+from .loader import Batch, WorkItem, iter_batches
 from .profiles import Profile
-from .results import Ledger, save_mask
-from .tasks.segmentation import score
+from .results import Ledger
+from .tasks import ScoreOptions, Task, task_for
 
 FAULT_ENV = "MPI_INFER_FAULT"
 
@@ -67,33 +66,6 @@ class RankTimings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def record_for(loaded: Loaded, rank: int, classification: bool = False) -> dict[str, Any]:
-    item = loaded.item
-    if classification:
-        return {"index": item.index, "split": item.split, "location": ";".join(item.locations), "rank": rank,
-                "target": item.target, "predicted": None, "probs": None, "status": loaded.status,
-                "error": "; ".join(loaded.notes)}
-    return {
-        "index": item.index,
-        "split": item.split,
-        "location": ";".join(item.locations),
-        "label": item.label_path or "",
-        "rank": rank,
-        "iou": None,
-        "dice": None,
-        "tp": None,
-        "fp": None,
-        "fn": None,
-        "tn": None,
-        "curve": None,
-        "hd95": None,
-        "assd": None,
-        "nsd": None,
-        "status": loaded.status,
-        "error": "; ".join(loaded.notes),
-    }
-
-
 def run_items(
     items: Iterable[WorkItem],
     predict: Callable[[np.ndarray], np.ndarray],
@@ -103,23 +75,23 @@ def run_items(
     batch_size: int = 8,
     threads: int = 2,
     ledger: Ledger | None = None,
-    masks_dir: str | None = None,
     on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     fault: Fault | None = None,
     timings: RankTimings | None = None,
     batch_source: Callable[[Iterable[WorkItem], int, int], Iterable[Batch]] | None = None,
     keep: bool = True,
-    classification: bool = False,
+    task: Task | None = None,
+    options: ScoreOptions | None = None,
     decode_mode: str = "exact",
-    boundary: tuple[float, str] | None = None,
-    score_at: str = "network",
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
     Batches come from our OpenCV loader, or from ``batch_source(items, batch_size, threads)`` (the ecvl
     backend's DLDataset); everything after the forward pass is the same code either way.
     ``keep=False`` returns nothing: the caller takes each batch's records in ``on_batch`` (the MPI job
-    keeps them compactly)."""
+    keeps them compactly). The task (default: segmentation) makes each record and scores each batch."""
+    task = task or task_for("segmentation")
+    options = options or ScoreOptions()
     fault = fault or Fault()
     timings = timings if timings is not None else RankTimings()
     out: list[dict[str, Any]] = []
@@ -129,43 +101,20 @@ def run_items(
         batches = batch_source(items, batch_size, threads)
     else:
         batches = iter_batches(items, profile, batch_size, threads=threads, decode_mode=decode_mode,
-                               keep_full_mask=score_at == "original")
+                               keep_full_mask=options.score_at == "original")
     for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait
-        records = [record_for(it, rank, classification) for it in batch.items]
+        records = [task.blank_record(it, rank) for it in batch.items]
         for it in batch.items:
             timings.decode_s += it.decode_s
             timings.preprocess_s += it.preprocess_s
         saved: list[str] = []
-        if batch.x is not None and classification:
-            probs = predict(batch.x)  # [N, C] class probabilities
-            t1 = time.perf_counter()
-            timings.predict_s += t1 - t0
-            for j, k in enumerate(batch.rows):
-                records[k].update(predicted=int(np.argmax(probs[j])), probs=[float(p) for p in probs[j]])
-            timings.score_s += time.perf_counter() - t1
-        elif batch.x is not None:
+        if batch.x is not None:
             probs = predict(batch.x)
             t1 = time.perf_counter()
             timings.predict_s += t1 - t0
-            scored = [k for k in batch.rows if batch.items[k].mask is not None]
-            if scored and score_at == "original":  # each image at its own size: one at a time
-                for k in scored:
-                    it = batch.items[k]
-                    h, w = it.original_hw
-                    full = cv2.resize(probs[batch.rows.index(k)], (w, h), interpolation=cv2.INTER_LINEAR)
-                    records[k].update(score(full[None], it.full_mask[None], profile.threshold, boundary)[0])
-            elif scored:
-                pos = [batch.rows.index(k) for k in scored]
-                masks = np.stack([batch.items[k].mask for k in scored])
-                for k, fields in zip(scored, score(probs[pos], masks, profile.threshold, boundary)):
-                    records[k].update(fields)
-            if masks_dir is not None:
-                for j, k in enumerate(batch.rows):
-                    it = batch.items[k]
-                    saved.append(save_mask(masks_dir, it.item.index, it.item.locations[0], probs[j],
-                                           profile.threshold, it.original_hw))
+            saved = task.score_batch(batch, probs, records, profile, options)
             timings.score_s += time.perf_counter() - t1
             if fault.kind == "slow" and fault.factor > 1:
                 time.sleep((t1 - t0) * (fault.factor - 1))

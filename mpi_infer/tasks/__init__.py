@@ -5,11 +5,32 @@ job and the reports ask the task instead of branching on it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How a batch is scored, beyond the profile: what the run's options ask of the task."""
+
+    masks_dir: str | None = None  # segmentation: write each prediction as a PNG under <out>/masks/
+    boundary: tuple[float, str] | None = None  # segmentation: (NSD tolerance, empty policy) for HD95/ASSD/NSD
+    score_at: str = "network"  # segmentation: network | original
 
 
 class Task(Protocol):
     name: str
+
+    def blank_record(self, loaded: Any, rank: int) -> dict[str, Any]:
+        """A loaded item's record before scoring (failed and unscored items keep it as it is)."""
+
+    def score_batch(self, batch: Any, probs: Any, records: list[dict[str, Any]], profile: Any,
+                    options: ScoreOptions) -> list[str]:
+        """Fill the batch's records from the head's output; return the files written (undone if the ledger
+        cannot take the records)."""
+
+    def table(self, rank: int, classes: list[str]) -> Any:
+        """The compact per-rank store of records for the gather (records.py)."""
 
     def head(self, spec: Any, profile: Any, classes: list[str]) -> Any:
         """The engine's head for this task (engines/heads.py's protocol)."""

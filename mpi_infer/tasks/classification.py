@@ -270,6 +270,23 @@ class ClassificationTask:
 
     name = "classification"
 
+    def blank_record(self, loaded: Any, rank: int) -> dict[str, Any]:
+        item = loaded.item
+        return {"index": item.index, "split": item.split, "location": ";".join(item.locations), "rank": rank,
+                "target": item.target, "predicted": None, "probs": None, "status": loaded.status,
+                "error": "; ".join(loaded.notes)}
+
+    def score_batch(self, batch: Any, probs: np.ndarray, records: list[dict[str, Any]], profile: Any,
+                    options: Any) -> list[str]:
+        for j, k in enumerate(batch.rows):  # probs: [N, C] class probabilities
+            records[k].update(predicted=int(np.argmax(probs[j])), probs=[float(p) for p in probs[j]])
+        return []
+
+    def table(self, rank: int, classes: list[str]) -> Any:
+        from ..records import RecordTable
+
+        return RecordTable(rank, classes=len(classes))
+
     def head(self, spec: OutputSpec, profile: Any, classes: list[str]) -> ClassificationHead:
         return ClassificationHead(spec, classes)
 

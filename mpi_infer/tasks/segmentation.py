@@ -388,6 +388,44 @@ class SegmentationTask:
 
     name = "segmentation"
 
+    def blank_record(self, loaded: Any, rank: int) -> dict[str, Any]:
+        item = loaded.item
+        return {"index": item.index, "split": item.split, "location": ";".join(item.locations),
+                "label": item.label_path or "", "rank": rank, "iou": None, "dice": None, "tp": None, "fp": None,
+                "fn": None, "tn": None, "curve": None, "hd95": None, "assd": None, "nsd": None,
+                "status": loaded.status, "error": "; ".join(loaded.notes)}
+
+    def score_batch(self, batch: Any, probs: np.ndarray, records: list[dict[str, Any]], profile: Profile,
+                    options: Any) -> list[str]:
+        import cv2
+
+        from ..results import save_mask
+
+        scored = [k for k in batch.rows if batch.items[k].mask is not None]
+        if scored and options.score_at == "original":  # each image at its own size: one at a time
+            for k in scored:
+                it = batch.items[k]
+                h, w = it.original_hw
+                full = cv2.resize(probs[batch.rows.index(k)], (w, h), interpolation=cv2.INTER_LINEAR)
+                records[k].update(score(full[None], it.full_mask[None], profile.threshold, options.boundary)[0])
+        elif scored:
+            pos = [batch.rows.index(k) for k in scored]
+            masks = np.stack([batch.items[k].mask for k in scored])
+            for k, fields in zip(scored, score(probs[pos], masks, profile.threshold, options.boundary)):
+                records[k].update(fields)
+        saved = []
+        if options.masks_dir is not None:
+            for j, k in enumerate(batch.rows):
+                it = batch.items[k]
+                saved.append(save_mask(options.masks_dir, it.item.index, it.item.locations[0], probs[j],
+                                       profile.threshold, it.original_hw))
+        return saved
+
+    def table(self, rank: int, classes: list[str]) -> Any:
+        from ..records import RecordTable
+
+        return RecordTable(rank)
+
     def head(self, spec: OutputSpec, profile: Profile, classes: list[str]) -> SegmentationHead:
         return SegmentationHead(spec, profile)
 
