@@ -23,6 +23,7 @@ import numpy as np
 from .atomic import read_input, write_text
 from .errors import clip
 from .results import MASK_DIR, mask_file_name
+from .tasks import task_for
 from .tasks.classification import CLASSIFICATION_COLUMNS
 from .tasks.segmentation import CSV_CORE_COLUMNS
 
@@ -97,6 +98,27 @@ def rank_chart(per_rank: list[dict[str, Any]]) -> str:
         ax.set_xticks(ranks if len(ranks) <= 32 else ranks[:: max(1, len(ranks) // 16)])
     fig.tight_layout()
     return _png(fig)
+
+
+def segmentation_figures(summary: dict[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
+                         ) -> tuple[list[tuple[str, str, str]], bool]:
+    """Histograms, every image's scores with the means' CIs, the threshold curve, and the worst and best images
+    (and whether predicted masks were saved for their contours)."""
+    scored = sorted((r for r in rows if r["dice"] != ""), key=lambda r: (float(r["dice"]), int(r["index"])))
+    worst = scored[:k]
+    best = list(reversed(scored[-k:])) if len(scored) > k else []
+    figures = [("Dice and IoU per image, by split", histograms(rows, summary.get("splits", [])), "histograms")]
+    for title, png, fid in (("Every image's scores, and the means' 95% CIs", distribution_figure(summary, rows),
+                             "distributions"),
+                            ("The threshold curve", threshold_curve_figure(summary), "curve")):
+        if png:
+            figures.append((title, png, fid))
+    for title, picked, fid in ((f"Worst {len(worst)} images", worst, "worst"),
+                               (f"Best {len(best)} images", best, "best")):
+        png = contact_sheet(run_dir, picked, title)
+        if png:
+            figures.append((title, png, fid))
+    return figures, os.path.isdir(os.path.join(run_dir, MASK_DIR))
 
 
 def thumbnail_rgb(image_path: str) -> np.ndarray | None:
@@ -231,27 +253,10 @@ def load_run(run_dir: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
 def write_report(run_dir: str, k: int = 8) -> str:
     """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
     summary, rows = load_run(run_dir)
-    classification = summary.get("task") == "classification"
+    task = task_for(summary.get("task", "segmentation"))
+    classification = task.name == "classification"
     per_rank = summary.get("timings", {}).get("per_rank", [])
-    if classification:
-        figures = classification_figures(summary, rows, k)
-        has_masks = True  # nothing to say about masks
-    else:
-        scored = sorted((r for r in rows if r["dice"] != ""), key=lambda r: (float(r["dice"]), int(r["index"])))
-        worst = scored[:k]
-        best = list(reversed(scored[-k:])) if len(scored) > k else []
-        has_masks = os.path.isdir(os.path.join(run_dir, MASK_DIR))
-        figures = [("Dice and IoU per image, by split", histograms(rows, summary.get("splits", [])), "histograms")]
-        for title, png, fid in (("Every image's scores, and the means' 95% CIs", distribution_figure(summary, rows),
-                                 "distributions"),
-                                ("The threshold curve", threshold_curve_figure(summary), "curve")):
-            if png:
-                figures.append((title, png, fid))
-        for title, picked, fid in ((f"Worst {len(worst)} images", worst, "worst"),
-                                   (f"Best {len(best)} images", best, "best")):
-            png = contact_sheet(run_dir, picked, title)
-            if png:
-                figures.append((title, png, fid))
+    figures, has_masks = task.report_figures(summary, rows, run_dir, k)
     if per_rank:
         figures.insert(1, ("Ranks", rank_chart(per_rank), "ranks"))
     failed = [r for r in rows if r["status"] == "failed"]
@@ -283,7 +288,7 @@ def write_report(run_dir: str, k: int = 8) -> str:
         "figure{margin:1.5em 0}img{max-width:100%}.note{color:#a33}",
         "</style></head><body>",
         "<h1>mpi_infer report</h1>",
-        _classification_table(summary) if classification else _table(summary),
+        task.report_table(summary),
         "<dl>" + "".join(f"<dt>{html.escape(str(a))}</dt><dd>{html.escape(str(b))}</dd>" for a, b in meta) + "</dl>",
     ]
     if not has_masks:

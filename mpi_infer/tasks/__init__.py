@@ -32,6 +32,13 @@ class Task(Protocol):
     def table(self, rank: int, classes: list[str]) -> Any:
         """The compact per-rank store of records for the gather (records.py)."""
 
+    def report_table(self, summary: Mapping[str, Any]) -> str:
+        """report.html's results table (HTML)."""
+
+    def report_figures(self, summary: Mapping[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
+                       ) -> tuple[list[tuple[str, str, str]], bool]:
+        """report.html's figures (title, base64 PNG, id), and whether the predicted masks are there to show."""
+
     def head(self, spec: Any, profile: Any, classes: list[str]) -> Any:
         """The engine's head for this task (engines/heads.py's protocol)."""
 

@@ -287,6 +287,17 @@ class ClassificationTask:
 
         return RecordTable(rank, classes=len(classes))
 
+    def report_table(self, summary: Mapping[str, Any]) -> str:
+        from ..report import _classification_table
+
+        return _classification_table(dict(summary))
+
+    def report_figures(self, summary: Mapping[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
+                       ) -> tuple[list[tuple[str, str, str]], bool]:
+        from ..report import classification_figures
+
+        return classification_figures(dict(summary), rows, k), True  # no masks to speak of
+
     def head(self, spec: OutputSpec, profile: Any, classes: list[str]) -> ClassificationHead:
         return ClassificationHead(spec, classes)
 

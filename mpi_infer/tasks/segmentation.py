@@ -426,6 +426,17 @@ class SegmentationTask:
 
         return RecordTable(rank)
 
+    def report_table(self, summary: Mapping[str, Any]) -> str:
+        from ..report import _table
+
+        return _table(dict(summary))
+
+    def report_figures(self, summary: Mapping[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
+                       ) -> tuple[list[tuple[str, str, str]], bool]:
+        from ..report import segmentation_figures
+
+        return segmentation_figures(dict(summary), rows, run_dir, k)
+
     def head(self, spec: OutputSpec, profile: Profile, classes: list[str]) -> SegmentationHead:
         return SegmentationHead(spec, profile)
 
