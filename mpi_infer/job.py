@@ -34,7 +34,8 @@ from .records import DescriptorIndex
 from .results import Ledger, problem_lines, summary_table
 from .runner import Fault, RankTimings, run_items
 from .tasks import ScoreOptions, task_for
-from .watchdog import EXIT_STALLED, StallError, Watchdog
+from .watchdog import ADVICE as STALL_ADVICE
+from .watchdog import StallError, Watchdog
 
 TAG_PROGRESS, TAG_REQUEST, TAG_WORK, TAG_HEARTBEAT, TAG_GO = 11, 12, 13, 14, 15
 PROGRESS_EVERY_S = 0.5
@@ -133,8 +134,7 @@ class Channel:
                 done, _ = self.rank_counts[r]
                 raise StallError(f"rank {r} (host {self.hosts[r]}) sent nothing for {now - self.last_heard[r]:.0f} s "
                                  f"(--stall-timeout {self.timeout:g}; it had finished {done} image(s)): it is "
-                                 f"stopped or blocked. Ending the job with exit {EXIT_STALLED} (retryable): finished "
-                                 f"images are in the ledger, rerun with --resume")
+                                 f"stopped or blocked; {STALL_ADVICE}")
 
     def _drain_heartbeats(self) -> bool:
         """A worker: take rank 0's heartbeats (and its go-ahead); True once rank 0 said all ranks are done."""
@@ -157,9 +157,7 @@ class Channel:
                 silent = time.monotonic() - self.last_heard[0]
                 if self.timeout > 0 and silent > self.timeout:
                     raise StallError(f"rank 0 (host {self.hosts[0]}) sent no heartbeat for {silent:.0f} s "
-                                     f"(--stall-timeout {self.timeout:g}): it is stopped or blocked. Ending the job "
-                                     f"with exit {EXIT_STALLED} (retryable): finished images are in the ledger, "
-                                     f"rerun with --resume")
+                                     f"(--stall-timeout {self.timeout:g}): it is stopped or blocked; {STALL_ADVICE}")
                 time.sleep(0.01)
         else:
             others = set(range(1, self.size))

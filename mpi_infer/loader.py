@@ -91,7 +91,6 @@ def conversion_notes(what: str, depth: int, alpha: bool) -> list[str]:
            ([f"{what} has an alpha channel; dropped as ECVL does"] if alpha else [])
 
 
-DECODES = ("exact", "reduced")
 REDUCED_FLAGS = {2: (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
                  4: (cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
                  8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8)}

@@ -24,6 +24,8 @@ from .errors import RetryableError
 
 DEFAULT_STALL_TIMEOUT_S = 600.0
 EXIT_STALLED = 201  # retryable (128-255): a stopped or blocked rank, the ledger has what finished
+ADVICE = (f"the job ends with exit {EXIT_STALLED} (retryable): finished images are in the ledger, rerun with "
+          f"--resume")
 
 
 class StallError(RetryableError):
@@ -69,8 +71,7 @@ class Watchdog:
         sys.stderr.write(
             f"[rank {self.rank}] mpi_infer: stalled: no batch finished for {idle:.0f} s (--stall-timeout "
             f"{self.timeout:g}) on host {socket.gethostname()}{f'; in flight: {where}' if where else ''}. "
-            f"Every thread's stack follows; the job ends with exit {EXIT_STALLED} (retryable): finished images "
-            f"are in the ledger, rerun with --resume\n")
+            f"Every thread's stack follows; {ADVICE}\n")
         sys.stderr.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()

@@ -97,7 +97,6 @@ CSV_CORE_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice"
 CSV_COLUMNS = ("index", "split", "location", "label", "rank", "iou", "dice", "thresholded_jaccard", "sensitivity",
                "specificity", "accuracy", "status", "error")
 BOUNDARY = ("hd95", "assd", "nsd")
-EMPTY_BOUNDARY = ("worst", "exclude")
 BOUNDARY_POLICY = {
     "worst": "both masks empty: HD95 0, ASSD 0, NSD 1; one empty: HD95 and ASSD the image diagonal, NSD 0",
     "exclude": "both masks empty: HD95 0, ASSD 0, NSD 1; one empty: left out of the boundary means (counted)"}
