@@ -52,13 +52,6 @@ def png_depth_and_colour(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def png_depth(path: str) -> int | None:
-    """A PNG's bit depth from its header (None for other formats)."""
-    with open(path, "rb") as fh:
-        header = png_depth_and_colour(fh.read(32))
-    return header[0] if header else None
-
-
 TRANSPOSING_ORIENTATIONS = {5: "transposed", 6: "rotated 90° clockwise", 7: "transversed",
                             8: "rotated 90° counter-clockwise"}
 

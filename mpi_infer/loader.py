@@ -25,7 +25,6 @@ from .imagefiles import (
     ImageFault,
     check_image_file,
     exif_orientation,
-    png_depth,
     png_depth_and_colour,
     read_header,
 )
@@ -67,6 +66,11 @@ class Loaded:
 
 
 def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
+    """ECVL's ImRead (``decode_with_depth`` without the depth)."""
+    return decode_with_depth(path, what, notes)[0]
+
+
+def decode_with_depth(path: str, what: str, notes: list[str]) -> tuple[np.ndarray, int | None]:
     """ECVL's ImRead: ``cv2.imread(path, IMREAD_ANYCOLOR)`` (8-bit; alpha dropped). Notes what got converted.
 
     imread, as ECVL calls it, not imdecode on the bytes: libjpeg through imread decodes a JPEG cut short
@@ -79,10 +83,11 @@ def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
     if img is None:
         raise ImageFault(f"{what} cannot be decoded (not an image OpenCV reads): {path}")
     header = png_depth_and_colour(head)
-    if header is not None:
-        depth, colour = header
-        notes += conversion_notes(what, depth, alpha=colour in (4, 6))
-    return img
+    if header is None:
+        return img, None
+    depth, colour = header
+    notes += conversion_notes(what, depth, alpha=colour in (4, 6))
+    return img, depth
 
 
 def conversion_notes(what: str, depth: int, alpha: bool) -> list[str]:
@@ -154,8 +159,8 @@ def read_planes(paths: Sequence[str], notes: list[str]) -> np.ndarray:
 
 def read_mask(path: str, image_hw: tuple[int, int], notes: list[str], image_path: str | None = None) -> np.ndarray:
     """A ground-truth mask as decoded (grey, or BGR), full size, checked against the image's size."""
-    mask = decode(path, "mask", notes)
-    if png_depth(path) == 16:
+    mask, depth = decode_with_depth(path, "mask", notes)
+    if depth == 16:
         check_deep_mask(path)
     check_mask_size((mask.shape[1], mask.shape[0]), (image_hw[1], image_hw[0]), path, image_path)
     return mask

@@ -27,19 +27,16 @@ def demo_model(kind: str = "bin", name: str = DEMO_MODEL) -> str:
 def file_sha256(path: str) -> str:
     """The model's content hash, read as a bounded regular file (a FIFO, a device or a folder is a model
     error naming it, never a hang)."""
-    digest = hashlib.sha256()
-    with open_input(path, ModelError, "model") as fh:
-        for block in read_chunks(fh, path, ModelError, "model", MAX_INPUT_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
+    return scan_model(path, ())[0]
 
 
 def model_sha256(path: str) -> str:
     """The model's identity for summary.json and --resume: its file's hash, and for an ONNX model whose weights
     live in external data files (torch's new exporter writes ``<name>.onnx.data``) the hashes of those too, so
     swapping the weights changes the identity."""
-    sha = file_sha256(path)
-    externals = external_data_files(path) if model_format(path) == "onnx" else []
+    onnx_file = model_format(path) == "onnx"
+    sha, found = scan_model(path, (b"location",) if onnx_file else ())
+    externals = external_data_files(path) if found else []  # no "location" bytes: no external data entry
     if not externals:
         return sha
     digest = hashlib.sha256(sha.encode())
@@ -50,8 +47,6 @@ def model_sha256(path: str) -> str:
 
 def external_data_files(path: str) -> list[tuple[str, str]]:
     """(location as written, full path) of every external data file an ONNX model refers to, sorted."""
-    if not mentions(path, (b"location",)):
-        return []  # no external data entry can be in the file: no need to parse it
     import onnx
 
     try:
@@ -75,13 +70,23 @@ def external_data_files(path: str) -> list[tuple[str, str]]:
 def mentions(path: str, words: tuple[bytes, ...]) -> bool:
     """Whether the file's bytes contain any of ``words`` (also across read blocks): a byte scan that spares
     importing the onnx package (about 0.6 s) where a model cannot need parsing."""
-    carry, keep = b"", max(len(w) for w in words)
+    return scan_model(path, words, digest=False)[1]
+
+
+def scan_model(path: str, words: tuple[bytes, ...], digest: bool = True) -> tuple[str, bool]:
+    """One bounded read of the model file: its SHA-256 (with ``digest``) and whether any of ``words`` occurs."""
+    sha = hashlib.sha256() if digest else None
+    carry, keep, found = b"", max((len(w) for w in words), default=0), False
     with open_input(path, ModelError, "model") as fh:
         for block in read_chunks(fh, path, ModelError, "model", MAX_INPUT_BYTES):
-            if any(w in carry + block for w in words):
-                return True
-            carry = block[-keep:]
-    return False
+            if sha is not None:
+                sha.update(block)
+            if words and not found:
+                found = any(w in carry + block for w in words)
+                carry = block[-keep:]
+            elif sha is None:
+                break
+    return (sha.hexdigest() if sha is not None else ""), found
 
 
 def model_format(path: str) -> str:

@@ -90,8 +90,9 @@ def plan(selected: Mapping[str, np.ndarray], n: int, balance: bool = False,
             goal = (carried.sum() + w.sum()) / n
             shares = np.maximum(goal - carried, 0.0)
             sizes = weighted_sizes(w, n, shares if shares.sum() > 0 else None)
-            ends = np.cumsum(sizes)
-            carried += np.diff(np.concatenate([[0.0], np.concatenate([[0.0], np.cumsum(w)])[ends]]))
+            prefix = np.concatenate([[0.0], np.cumsum(w)])  # weight of the first b images of the split
+            cuts = np.concatenate([[0], np.cumsum(sizes)])
+            carried += prefix[cuts[1:]] - prefix[cuts[:-1]]
         else:
             sizes = split_sizes(len(indices), n, balance, offset)
         offset = (offset + len(indices) % n) % n

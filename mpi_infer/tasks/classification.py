@@ -44,16 +44,22 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
         return np.where(den > 0, num / den, np.nan)
 
 
+def descending_counts(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True and false positives at each distinct score taken as the threshold (scores descending, ties together),
+    and the position of each threshold's last image in that order."""
+    order = np.argsort(-scores, kind="stable")
+    s, hit = scores[order], positive[order]
+    last = np.flatnonzero(np.concatenate([s[1:] != s[:-1], [True]]))  # end of each run of tied scores
+    return np.cumsum(hit)[last], np.cumsum(~hit)[last], last
+
+
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """scikit-learn's average precision: sum over thresholds (distinct scores, descending) of the recall step
     times the precision there. None without positives."""
     total = int(positive.sum())
     if total == 0:
         return None
-    order = np.argsort(-scores, kind="stable")
-    s, hit = scores[order], positive[order]
-    last = np.flatnonzero(np.concatenate([s[1:] != s[:-1], [True]]))  # end of each run of tied scores
-    tp = np.cumsum(hit)[last]
+    tp, _, last = descending_counts(scores, positive)
     precision = tp / (last + 1)
     recall = tp / total
     return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
@@ -65,11 +71,9 @@ def roc_points(scores: np.ndarray, positive: np.ndarray, points: int = 101) -> d
     pos, neg = int(positive.sum()), int((~positive).sum())
     if pos == 0 or neg == 0:
         return None
-    order = np.argsort(-scores, kind="stable")
-    s, hit = scores[order], positive[order]
-    last = np.flatnonzero(np.concatenate([s[1:] != s[:-1], [True]]))
-    tpr = np.concatenate([[0.0], np.cumsum(hit)[last] / pos])
-    fpr = np.concatenate([[0.0], np.cumsum(~hit)[last] / neg])
+    tp, fp, _ = descending_counts(scores, positive)
+    tpr = np.concatenate([[0.0], tp / pos])
+    fpr = np.concatenate([[0.0], fp / neg])
     keep = np.unique(np.linspace(0, len(tpr) - 1, min(points, len(tpr))).round().astype(int))
     return {"fpr": [float(x) for x in fpr[keep]], "tpr": [float(x) for x in tpr[keep]]}
 
