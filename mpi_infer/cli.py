@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stall-timeout", type=float_range(0, 7 * 86400), default=600.0, metavar="S",
                      help="end the job (exit 201, retryable) when a rank finishes no batch for S seconds or falls "
                           "silent; 0: never (default 600)")
+    run.add_argument("--fault-tolerant", action="store_true",
+                     help="survive a lost rank (not rank 0): the survivors run its unfinished images and the job "
+                          "ends normally; needs Open MPI 5 launched with `mpirun --with-ft ulfm` (docs/faults.md)")
     run.add_argument("--decode", choices=("exact", "reduced"), default="exact",
                      help="reduced: decode JPEGs at 1/2-1/8 scale in libjpeg (at least twice the network input), "
                           "then resize; much faster on multi-megapixel photographs, not bit-identical to ECVL")
@@ -214,6 +217,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
             group_by=args.group_by, stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
+            fault_tolerant=args.fault_tolerant,
             score_at=args.score_at,
             nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,
             allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,

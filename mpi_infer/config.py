@@ -45,6 +45,7 @@ class RunConfig:
     loader_threads: int = 0  # 0: automatic
     expect_hosts: int = 0
     stall_timeout: float = 600.0  # no batch for this long (s) ends the job with exit 201; 0: never
+    fault_tolerant: bool = False  # survive a lost rank other than 0 (Open MPI's ULFM: mpirun --with-ft ulfm)
     schedule: str = "static"
     chunk_size: int = 0  # dynamic schedule: images per request (0: automatic)
     report: bool = False

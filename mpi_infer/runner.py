@@ -36,13 +36,16 @@ class Fault:
 
     @classmethod
     def from_env(cls, rank: int) -> Fault:
-        spec = os.environ.get(FAULT_ENV, "")
-        if not spec:
-            return cls()
-        kind, *opts = spec.split(":")
-        kv = dict(o.split("=", 1) for o in opts if "=" in o)
-        fault = cls(kind, int(kv.get("rank", -1)), int(kv.get("after", 0)), float(kv.get("factor", 1)))
-        return fault if fault.rank in (-1, rank) else cls()
+        """The first fault for this rank; several are separated by ``;`` (``kill:rank=1:after=2;kill:rank=2``)."""
+        for spec in os.environ.get(FAULT_ENV, "").split(";"):
+            if not spec:
+                continue
+            kind, *opts = spec.split(":")
+            kv = dict(o.split("=", 1) for o in opts if "=" in o)
+            fault = cls(kind, int(kv.get("rank", -1)), int(kv.get("after", 0)), float(kv.get("factor", 1)))
+            if fault.rank in (-1, rank):
+                return fault
+        return cls()
 
     def check(self, done: int) -> None:
         if self.kind == "raise" and done >= self.after:

@@ -37,10 +37,10 @@ def mpirun_path() -> str:
 
 
 def mpirun(n: int, *args: str, env: dict[str, str] | None = None, timeout: float = 180,
-           check: bool = False) -> subprocess.CompletedProcess:
-    """``mpirun -n N python -m mpi_infer ARGS`` in a subprocess; returns the completed process."""
+           check: bool = False, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``mpirun [FLAGS] -n N python -m mpi_infer ARGS`` in a subprocess; returns the completed process."""
     full_env = {**os.environ, **MPI_ENV, **(env or {})}
-    cmd = [mpirun_path(), "-n", str(n), sys.executable, "-m", "mpi_infer", *args]
+    cmd = [mpirun_path(), *flags, "-n", str(n), sys.executable, "-m", "mpi_infer", *args]
     proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} -> {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")

@@ -1,0 +1,118 @@
+"""A lost rank does not end the run: under ``mpirun --with-ft ulfm`` with ``--fault-tolerant``, a rank other than 0
+killed mid-run (a real SIGKILL) leaves the survivors to run its unfinished images; the job exits 0 with the same
+per-image results as a clean run. A lost rank 0 ends every other rank at once with the retryable code, and
+``--resume`` completes the work. Real mpirun, real processes, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import pytest
+from conftest import mpirun, read_rows, read_summary
+
+from mpi_infer.errors import EXIT_CONFIG, EXIT_RETRYABLE
+from mpi_infer.results import ledger_path, read_ledger_file
+from mpi_infer.synth import SynthSpec, make_dataset
+
+pytestmark = pytest.mark.mpi
+ULFM = ("--with-ft", "ulfm")
+
+
+@pytest.fixture(scope="module")
+def synth40(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_dataset(str(tmp_path_factory.mktemp("synth40")), SynthSpec(n=40, seed=11))
+
+
+def run(dataset: str, out: str, n: int, *extra: str, fault: str = "", ft: bool = True):
+    args = ["run", "--dataset", dataset, "--model", "demo-onnx", "--out", out, "--split", "all", "--quiet",
+            "--batch-size", "2", *extra]
+    return mpirun(n, *args, *(["--fault-tolerant"] if ft else []), env={"MPI_INFER_FAULT": fault} if fault else {},
+                  flags=ULFM if ft else (), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def clean(synth40: str, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
+    out = str(tmp_path_factory.mktemp("clean") / "o")
+    assert run(synth40, out, 1, ft=False).returncode == 0
+    return read_rows(out)
+
+
+def same_results(got: list[dict[str, str]], clean: list[dict[str, str]]) -> None:
+    """Every column but ``rank`` (which says who ran the image) equals the clean run's, row for row."""
+    assert [r["index"] for r in got] == [r["index"] for r in clean]
+    for a, b in zip(got, clean):
+        assert {k: v for k, v in a.items() if k != "rank"} == {k: v for k, v in b.items() if k != "rank"}
+
+
+@pytest.mark.parametrize("n, killed, schedule", [
+    (2, "1", "static"), (3, "1", "static"), (3, "2", "dynamic"), (4, "1+2", "static"), (4, "3", "dynamic"),
+])
+def test_survivors_finish_a_killed_ranks_images(synth40, clean, tmp_path, n, killed, schedule):
+    out = str(tmp_path / "o")
+    lost = [int(r) for r in killed.split("+")]
+    fault = ";".join(f"kill:rank={r}:after={2 + 2 * k}" for k, r in enumerate(lost))
+    proc = run(synth40, out, n, "--schedule", schedule, fault=fault)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_results(read_rows(out), clean)
+    ft = read_summary(out)["fault_tolerance"]
+    assert [x["rank"] for x in ft["lost_ranks"]] == lost
+    # the images re-run are exactly the lost ranks' planned images missing from their ledgers
+    ledgered = {r["index"] for k in lost for r in read_ledger_file(ledger_path(out, 0, k))}
+    rows = read_rows(out)
+    by_lost = {int(r["index"]) for r in rows if int(r["rank"]) in lost}
+    assert by_lost == ledgered
+    assert ft["rerun_images"] == len(ft["rerun_indices"]) > 0
+    assert not set(ft["rerun_indices"]) & ledgered
+    assert all(int(r["rank"]) not in lost for r in rows if int(r["index"]) in set(ft["rerun_indices"]))
+    assert sum(x["images_done"] for x in ft["lost_ranks"]) == len(ledgered)
+    assert "was lost after" in proc.stderr
+
+
+def test_a_lost_rank_0_ends_the_others_with_the_retryable_code_and_resume_completes(synth40, clean, tmp_path):
+    out = str(tmp_path / "o")
+    t0 = time.monotonic()
+    proc = run(synth40, out, 3, fault="kill:rank=0:after=4")
+    assert proc.returncode == EXIT_RETRYABLE, proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 30
+    assert "rank 0 (host " in proc.stderr and "was lost mid-run" in proc.stderr
+    again = run(synth40, out, 2, "--resume", ft=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    same_results(read_rows(out), clean)
+
+
+def test_without_the_flag_a_lost_rank_ends_the_job_naming_it(synth40, tmp_path):
+    out = str(tmp_path / "o")
+    proc = mpirun(3, "run", "--dataset", synth40, "--model", "demo-onnx", "--out", out, "--split", "all",
+                  "--quiet", "--batch-size", "2", env={"MPI_INFER_FAULT": "kill:rank=1:after=2"}, flags=ULFM)
+    assert proc.returncode == EXIT_RETRYABLE, proc.stderr[-3000:]
+    assert "rank 1 (host " in proc.stderr and "--fault-tolerant" in proc.stderr
+
+
+def test_the_flag_is_refused_without_ulfm(synth40, tmp_path):
+    out = str(tmp_path / "o")
+    proc = run(synth40, out, 2)  # with ULFM: fine
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out2 = str(tmp_path / "o2")
+    proc = mpirun(2, "run", "--dataset", synth40, "--model", "demo-onnx", "--out", out2, "--split", "all",
+                  "--fault-tolerant")
+    assert proc.returncode == EXIT_CONFIG
+    assert "mpirun --with-ft ulfm" in proc.stderr and "OMPI_MCA_mpi_ft_enable" in proc.stderr
+    assert not os.path.exists(out2)
+
+
+def test_chaos_random_kills_change_nothing(synth40, clean, tmp_path):
+    """Seeded random kills (one or two workers, at random points, either schedule): no restart, same results."""
+    rnd = random.Random(2026)
+    for trial in range(3):
+        n = rnd.choice((3, 4))
+        lost = rnd.sample(range(1, n), rnd.choice((1, 2)) if n == 4 else 1)
+        fault = ";".join(f"kill:rank={r}:after={rnd.randrange(0, 8)}" for r in lost)
+        out = str(tmp_path / f"o{trial}")
+        proc = run(synth40, out, n, "--schedule", rnd.choice(("static", "dynamic")), fault=fault)
+        assert proc.returncode == 0, (fault, proc.stderr[-3000:])
+        same_results(read_rows(out), clean)
+        with open(os.path.join(out, "summary.json")) as fh:
+            assert sorted(x["rank"] for x in json.load(fh)["fault_tolerance"]["lost_ranks"]) == sorted(lost)
