@@ -1,4 +1,4 @@
-"""Command line: ``mpi_infer run|split|synth|convert|manifest|report`` (also ``python -m mpi_infer``)."""
+"""Command line: ``mpi_infer run|split|synth|convert|manifest|supervise|report`` (also ``python -m mpi_infer``)."""
 
 from __future__ import annotations
 
@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_manifest_arguments(man)
 
+    sup = sub.add_parser("supervise", help="run `-- mpirun ...` (the MPIJob launcher's command); its exit 0 "
+                                           "without a finished run (a lost host) becomes exit 200, retryable")
+    sup.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                     help="mpirun ... python -m mpi_infer run ... --out DIR ...")
+
     rep = sub.add_parser("report", help="write <DIR>/report.html from a finished run")
     rep.add_argument("dir")
     rep.add_argument("--worst", type=int_range(0, 1000), default=8, help="how many worst and best images to show")
@@ -261,6 +266,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             write_text(args.output, text)
         return EXIT_OK
+    if args.command == "supervise":
+        from .supervise import supervise
+
+        return supervise(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
     if args.command == "report":
         from .report import write_report
 

@@ -11,6 +11,8 @@ Every pitfall in reference/mpijob-and-peers.md sections 0 and 1.5 is designed ou
 - retries: the launcher Job's ``backoffLimit`` re-runs mpirun from scratch, so the command always has
   ``--resume`` (finished images are skipped), and ``restartPolicy: ExitCode`` stops retrying on the
   program's permanent errors (1-127) while retrying 128-255;
+- a lost host: Open MPI 5's mpirun then exits 0 having finished nothing; ``mpi_infer supervise`` wraps it and
+  turns that into the retryable exit 200;
 - logs survive: ``cleanPodPolicy: Running`` and a ``ttlSecondsAfterFinished`` of a day by default;
 - GPUs only on workers (the operator blanks them on the launcher), slots = GPUs per worker;
 - the Istio sidecar, which breaks ssh, is switched off.
@@ -31,6 +33,8 @@ USER_HOME = "/home/mpiuser"
 SSH_PORT = 2222
 DATA_MOUNT = "/data"
 HOSTFILE = "/etc/mpi/hostfile"
+# mpirun's exit 0 after losing a host's daemon would mark the MPIJob Succeeded with nothing done (supervise.py)
+SUPERVISE = ["python", "-m", "mpi_infer", "supervise", "--"]
 
 
 def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,6 +64,9 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backoff-limit", type=int_range(0, 1000), default=3, help="launcher retries (each resumes)")
     p.add_argument("--ttl", type=int_range(0, 10 * 365 * 86400), default=24 * 3600,
                    help="ttlSecondsAfterFinished (time to read logs)")
+    p.add_argument("--fault-tolerant", action="store_true",
+                   help="a lost worker pod does not end the run: mpirun --with-ft ulfm, `run --fault-tolerant`, "
+                        "workers restart in place (docs/kubernetes.md)")
     p.add_argument("--run-args", default="", help="extra arguments for `mpi_infer run` (one string)")
     p.add_argument("-o", "--output", default=None, help="write the YAML here instead of stdout")
 
@@ -80,14 +87,19 @@ def _volumes(pvc: str) -> list[dict[str, Any]]:
 
 
 def launcher_command(ranks: int, workers: int, dataset: str, model: str, out: str, gpu: bool,
-                     extra: list[str]) -> list[str]:
-    """The launcher's full command line: explicit hostfile, --expect-hosts, --resume for retries."""
-    cmd = ["mpirun", "--hostfile", HOSTFILE, "-n", str(ranks), "--map-by", "slot", "--bind-to", "none",
-           "-x", "PATH", "-x", "PYTHONUNBUFFERED=1",
+                     extra: list[str], fault_tolerant: bool = False) -> list[str]:
+    """The launcher's full command line: mpirun under ``mpi_infer supervise`` (a lost host's silent exit 0 becomes
+    the retryable 200), explicit hostfile, --expect-hosts, --resume for retries; with
+    ``fault_tolerant``, Open MPI's ULFM (``--with-ft ulfm``) and ``run --fault-tolerant``. The mpi4py runner
+    (``-m mpi4py``) aborts the job on an uncaught exception; under ULFM the survivors keep going."""
+    cmd = [*SUPERVISE, "mpirun", *(["--with-ft", "ulfm"] if fault_tolerant else []), "--hostfile", HOSTFILE,
+           "-n", str(ranks), "--map-by", "slot", "--bind-to", "none", "-x", "PATH", "-x", "PYTHONUNBUFFERED=1",
            "python", "-m", "mpi4py", "-m", "mpi_infer", "run", "--dataset", dataset, "--model", model,
            "--out", out, "--expect-hosts", str(workers), "--resume"]
     if gpu:
         cmd.append("--gpu")
+    if fault_tolerant:
+        cmd.append("--fault-tolerant")
     return cmd + extra
 
 
@@ -95,7 +107,7 @@ def render(
     *, name: str, namespace: str, workers: int, slots: int, image: str, pvc: str, dataset: str, model: str,
     out: str, gpus_per_worker: int = 0, nfs_server: str | None = None, nfs_path: str | None = None,
     storage: str = "100Gi", cpu: str = "2", memory: str = "4Gi", deadline: int = 86400, backoff_limit: int = 3,
-    ttl: int = 86400, run_args: list[str] | None = None,
+    ttl: int = 86400, run_args: list[str] | None = None, fault_tolerant: bool = False,
 ) -> list[dict[str, Any]]:
     """The documents: [PV, PVC] (when an NFS server is given) + the MPIJob."""
     if workers < 1:
@@ -122,7 +134,8 @@ def render(
                       "resources": {"requests": {"storage": storage}}}},
         ]
     ranks = workers * slots
-    command = launcher_command(ranks, workers, dataset, model, out, bool(gpus_per_worker), run_args or [])
+    command = launcher_command(ranks, workers, dataset, model, out, bool(gpus_per_worker), run_args or [],
+                               fault_tolerant)
     worker_resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory},
                                         "limits": {"cpu": cpu, "memory": memory}}
     if gpus_per_worker:
@@ -151,7 +164,11 @@ def render(
     }
     worker = {
         "replicas": workers,
-        "restartPolicy": "ExitCode",
+        # The operator never recreates a Failed worker pod and decides the MPIJob's fate by the launcher alone
+        # (an Evicted worker aside). With --fault-tolerant the survivors finish without a lost worker, and
+        # OnFailure lets the kubelet restart its sshd in place, so a later launcher retry (rank 0 lost: exit
+        # 200) finds every worker again; without it, ExitCode as the launcher (a dead worker ends mpirun).
+        "restartPolicy": "OnFailure" if fault_tolerant else "ExitCode",
         "template": {
             "metadata": _pod_meta(name, "worker"),
             "spec": {
@@ -215,6 +232,6 @@ def manifest_from_args(args: argparse.Namespace) -> str:
         pvc=args.pvc, dataset=args.dataset, model=args.model, out=args.out, gpus_per_worker=args.gpus_per_worker,
         nfs_server=args.nfs_server, nfs_path=args.nfs_path, storage=args.storage, cpu=args.cpu,
         memory=args.memory, deadline=args.deadline, backoff_limit=args.backoff_limit, ttl=args.ttl,
-        run_args=_split_run_args(args.run_args),
+        run_args=_split_run_args(args.run_args), fault_tolerant=args.fault_tolerant,
     )
     return dump(docs)

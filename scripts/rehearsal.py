@@ -8,6 +8,8 @@ port 2222 as the non-root user uid 1000. The launcher command is taken from the 
 addresses of these namespaces and loopback are ever used.
 
     sudo python scripts/rehearsal.py --workers 3 --slots 1      # prints a JSON line; exit 0 on success
+    sudo python scripts/rehearsal.py --workers 3 --lose-host 2  # --fault-tolerant; every process of worker
+                                                                # host 2 is killed mid-run
 
 Needs root (to make the namespaces), iproute2, util-linux (unshare, setpriv), openssh-server and a
 system python3 that uid 1000 can run. Exit 77 with the reason when something is missing.
@@ -16,6 +18,7 @@ system python3 that uid 1000 can run. Exit 77 with the reason when something is 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import pwd
@@ -135,7 +138,40 @@ def wait_port(host: str, port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"sshd on {host}:{port} did not come up")
 
 
-def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False) -> dict:
+def kill_host_when_busy(k: int, ledger: str, proc: subprocess.Popen, timeout: float = 120,
+                        only: str | None = None) -> dict:
+    """Once worker host ``k``'s first rank has a batch in its ledger, SIGKILL every process of the host (its sshd,
+    Open MPI's daemon and its ranks), as a lost node would vanish; or only those named ``only`` (the ranks: an
+    OOM kill). What was killed, and when."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if os.path.exists(ledger) and os.path.getsize(ledger) > 0:
+            break
+        time.sleep(0.05)
+    pids = sh(f"ip netns pids mi-w{k}", check=False).stdout.split()
+    names = [sh(f"ps -o comm= -p {p}", check=False).stdout.strip() for p in pids]
+    if only:
+        pids = [p for p, n in zip(pids, names) if n == only]
+        names = [only] * len(pids)
+    sh(f"kill -9 {' '.join(pids)}", check=False) if pids else None
+    with open(ledger) as fh:
+        done = sum(1 for _ in fh)
+    return {"killed_host": k, "killed_processes": sorted(n for n in names if n), "its_rank_had_done": done}
+
+
+def equal_to_local(py: str, work: str) -> bool:
+    """The rehearsal's per-image scores equal one local process's on the same data and model."""
+    sh(f"{py} -m mpi_infer run --dataset {work}/data/dataset.yml --model demo --out {work}/local --split all "
+       f"--batch-size 4 --quiet")
+
+    def load(d: str) -> list[tuple]:
+        with open(f"{d}/per_image.csv", newline="") as fh:
+            return [(r["index"], r["status"], r["dice"], r["iou"]) for r in csv.DictReader(fh)]
+    return load(f"{work}/out") == load(f"{work}/local")
+
+
+def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False, lose_host: int = -1,
+             fault_tolerant: bool = True, lose_rank: int = -1) -> dict:
     user = preflight()
     py = build_venv()
     work = tempfile.mkdtemp(prefix="mi-rehearsal-", dir="/tmp")
@@ -157,24 +193,28 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False)
         sh(f"chown -R {UID}:{UID} {work}")
 
         up_network(workers)
-        for k, name in enumerate(names):
+
+        def start_sshd(k: int) -> None:
             cfg = sshd_config(work, k)
             os.chown(cfg, UID, UID)
-            inner = (f"hostname {name} && exec setpriv --reuid={UID} --regid={UID} --clear-groups "
+            inner = (f"hostname {names[k]} && exec setpriv --reuid={UID} --regid={UID} --clear-groups "
                      f"/usr/sbin/sshd -D -e -f {cfg}")
-            with open(f"{work}/sshd-{k}.log", "w") as log:
+            with open(f"{work}/sshd-{k}.log", "a") as log:
                 sshds.append(subprocess.Popen(
                     ["ip", "netns", "exec", f"mi-w{k}", "unshare", "--uts", "sh", "-c", inner],
                     stdout=log, stderr=subprocess.STDOUT))
-        for k in range(workers):
             wait_port(f"{SUBNET}.{10 + k}", 2222)
+
+        for k in range(workers):
+            start_sshd(k)
 
         sys.path.insert(0, ROOT)
         from mpi_infer.k8s import HOSTFILE, render
 
         docs = render(name="rehearsal", namespace="default", workers=workers, slots=slots, image="local",
                       pvc="local", dataset=f"{work}/data/dataset.yml", model="demo", out=f"{work}/out",
-                      run_args=["--split", "all", "--batch-size", "4"])
+                      run_args=["--split", "all", "--batch-size", "4"],
+                      fault_tolerant=(lose_host >= 0 or lose_rank >= 0) and fault_tolerant)
         job = next(d for d in docs if d["kind"] == "MPIJob")
         c = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
         command = [f"{work}/hostfile" if a == HOSTFILE else a for a in c["command"] + c["args"]]
@@ -184,14 +224,40 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False)
         env = {"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8",
                "PRTE_MCA_plm_ssh_args": f"-F {work}/ssh/config",
                "PRTE_MCA_oob_tcp_if_include": f"{SUBNET}.0/24", "OMPI_MCA_btl_tcp_if_include": f"{SUBNET}.0/24",
-               "MPIEXEC_TIMEOUT": "180"}
+               "MPIEXEC_TIMEOUT": "180", **json.loads(os.environ.get("REHEARSAL_ENV", "{}"))}
         t0 = time.monotonic()
-        proc = subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", *command],
-                              env=env, capture_output=True, text=True, cwd=work, timeout=240)
+        proc = subprocess.Popen(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", *command],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
+        lost = {}
+        if lose_host >= 0 or lose_rank >= 0:
+            k = max(lose_host, lose_rank)
+            lost = kill_host_when_busy(k, f"{work}/out/ledger/attempt-000-rank-{k * slots:05d}.jsonl", proc,
+                                       only="python" if lose_rank >= 0 else None)
+        try:
+            stdout, stderr = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        with open(f"{work}/launcher.log", "w") as fh:
+            fh.write(stdout + "\n--- stderr ---\n" + stderr)
         wall = time.monotonic() - t0
         result = {"figure": "rehearsal", "workers": workers, "slots": slots, "returncode": proc.returncode,
-                  "wall_s": round(wall, 2), "command": shlex.join(command), "work": work}
-        if proc.returncode != 0:
+                  "wall_s": round(wall, 2), "command": shlex.join(command), "work": work, **lost}
+        if lost and proc.returncode >= 128:  # retryable under restartPolicy: ExitCode
+            # Open MPI's runtime cannot survive a lost daemon: mpirun ended the job (exit 0, which supervise made
+            # 200). Do what the MPIJob does: the worker restarts in place (OnFailure), the launcher Job retries the
+            # same command (it carries --resume).
+            result["first_attempt"] = {"returncode": proc.returncode, "wall_s": result["wall_s"],
+                                       "said": [ln for ln in proc.stderr.splitlines()
+                                                if "lost communication" in ln or "supervise:" in ln]}
+            if lose_host >= 0:
+                start_sshd(lose_host)
+            t1 = time.monotonic()
+            proc = subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", *command],
+                                  env=env, capture_output=True, text=True, cwd=work, timeout=240)
+            result.update(returncode=proc.returncode, retry_wall_s=round(time.monotonic() - t1, 2), restarts=1)
+        if proc.returncode != 0 or not os.path.exists(f"{work}/out/summary.json"):
             logs = ""
             for k in range(workers):
                 with open(f"{work}/sshd-{k}.log") as fh:
@@ -203,6 +269,10 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False)
         result.update(hosts=summary["hosts"], world_size=summary["world_size"],
                       images=summary["images"], per_image_csv=f"{work}/out/per_image.csv",
                       dataset=f"{work}/data/dataset.yml")
+        if "fault_tolerance" in summary:
+            result["fault_tolerance"] = {k: v for k, v in summary["fault_tolerance"].items() if k != "rerun_indices"}
+        if lost:
+            result["equal_to_local_run"] = equal_to_local(py, work)
         return result
     finally:
         for p in sshds:
@@ -222,13 +292,22 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--drop-hostfile", action="store_true",
                     help="leave out --hostfile (the Open MPI 5 trap): the run must fail with exit 13")
+    ap.add_argument("--lose-host", type=int, default=-1, metavar="K",
+                    help="run with --fault-tolerant (mpirun --with-ft ulfm) and kill every process of worker host K "
+                         "(not 0: rank 0 lives there) mid-run; the survivors must finish")
+    ap.add_argument("--lose-rank", type=int, default=-1, metavar="K",
+                    help="the same, killing only the ranks (python) of worker host K: Open MPI's daemon survives")
+    ap.add_argument("--plain", action="store_true", help="with --lose-host/--lose-rank: without --fault-tolerant")
     args = ap.parse_args()
     try:
-        result = rehearse(args.workers, args.slots, args.images, args.drop_hostfile)
+        result = rehearse(args.workers, args.slots, args.images, args.drop_hostfile, args.lose_host, not args.plain,
+                          args.lose_rank)
     except Skip as why:
         print(json.dumps({"figure": "rehearsal", "skipped": str(why)}))
         return SKIP
     print(json.dumps(result))
+    if args.lose_host >= 0 or args.lose_rank >= 0:
+        return 0 if result["returncode"] == 0 and result.get("equal_to_local_run") else 1
     return 0 if result["returncode"] == (13 if args.drop_hostfile else 0) else 1
 
 

@@ -116,3 +116,64 @@ def test_chaos_random_kills_change_nothing(synth40, clean, tmp_path):
         same_results(read_rows(out), clean)
         with open(os.path.join(out, "summary.json")) as fh:
             assert sorted(x["rank"] for x in json.load(fh)["fault_tolerance"]["lost_ranks"]) == sorted(lost)
+
+
+@pytest.mark.parametrize("library, shrink, env, says", [
+    ("MPICH Version: 4.2.0", True, {"OMPI_MCA_mpi_ft_enable": "1"}, "needs Open MPI 5"),
+    ("Open MPI v4.1.6, package", True, {"OMPI_MCA_mpi_ft_enable": "1"}, "needs Open MPI 5"),
+    ("Open MPI v5.0.11, package", False, {"OMPI_MCA_mpi_ft_enable": "1"}, "mpi4py >= 4.0"),
+    ("Open MPI v5.0.11, package", True, {}, "mpirun --with-ft ulfm"),
+    ("Open MPI v5.0.11, package", True, {"OMPI_MCA_mpi_ft_enable": "1", "OMPI_MCA_pml": "ucx"}, "ob1"),
+])
+def test_fault_tolerance_preconditions_name_what_is_missing(library, shrink, env, says):
+    from mpi_infer.errors import ConfigError
+    from mpi_infer.orchestrate import check_fault_tolerance
+
+    with pytest.raises(ConfigError, match=says.replace(".", r"\.")):
+        check_fault_tolerance(library, shrink, env)
+    check_fault_tolerance("Open MPI v10.0.0", True, {"OMPI_MCA_mpi_ft_enable": "true"})  # a later major is fine
+
+
+def test_pending_keeps_order_splits_and_targets():
+    from mpi_infer.dataset import WorkList
+
+    a = WorkList("/p/", [0, 1, 2], [("training", 2), ("test", 1)], ["a", "b", "c"], ["ma", "mb", "mc"], [0, 1, 2])
+    b = WorkList("/p/", [7, 8], [("test", 2)], ["h", "i"], [None, "mi"], [1, None])
+    got = WorkList.pending([a, b], {1, 8})
+    assert got.indices == [0, 2, 7] and got.runs == [("training", 1), ("test", 2)]
+    assert got.locations == ["a", "c", "h"] and got.labels == ["ma", "mc", None] and got.targets == [0, 2, 1]
+    assert [it.index for it in got] == [0, 2, 7]
+    assert len(WorkList.pending([], set())) == 0
+
+
+def test_supervise_turns_an_exit_0_without_a_finished_run_into_200(tmp_path, capsys):
+    from mpi_infer.supervise import run_out_dir, supervise
+
+    out = str(tmp_path / "o")
+    assert run_out_dir(["mpirun", "python", "-m", "mpi_infer", "run", "--out", out]) == out
+    assert run_out_dir(["x", f"--out={out}"]) == out
+    assert supervise(["sh", "-c", "exit 0", "--out", out]) == EXIT_RETRYABLE  # nothing was written
+    assert "did not finish" in capsys.readouterr().err
+    assert supervise(["sh", "-c", "exit 11", "--out", out]) == 11  # our own codes pass through
+    os.makedirs(os.path.join(out, "ledger"))
+    open(os.path.join(out, "ledger", "attempt-000-rank-00000.jsonl"), "w").close()  # attempt 0 ran before
+    with open(os.path.join(out, "summary.json"), "w") as fh:
+        json.dump({"attempt": 0}, fh)
+    assert supervise(["sh", "-c", "exit 0", "--out", out]) == EXIT_RETRYABLE  # an old summary is not this attempt's
+    with open(os.path.join(out, "summary.json"), "w") as fh:
+        json.dump({"attempt": 1}, fh)
+    assert supervise(["sh", "-c", "exit 0", "--out", out]) == 0
+
+
+def test_supervise_under_real_mpirun_passes_a_finished_run(synth40, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import MPI_ENV, mpirun_path
+
+    out = str(tmp_path / "o")
+    cmd = [sys.executable, "-m", "mpi_infer", "supervise", "--", mpirun_path(), "-n", "2", sys.executable, "-m",
+           "mpi_infer", "run", "--dataset", synth40, "--model", "demo-onnx", "--out", out, "--split", "all", "--quiet"]
+    proc = subprocess.run(cmd, env={**os.environ, **MPI_ENV}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_summary(out)["images"]["scored"] == 40

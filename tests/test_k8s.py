@@ -45,6 +45,7 @@ def as_pod(template, namespace="ns"):
 def all_rendered():
     yield "cpu", docs_for()
     yield "gpu", docs_for(slots=0, gpus_per_worker=4, nfs_server=None, nfs_path=None)
+    yield "ft", docs_for(fault_tolerant=True)
     for name in sorted(os.listdir(MANIFESTS)):
         if name.endswith(".yaml"):
             with open(os.path.join(MANIFESTS, name)) as fh:
@@ -53,7 +54,7 @@ def all_rendered():
 
 @pytest.mark.parametrize(("label", "docs"), list(all_rendered()))
 def test_manifests_parse_and_validate(label, docs):
-    docs = yaml.safe_load_all(dump(docs)) if label in ("cpu", "gpu") else docs
+    docs = yaml.safe_load_all(dump(docs)) if label in ("cpu", "gpu", "ft") else docs
     for doc in docs:
         if doc["kind"] == "MPIJob":
             job = doc
@@ -71,9 +72,10 @@ def test_mpijob_fields_follow_v2beta1_and_the_pitfalls(label, docs):
     assert set(spec) <= SPEC_FIELDS
     assert set(spec["runPolicy"]) <= RUN_POLICY_FIELDS
     assert set(spec["mpiReplicaSpecs"]) == {"Launcher", "Worker"}
-    for replica in spec["mpiReplicaSpecs"].values():
+    ft = "--fault-tolerant" in str(spec["mpiReplicaSpecs"]["Launcher"])
+    for role, replica in spec["mpiReplicaSpecs"].items():
         assert set(replica) <= REPLICA_FIELDS
-        assert replica["restartPolicy"] == "ExitCode"
+        assert replica["restartPolicy"] == ("OnFailure" if ft and role == "Worker" else "ExitCode")
         pod = replica["template"]["spec"]
         assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"]
         c = pod["containers"][0]
@@ -89,6 +91,11 @@ def test_mpijob_fields_follow_v2beta1_and_the_pitfalls(label, docs):
     launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     worker = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     cmd = launcher["command"] + launcher["args"]
+    assert cmd[:5] == ["python", "-m", "mpi_infer", "supervise", "--"]  # a lost host's exit 0 becomes 200
+    cmd = cmd[5:]
+    if ft:
+        assert cmd[:3] == ["mpirun", "--with-ft", "ulfm"] and "--fault-tolerant" in cmd
+        cmd = [cmd[0], *cmd[3:]]
     assert cmd[:3] == ["mpirun", "--hostfile", HOSTFILE]  # Open MPI 5 ignores the operator's variable
     assert "--resume" in cmd  # a launcher retry continues, never redoes or double-counts
     assert cmd[cmd.index("--expect-hosts") + 1] == str(spec["mpiReplicaSpecs"]["Worker"]["replicas"])

@@ -58,3 +58,31 @@ def test_without_the_hostfile_every_rank_lands_on_the_launcher_and_the_run_refus
         assert "ranks run on 1 host(s)" in result["stderr"]
     finally:
         shutil.rmtree(result["work"], ignore_errors=True)
+
+
+def test_a_killed_rank_on_another_host_is_survived_with_fault_tolerance():
+    """--fault-tolerant over TCP between hosts: worker host 2's rank is SIGKILLed mid-run (its daemon lives on);
+    the survivors finish its images, exit 0 with no restart, the same scores as one local process."""
+    result = rehearse("--workers", "3", "--images", "96", "--lose-rank", "2")
+    try:
+        assert "--with-ft ulfm" in result["command"] and "--fault-tolerant" in result["command"]
+        assert result["returncode"] == 0 and "restarts" not in result
+        assert [x["rank"] for x in result["fault_tolerance"]["lost_ranks"]] == [2]
+        assert result["fault_tolerance"]["rerun_images"] > 0
+        assert result["equal_to_local_run"]
+    finally:
+        shutil.rmtree(result["work"], ignore_errors=True)
+
+
+def test_a_lost_host_is_a_retryable_exit_and_the_retry_completes():
+    """Every process of worker host 2 (sshd, Open MPI's daemon, the rank) is SIGKILLed mid-run. Open MPI 5's
+    runtime cannot survive a lost daemon and ends the job, often with exit 0; `mpi_infer supervise` makes that
+    200 (retryable); the launcher's retry with --resume (the worker restarted in place) completes the run."""
+    result = rehearse("--workers", "3", "--images", "96", "--lose-host", "2")
+    try:
+        assert "prted" in result["killed_processes"] and "python" in result["killed_processes"]
+        assert result["first_attempt"]["returncode"] >= 128
+        assert result["restarts"] == 1 and result["returncode"] == 0
+        assert result["images"]["scored"] == 96 and result["equal_to_local_run"]
+    finally:
+        shutil.rmtree(result["work"], ignore_errors=True)
