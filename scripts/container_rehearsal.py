@@ -16,6 +16,11 @@ operator would run its pods.
 - A local run (one container, one process) of the same model and data is the reference: the rehearsal's
   per-image records must equal it image for image. ``--drop-hostfile`` runs the same command without
   ``--hostfile``, which must fail with exit 13 (Open MPI 5 ignores the operator's hostfile variable).
+- ``--kill-rank K`` renders the MPIJob with ``--fault-tolerant`` and SIGKILLs the rank inside worker container K
+  mid-run (what the kernel's OOM killer does to a pod's biggest process): the survivors must finish, exit 0.
+  ``--kill-worker K`` kills worker container K itself (a lost pod: sshd, Open MPI's daemon and the rank): the
+  launcher exits with a retryable code; the rehearsal restarts the container (the kubelet's OnFailure) and runs
+  the launcher again (the Job's retry, ``--resume``), which must complete.
 
     sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --workers 3
     # one JSON line; exit 0 on success, 77 (with the reason) where podman or the image is missing
@@ -74,19 +79,54 @@ def same_records(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
     return bool(a) and pick(a) == pick(b)
 
 
-def launcher_command(workers: int, slots: int, model: str, run_args: list[str]) -> list[str]:
+def launcher_command(workers: int, slots: int, model: str, run_args: list[str], fault_tolerant: bool = False
+                     ) -> list[str]:
     sys.path.insert(0, ROOT)
     from mpi_infer.k8s import render
 
     docs = render(name=JOB, namespace=NAMESPACE, workers=workers, slots=slots, image="local", pvc="local",
-                  dataset="/data/data/dataset.yml", model=model, out="/data/out", run_args=run_args)
+                  dataset="/data/data/dataset.yml", model=model, out="/data/out", run_args=run_args,
+                  fault_tolerant=fault_tolerant)
     job = next(d for d in docs if d["kind"] == "MPIJob")
     c = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     return c["command"] + c["args"]
 
 
+def kill_when_busy(cid: str, ledger: str, launcher: str, whole: bool, timeout: float = 300) -> dict:
+    """Once the rank in container ``cid`` has a batch in its ledger, SIGKILL the container (``whole``) or the rank."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if os.path.exists(ledger) and os.path.getsize(ledger) > 0:
+            break
+        if podman("inspect", "-f", "{{.State.Running}}", launcher, check=False).stdout.strip() != "true":
+            break
+        time.sleep(0.05)
+    with open(ledger) as fh:
+        done = sum(1 for _ in fh)
+    if whole:
+        podman("kill", "-s", "KILL", cid, check=False)
+    else:
+        podman("exec", cid, "pkill", "-KILL", "-f", "mpi_infer run", check=False)
+    return {"killed": "container" if whole else "rank", "its_rank_had_done": done}
+
+
+def run_launcher(net: str, name: str, mounts: list[str], hosts: list[str], hostfile: str, slots: int, image: str,
+                 command: list[str], kill: tuple[str, str, bool] | None) -> tuple[int, str, float, dict]:
+    """The launcher pod: its exit code, its stderr, its wall time, and what was killed meanwhile."""
+    t0 = time.monotonic()
+    podman("run", "-d", "--name", name, "--hostname", f"{JOB}-launcher", "--network", net, "--ip", f"{SUBNET}.5",
+           *SECURITY, *mounts, *hosts, "-v", f"{hostfile}:/etc/mpi/hostfile:ro", "-e", "MPIEXEC_TIMEOUT=300",
+           *operator_env(slots), image, *command)
+    killed = kill_when_busy(kill[0], kill[1], name, kill[2]) if kill else {}
+    code = int(podman("wait", name, timeout=420).stdout.strip().splitlines()[-1])
+    wall = time.monotonic() - t0
+    logs = podman("logs", name, check=False)
+    podman("rm", "-f", name, check=False)
+    return code, logs.stderr + logs.stdout, wall, killed
+
+
 def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop_hostfile: bool,
-             reference: str | None, run_args: list[str]) -> dict:
+             reference: str | None, run_args: list[str], kill_rank: int = -1, kill_worker: int = -1) -> dict:
     preflight(image)
     work = tempfile.mkdtemp(prefix="mi-crehearsal-", dir="/var/tmp")
     os.chmod(work, 0o755)
@@ -122,24 +162,37 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
                          "/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config").stdout.strip()
             containers.append(cid)
         wait_for_sshd(containers)
-        command = launcher_command(workers, slots, model, run_args)
+        victim = max(kill_rank, kill_worker)
+        command = launcher_command(workers, slots, model, run_args, fault_tolerant=victim >= 0)
         if drop_hostfile:
             at = command.index("--hostfile")
             del command[at : at + 2]
-        t0 = time.monotonic()
-        proc = podman("run", "--rm", "--name", f"{net}-launcher", "--hostname", f"{JOB}-launcher", "--network", net,
-                      "--ip", f"{SUBNET}.5", *SECURITY, *mounts, *hosts, "-v", f"{hostfile}:/etc/mpi/hostfile:ro",
-                      "-e", "MPIEXEC_TIMEOUT=300", *operator_env(slots), image, *command, check=False, timeout=420)
-        result.update(returncode=proc.returncode, wall_s=round(time.monotonic() - t0, 2),
-                      command=shlex.join(command))
-        if proc.returncode != 0:
-            result["stderr"] = proc.stderr[-3000:]
+        kill = None
+        if victim >= 0:
+            ledger = os.path.join(shared, "out", "ledger", f"attempt-000-rank-{victim * slots:05d}.jsonl")
+            kill = (containers[victim], ledger, kill_worker >= 0)
+        code, stderr, wall, killed = run_launcher(net, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
+                                                  command, kill)
+        result.update(returncode=code, wall_s=round(wall, 2), command=shlex.join(command), **killed)
+        if kill_worker >= 0 and code >= 128:  # retryable: the kubelet restarts the worker, the Job the launcher
+            result["first_attempt"] = {"returncode": code, "said": [ln for ln in stderr.splitlines()
+                                                                    if "lost communication" in ln
+                                                                    or "supervise:" in ln or "daemon" in ln][:4]}
+            podman("start", containers[kill_worker])
+            wait_for_port(containers[kill_worker])  # its old sshd.pid is still there: probe the port, as k8s would
+            code, stderr, wall, _ = run_launcher(net, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
+                                                 command, None)
+            result.update(returncode=code, retry_wall_s=round(wall, 2), restarts=1)
+        if code != 0:
+            result["stderr"] = stderr[-3000:]
             return result
         out = os.path.join(shared, "out")
         with open(os.path.join(out, "summary.json")) as fh:
             summary = json.load(fh)
         result.update(hosts=summary["hosts"], world_size=summary["world_size"], images=summary["images"],
                       loader=summary["backend"]["loader"], engine=summary["backend"]["engine"])
+        if "fault_tolerance" in summary:
+            result["fault_tolerance"] = {k: v for k, v in summary["fault_tolerance"].items() if k != "rerun_indices"}
         # the reference: the same model on the same data in one container, one process, no network
         local = os.path.join(shared, "local")
         podman("run", "--rm", *SECURITY, "--network=none", "-v", f"{shared}:/data", reference or image,
@@ -176,6 +229,16 @@ def wait_for_sshd(containers: list[str], timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
+def wait_for_port(cid: str, port: int = 2222, timeout: float = 60) -> None:
+    """A readiness probe on sshd's port, from inside the container."""
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
+    end = time.monotonic() + timeout
+    while podman("exec", cid, "python", "-c", probe, check=False).returncode != 0:
+        if time.monotonic() > end:
+            raise RuntimeError(f"sshd did not come back on port {port} in {cid[:12]}")
+        time.sleep(0.3)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default="localhost/mpi-infer:latest")
@@ -185,11 +248,15 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--model", default="demo")
     ap.add_argument("--drop-hostfile", action="store_true")
+    ap.add_argument("--kill-rank", type=int, default=-1, metavar="K",
+                    help="--fault-tolerant; SIGKILL the rank in worker container K (not 0) mid-run")
+    ap.add_argument("--kill-worker", type=int, default=-1, metavar="K",
+                    help="--fault-tolerant; SIGKILL worker container K (not 0) mid-run, then retry as the Job would")
     args = ap.parse_args()
     run_args = ["--split", "all", "--batch-size", "4"]
     try:
         result = rehearse(args.image, args.workers, args.slots, args.images, args.model, args.drop_hostfile,
-                          args.reference_image, run_args)
+                          args.reference_image, run_args, args.kill_rank, args.kill_worker)
     except Skip as why:
         print(json.dumps({"figure": "container_rehearsal", "skipped": str(why)}))
         return SKIP

@@ -118,6 +118,25 @@ def test_mpijob_rehearsal_on_three_workers_equals_a_local_run(images):
     assert r["equal_to_local_run"] is True, r
 
 
+def test_a_killed_rank_in_a_worker_pod_is_survived(images):
+    """--fault-tolerant in containers: the rank in worker container 2 is SIGKILLed mid-run (an OOM kill); the
+    survivors finish its images with no restart, the same per-image results as one local process."""
+    r = rehearse("--image", images["mpi-infer"]["tag"], "--workers", "3", "--images", "96", "--kill-rank", "2")
+    assert r["returncode"] == 0 and "restarts" not in r, r
+    assert "--with-ft ulfm" in r["command"] and r["killed"] == "rank"
+    assert [x["rank"] for x in r["fault_tolerance"]["lost_ranks"]] == [2]
+    assert r["equal_to_local_run"] is True, r
+
+
+def test_a_killed_worker_container_is_a_retry_that_completes(images):
+    """Worker container 2 itself is killed (a lost pod): Open MPI's runtime cannot go on without its daemon; the
+    launcher exits with a retryable code; after the container restarts, the launcher's retry completes."""
+    r = rehearse("--image", images["mpi-infer"]["tag"], "--workers", "3", "--images", "96", "--kill-worker", "2")
+    assert r["first_attempt"]["returncode"] >= 128 and r["restarts"] == 1, r
+    assert r["returncode"] == 0 and r["images"]["scored"] == 96, r
+    assert r["equal_to_local_run"] is True, r
+
+
 def test_without_hostfile_the_run_exits_13(images):
     r = rehearse("--image", images["mpi-infer"]["tag"], "--workers", "2", "--images", "6", "--drop-hostfile")
     assert r["returncode"] == 13, r
