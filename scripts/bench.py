@@ -476,6 +476,109 @@ def statistics_cost(work: str, args) -> None:
          identical_for_n_1_2_3=cis[1] == cis[2] == cis[3])
 
 
+def _run_allowing(n: int, args: list[str], env: dict | None = None, flags: tuple[str, ...] = ()
+                  ) -> tuple[float, int, str]:
+    """mpirun that may fail: (wall, exit code, stderr)."""
+    mpirun_bin = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    cmd = [mpirun_bin if os.path.exists(mpirun_bin) else "mpirun", *flags, "-n", str(n), sys.executable, "-m",
+           "mpi_infer", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, **MPI_ENV, **(env or {})}, capture_output=True, text=True)
+    return time.perf_counter() - t0, proc.returncode, proc.stderr
+
+
+def _scores(out: str) -> list[tuple]:
+    import csv
+
+    with open(os.path.join(out, "per_image.csv"), newline="") as fh:
+        return [tuple(v for k, v in r.items() if k != "rank") for r in csv.DictReader(fh)]
+
+
+def faults(work: str, args) -> None:
+    """Issue 23: stall detection vs --stall-timeout, the watchdog's cost, --fault-tolerant against a clean run and
+    against kill + --resume, and random kills under --fault-tolerant (restarts, identical results)."""
+    import random
+
+    from mpi_infer.watchdog import Watchdog
+
+    data = os.path.join(work, "data-faults", "dataset.yml")
+    if not os.path.exists(data):
+        make_dataset(os.path.dirname(data), SynthSpec(n=args.peer_images, seed=5))
+    model = demo_model("onnx")
+    base = ["run", "--dataset", data, "--model", model, "--split", "all", "--quiet", "--batch-size", "8"]
+
+    def out(name: str) -> list[str]:
+        path = os.path.join(work, "runs", name)
+        shutil.rmtree(path, ignore_errors=True)
+        return ["--out", path]
+
+    # 1. a rank stopped after 2 batches: how long until the job ends, against the timeout
+    clean_wall, code, _ = _run_allowing(3, [*base, *out("stall-clean")])
+    rows = []
+    for timeout in (2, 4, 8):
+        wall, code, err = _run_allowing(3, [*base, *out(f"stall-{timeout}"), "--stall-timeout", str(timeout)],
+                                        env={"MPI_INFER_FAULT": "stop:rank=1:after=16"})
+        rows.append({"stall_timeout_s": timeout, "exit": code, "wall_s": round(wall, 2),
+                     "named_the_rank": "rank 1 (host" in err})
+    # 2. the watchdog's cost per batch (the beat a batch makes) and the progress messages' per batch
+    dog = Watchdog(0, 600, abort=lambda code: None)
+    t0 = time.perf_counter()
+    for _ in range(100_000):
+        dog.beat()
+    beat_us = (time.perf_counter() - t0) / 100_000 * 1e6
+    dog.stop()
+    s = run_summary(os.path.join(work, "runs", "stall-clean"))
+    per = s["timings"]["per_rank"]
+    batches = sum(-(-r["images"] // 8) for r in per)
+    emit("stall_detection", images=args.peer_images, ranks=3, clean_wall_s=round(clean_wall, 2), runs=rows,
+         watchdog_beat_us=round(beat_us, 3),
+         progress_ms_per_batch=round(sum(r["progress_s"] for r in per) / batches * 1e3, 4))
+
+    # 3. one rank killed halfway through its shard: --fault-tolerant vs a clean run vs kill + --resume
+    half = args.peer_images // 3 // 2
+    walls: dict[str, list[float]] = {"clean": [], "clean_ulfm": [], "fault_tolerant_kill": [],
+                                     "kill_then_resume": []}
+    for _ in range(args.repeats):
+        w, c, _ = _run_allowing(3, [*base, *out("ft-clean")])
+        walls["clean"].append(w)
+        w, c, _ = _run_allowing(3, [*base, *out("ft-clean-ulfm"), "--fault-tolerant"], flags=("--with-ft", "ulfm"))
+        walls["clean_ulfm"].append(w)
+        w, c, _ = _run_allowing(3, [*base, *out("ft-kill"), "--fault-tolerant"], flags=("--with-ft", "ulfm"),
+                                env={"MPI_INFER_FAULT": f"kill:rank=1:after={half}"})
+        assert c == 0, c
+        walls["fault_tolerant_kill"].append(w)
+        o = out("ft-resume")
+        w1, c1, _ = _run_allowing(3, [*base, *o], env={"MPI_INFER_FAULT": f"kill:rank=1:after={half}"})
+        w2, c2, _ = _run_allowing(3, [*base, *o, "--resume"])
+        assert c1 != 0 and c2 == 0, (c1, c2)
+        walls["kill_then_resume"].append(w1 + w2)
+    med = {k: round(float(np.median(v)), 2) for k, v in walls.items()}
+    same = _scores(os.path.join(work, "runs", "ft-kill")) == _scores(os.path.join(work, "runs", "ft-clean"))
+    ft = run_summary(os.path.join(work, "runs", "ft-kill"))["fault_tolerance"]
+    emit("fault_tolerant", images=args.peer_images, ranks=3, killed="rank 1 halfway through its shard",
+         wall_s=med, ft_over_clean=round(med["fault_tolerant_kill"] / med["clean"], 3),
+         ft_over_kill_resume=round(med["fault_tolerant_kill"] / med["kill_then_resume"], 3),
+         ulfm_overhead=round(med["clean_ulfm"] / med["clean"] - 1, 3), rerun_images=ft["rerun_images"],
+         detected_after_s=ft["lost_ranks"][0]["detected_after_s"], per_image_equal_to_clean=same,
+         note="kill + resume counts two mpirun launches here; on an MPIJob each retry also pays pod start-up")
+
+    # 4. chaos: seeded random kills of 1-2 workers at random points, either schedule
+    rnd = random.Random(23)
+    trials = []
+    for trial in range(6):
+        n = rnd.choice((3, 4))
+        lost = sorted(rnd.sample(range(1, n), rnd.choice((1, 2)) if n == 4 else 1))
+        fault = ";".join(f"kill:rank={r}:after={rnd.randrange(0, args.peer_images // n)}" for r in lost)
+        schedule = rnd.choice(("static", "dynamic"))
+        o = out(f"chaos-{trial}")
+        w, c, _ = _run_allowing(n, [*base, *o, "--fault-tolerant", "--schedule", schedule],
+                                flags=("--with-ft", "ulfm"), env={"MPI_INFER_FAULT": fault})
+        ok = c == 0 and _scores(o[1]) == _scores(os.path.join(work, "runs", "ft-clean"))
+        trials.append({"ranks": n, "killed": lost, "schedule": schedule, "exit": c, "identical": ok,
+                       "wall_s": round(w, 2)})
+    emit("chaos_fault_tolerant", trials=trials, restarts=0, all_identical=all(t["identical"] for t in trials))
+
+
 def planning(work: str, args) -> None:
     from bench_plan import write_yaml
 
@@ -564,7 +667,7 @@ def main() -> None:
     ap.add_argument("--huge-images", type=int, default=6, help="6688x4439 images for the memory figure")
     ap.add_argument("--peer-flags", nargs="*", default=[], help="extra mpi_infer flags for the peers runs")
     ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
-                                                    "memory", "stacks", "peers", "statistics"])
+                                                    "memory", "stacks", "peers", "statistics", "faults"])
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     args.ranks = args.ranks or [n for n in (1, 2, 4, 8, 16) if n <= cores]
@@ -609,6 +712,8 @@ def main() -> None:
         isic_extras(work, args)
     if "statistics" in args.only:
         statistics_cost(work, args)
+    if "faults" in args.only:
+        faults(work, args)
 
     with open(os.path.join(work, "results.json"), "w") as fh:
         json.dump({"machine": info, "figures": RESULTS}, fh, indent=2)
