@@ -18,7 +18,7 @@ from .argtypes import (
     nonempty,
     split_names,
 )
-from .errors import EXIT_CODES, EXIT_OK, EXIT_USAGE, ConfigError, MpiInferError, clip
+from .errors import EXIT_CODES, EXIT_OK, EXIT_USAGE, ConfigError, MpiInferError, UsageError, clip
 
 DEMO_MODELS = {"demo": ("demo_segnet", "bin"), "demo-bin": ("demo_segnet", "bin"),
                "demo-onnx": ("demo_segnet", "onnx"), "demo-classifier": ("demo_lenet", "bin"),
@@ -75,8 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run inference (under mpirun, or as one process)",
                          description="mpirun -n N python -m mpi_infer run --dataset D.yml --model M --out DIR")
     run.add_argument("--dataset", required=True, type=nonempty, help="ECVL dataset YAML")
-    run.add_argument("--model", required=True, type=nonempty,
-                     help="ONNX model or EDDL .bin (with --arch); 'demo' / 'demo-onnx' = the shipped demo model")
+    run.add_argument("--model", required=True, type=nonempty, action="append", metavar="[NAME=]PATH",
+                     help="ONNX model or EDDL .bin (with --arch); 'demo' / 'demo-onnx' = the shipped demo model; "
+                          "repeat it (or give a folder or a glob) to run several models on every batch, each named "
+                          "NAME (default: the file's stem)")
+    run.add_argument("--ensemble", choices=("mean", "vote"), default=None,
+                     help="also score the models' combined output as the model 'ensemble': mean probabilities, "
+                          "or (classification) the share of votes")
+    run.add_argument("--tta", choices=("flip",), default=None,
+                     help="test-time augmentation: every model also on the h-, v- and hv-flipped batch, averaged; "
+                          "per_image.csv gets each image's uncertainty (the spread across the four)")
     run.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn", "vgg16", "lenet"),
                      help="architecture of a .bin (default: recognised from the record shapes)")
     run.add_argument("--activation", default="none", choices=("none", "sigmoid", "softmax"),
@@ -198,9 +206,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.profile_obj = _profile(args) if args.command == "run" else None
         except ConfigError as exc:
             parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold: {exc}")
-        if args.command == "run" and args.activation != "none" and _model_path(args.model).endswith(".bin"):
-            parser.error(f"argument --activation: {args.model} is an EDDL .bin, whose network ends in its own "
-                         f"Sigmoid (SegNet) or Softmax (VGG16, LeNet); --activation is for ONNX models")
+        if args.command == "run":
+            from .modelset import parse_models
+
+            try:
+                args.models = parse_models(args.model, _model_path)
+            except UsageError as exc:
+                parser.error(str(exc).removeprefix("argument "))
+            bins = [m.path for m in args.models if m.path.endswith(".bin")]
+            if args.activation != "none" and bins:
+                parser.error(f"argument --activation: {bins[0]} is an EDDL .bin, whose network ends in its own "
+                             f"Sigmoid (SegNet) or Softmax (VGG16, LeNet); --activation is for ONNX models")
+            if args.ensemble and len(args.models) < 2:
+                parser.error("argument --ensemble: needs two or more models (--model a=... --model b=...)")
     try:
         return _dispatch(args)
     except MpiInferError as exc:
@@ -214,7 +232,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .job import run_job
 
         cfg = RunConfig(
-            dataset=args.dataset, model=_model_path(args.model), out=args.out, profile=args.profile_obj,
+            dataset=args.dataset, model=args.models[0].path, out=args.out, profile=args.profile_obj,
+            models=args.models, ensemble=args.ensemble, tta=args.tta,
             profile_name=args.profile, profile_overrides=_profile_overrides(args),
             splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, loader=args.loader,
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .profiles import Profile
 
@@ -13,6 +14,9 @@ class RunConfig:
     model: str
     out: str
     profile: Profile
+    models: list[Any] = field(default_factory=list)  # ModelSpec per --model (modelset.py); model is the first's path
+    ensemble: str | None = None  # mean | vote: score the models' combined output as one more model, "ensemble"
+    tta: str | None = None  # flip: each model also on the flipped batch, averaged, with a per-image uncertainty
     profile_name: str | None = None  # as given; None: the task's default (segnet-192, or vgg16-224)
     profile_overrides: dict = field(default_factory=dict)  # --size/--interp/--mean/--std/--threshold
     splits: list[str] = field(default_factory=lambda: ["test"])
@@ -52,3 +56,14 @@ class RunConfig:
     quiet: bool = False
     verbose: bool = False
     progress_interval: float = 5.0
+
+    @property
+    def outputs(self) -> list[str]:
+        """The names scored per image: every model's, then the ensemble's."""
+        names = [m.name for m in self.models] if self.models else ["model"]
+        return names + (["ensemble"] if self.ensemble else [])
+
+    @property
+    def multi(self) -> bool:
+        """More than one output per image: records and rows carry a ``model`` column."""
+        return len(self.outputs) > 1

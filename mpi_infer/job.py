@@ -18,7 +18,7 @@ from typing import Any
 from .config import RunConfig
 from .dataset import WorkList
 from .engines import Stack, choose_stack, open_engine, visible_gpus
-from .errors import EXIT_OK, LaunchError, PeerLostError, clip, exit_code_for
+from .errors import EXIT_OK, LaunchError, MpiInferError, PeerLostError, clip, exit_code_for
 from .model_output import OutputSpec
 from .orchestrate import (
     Topology,
@@ -78,6 +78,7 @@ class Channel:
         self.chunk_size = 1
         self.stopped: set[int] = set()
         # fault tolerance (rank 0): what each rank was given, who was lost, what the survivors re-run
+        self.outputs_per_image = len(cfg.outputs)
         self.fault_tolerant = cfg.fault_tolerant
         self.out, self.attempt = cfg.out, attempt
         self.assigned: dict[int, list[WorkList]] = {r: [] for r in range(self.size)}
@@ -154,12 +155,16 @@ class Channel:
     def _recover(self, r: int) -> None:
         """Rank 0: what rank ``r`` finished is in its ledger; the rest waits for the survivors."""
         records = read_ledger_file(ledger_path(self.out, self.attempt, r))
-        done = {rec["index"] for rec in records}
+        seen: dict[int, int] = {}
+        for rec in records:
+            seen[rec["index"]] = seen.get(rec["index"], 0) + 1
+        done = {i for i, n in seen.items() if n >= self.outputs_per_image}  # every model's record is there
+        records = [rec for rec in records if rec["index"] in done]
         pending = WorkList.pending(self.assigned[r], done)
         self.lost[r] = {"rank": r, "host": self.hosts[r], "images_done": len(done),
                         "images_rerun": len(pending), "detected_after_s": round(time.monotonic() - self.started, 3)}
         self.lost_records.extend(records)
-        self.rank_counts[r] = (len(done), sum(rec["status"] == "failed" for rec in records))
+        self.rank_counts[r] = (len(done), sum(rec["status"] == "failed" for rec in records) // self.outputs_per_image)
         self.finished.discard(r)
         if len(pending):
             self.recovered.append(pending)
@@ -177,8 +182,9 @@ class Channel:
         self.cost_s += time.perf_counter() - t0
 
     def _report(self, records: list[dict[str, Any]]) -> None:
-        self.done += len(records)
-        self.failed += sum(r["status"] == "failed" for r in records)
+        per = self.outputs_per_image  # several models: one record per image per model; progress counts images
+        self.done += len(records) // per
+        self.failed += sum(r["status"] == "failed" for r in records) // per
         if self.rank == 0:
             self.rank_counts[0] = (self.done, self.failed)
             self.poll()
@@ -519,6 +525,17 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
                              output=cfg.output)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
+        predictors = None
+        if prepared.models:  # several models: each opened once per rank, all on every batch
+            engines = [engine]
+            for info in prepared.models[1:]:
+                try:
+                    engines.append(open_engine(stack, info["run_model"], cfg.profile, threads=threads, gpu=cfg.gpu,
+                                               device_id=me.gpu or 0, arch=info["arch"], eddl_mem=cfg.eddl_mem,
+                                               head=head, output=cfg.output))
+                except MpiInferError as exc:
+                    raise type(exc)(f"model {info['name']} ({info['path']}): {exc}") from None
+            predictors = [(info["name"], e.predict) for info, e in zip(prepared.models, engines)]
         loader = open_loader(stack.loader, cfg.profile, prepared.classes or None)
         ledger = Ledger(cfg.out, prepared.attempt, rank)
         if rank == 0:
@@ -552,7 +569,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         if shards is not None:
             channel.assigned = {r: [shard] for r, shard in enumerate(shards)}
     task = task_for(prepared.task)
-    table = task.table(rank, prepared.classes)
+    table = task.table(rank, prepared.classes).configure(cfg.outputs if cfg.multi else None, bool(cfg.tta))
 
     def on_batch(records: list[dict[str, Any]]) -> None:
         watchdog.beat()
@@ -567,7 +584,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
                   threads=loader_threads, ledger=ledger,
                   on_batch=on_batch, fault=fault, timings=timings,
                   batch_source=loader.batches if loader is not None else None, keep=False,
-                  task=task, decode_mode=cfg.decode, options=options)
+                  task=task, decode_mode=cfg.decode, options=options,
+                  predictors=predictors, ensemble=cfg.ensemble, tta=cfg.tta)
         watchdog.arm(False)  # waiting for the others from here: the channel watches them
         source = channel.finish(dynamic)
     ledger.close()

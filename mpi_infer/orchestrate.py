@@ -68,6 +68,7 @@ class Prepared:
     classes: list[str] = field(default_factory=list)
     profile: Any = None  # the recipe every rank uses (the task's default where --profile was not given)
     sharding: str = "images"  # how the static shards were cut: bytes | images | images (balanced) | dynamic
+    models: list[dict[str, Any]] = field(default_factory=list)  # several models: name, path, run_model, sha256, arch
 
 
 COST_SHARDING_LIMIT = 200_000  # more images than this: stat'ing every file would cost more than it saves
@@ -158,11 +159,11 @@ def topology_lines(topology: list[Topology]) -> list[str]:
     return lines
 
 
-OPTIONAL_IDENTITY = ("output", "decode", "boundary", "score_at")  # in run.json only when not the default
+OPTIONAL_IDENTITY = ("output", "decode", "boundary", "score_at", "models", "ensemble", "tta")  # only when used
 
 
 def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[str],
-                 arch: str | None) -> dict[str, Any]:
+                 arch: str | None, models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """What must match for --resume to reuse earlier records."""
     identity = {"model_sha256": model_sha, "dataset_sha256": dataset_sha, "profile": cfg.profile.to_dict(),
                 "splits": splits, "arch": arch}
@@ -176,20 +177,27 @@ def run_identity(cfg: RunConfig, model_sha: str, dataset_sha: str, splits: list[
         identity["boundary"] = {"nsd_tolerance": cfg.nsd_tolerance, "empty": cfg.empty_boundary}
     if cfg.decode != "exact":  # other pixels: records of the two modes never mix (absent: older run.json match)
         identity["decode"] = cfg.decode
+    if models:  # several models: each one's name, hash and architecture, in order
+        identity["models"] = [{"name": m["name"], "sha256": m["sha256"], "arch": m["arch"]} for m in models]
+    if cfg.ensemble:
+        identity["ensemble"] = cfg.ensemble
+    if cfg.tta:
+        identity["tta"] = cfg.tta
     # As run.json will hold it (tuples become lists), so that the same command compares equal on --resume.
     return json.loads(json.dumps(identity))
 
 
-def resolve_arch(cfg: RunConfig) -> str | None:
+def resolve_arch(cfg: RunConfig, path: str | None = None) -> str | None:
     """A .bin's architecture: as given, or (--arch auto) the one its record shapes fit; None for ONNX."""
-    if model_format(cfg.model) != "bin":
+    path = path or cfg.model
+    if model_format(path) != "bin":
         return None
     if cfg.arch != "auto" or cfg.dry_run:
         return cfg.arch
     from .archs import detect_arch
     from .eddl_bin import read_records
 
-    return detect_arch(read_records(cfg.model), cfg.model)
+    return detect_arch(read_records(path), path)
 
 
 def prepare_output(cfg: RunConfig) -> tuple[bool, bool]:
@@ -275,7 +283,13 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         base = "lenet-64" if os.path.basename(cfg.model).startswith(DEMO_CLASSIFIER) else "vgg16-224"
         cfg.profile = get_profile(base, **cfg.profile_overrides)
     arch = resolve_arch(cfg)
-    identity = run_identity(cfg, model_sha, dataset.sha256, splits, arch)
+    if cfg.ensemble == "vote" and dataset.task != "classification":
+        raise ConfigError("--ensemble vote is for classification (a vote of class labels); a segmentation "
+                          "ensemble averages probabilities: --ensemble mean")
+    infos = [{"name": m.name, "path": m.path, "sha256": model_sha if k == 0 else
+              ("" if cfg.dry_run else model_sha256(m.path)), "arch": arch if k == 0 else resolve_arch(cfg, m.path)}
+             for k, m in enumerate(cfg.models)] if len(cfg.models) > 1 else []
+    identity = run_identity(cfg, model_sha, dataset.sha256, splits, arch, infos)
     previous: list[dict[str, Any]] = []
     attempt = 0
     run_file = os.path.join(cfg.out, RUN_FILE)
@@ -287,12 +301,17 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         if differs:
             raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
                               f"use a new --out, or --overwrite")
-        previous = latest_records(read_ledgers(cfg.out))
+        previous = latest_records(read_ledgers(cfg.out), cfg.outputs if cfg.multi else None)
         attempt = next_attempt(cfg.out)
     if not cfg.dry_run:
         write_text(run_file, json.dumps({**identity, "dataset": os.path.abspath(cfg.dataset),
                                          "model": os.path.abspath(cfg.model), "version": __version__}, indent=2))
-    done = {r["index"] for r in previous if r["status"] != "failed"}
+    # an image is done when every output (each model, the ensemble) has a record for it that did not fail
+    ok: dict[int, int] = {}
+    for r in previous:
+        if r["status"] != "failed":
+            ok[r["index"]] = ok.get(r["index"], 0) + 1
+    done = {i for i, n in ok.items() if n == len(cfg.outputs)}
     previous = [r for r in previous if r["index"] in done]
     selected = selected_items(dataset, splits)
     if dataset.task == "classification":
@@ -309,12 +328,18 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     if model_format(cfg.model) == "bin" and engine == "onnx" and not cfg.dry_run:
         run_model = cached_onnx(cfg.model, model_sha, arch, cfg.profile.height, cfg.profile.width,
                                 os.path.join(cfg.out, ".cache"))
+    for k, info in enumerate(infos):  # each model: the file its engine opens
+        info["run_model"] = run_model if k == 0 else info["path"]
+        if k and model_format(info["path"]) == "bin" and engine == "onnx" and not cfg.dry_run:
+            info["run_model"] = cached_onnx(info["path"], info["sha256"], info["arch"], cfg.profile.height,
+                                            cfg.profile.width, os.path.join(cfg.out, ".cache"))
     payloads = [dataset.work_list(s.parts) for s in shards]
     prepared = Prepared(
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
         attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),
         previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0, sharding=sharding,
         fresh_output=fresh, arch=arch, task=dataset.task, classes=list(dataset.classes), profile=cfg.profile,
+        models=infos,
     )
     return prepared, payloads
 
@@ -359,12 +384,37 @@ def read_run_file(path: str) -> dict[str, Any]:
     return before
 
 
-def latest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per image: the last one written (ledgers are read in attempt order)."""
-    by_index: dict[int, dict[str, Any]] = {}
+def latest_records(records: list[dict[str, Any]], outputs: list[str] | None = None) -> list[dict[str, Any]]:
+    """One record per image (per image and model, for ``outputs``): the last one written (ledgers are read in
+    attempt order); records of a model this run does not have are dropped."""
+    by_key: dict[tuple[int, str], dict[str, Any]] = {}
     for r in records:
-        by_index[r["index"]] = r
-    return list(by_index.values())
+        model = r.get("model", "") if outputs else ""
+        if outputs is None or model in outputs:
+            by_key[(r["index"], model)] = r
+    return list(by_key.values())
+
+
+def models_summary(all_records: list[dict[str, Any]], outputs: list[str], prepared: Prepared, cfg: RunConfig,
+                   task: Any, group_of: Any) -> dict[str, Any]:
+    """Several models: each one's results as the run's own (``models``), the best per split, and every pair
+    compared image for image. The top-level results are the first model's."""
+    from .tasks.compare import best_models, comparisons
+
+    by_model = {n: [r for r in all_records if r["model"] == n] for n in outputs}
+    files = {m["name"]: m for m in prepared.models}
+    models: dict[str, Any] = {}
+    for name, recs in by_model.items():
+        s = task.summarise(recs, prepared.splits, prepared.classes, cfg, group_of)
+        models[name] = {k: s[k] for k in ("images", "metrics", "per_split", "statistics") if k in s}
+        if name in files:
+            models[name].update(path=os.path.abspath(files[name]["path"]), sha256=files[name]["sha256"],
+                                arch=files[name]["arch"])
+        else:
+            models[name]["combines"] = {"how": cfg.ensemble, "models": [m["name"] for m in prepared.models]}
+    return {"models": models, "best_model": best_models(models, prepared.task),
+            "comparison": comparisons(by_model, prepared.task, cfg.bootstrap, cfg.seed),
+            "tta": cfg.tta, "ensemble": cfg.ensemble}
 
 
 def finish_run(
@@ -379,20 +429,26 @@ def finish_run(
 ) -> tuple[dict[str, Any], int]:
     """Aggregate every record (this attempt's and kept earlier ones) and write the reports; ``extra`` goes into
     summary.json as it is (the fault-tolerance block)."""
-    # Dataset order, whatever order the gather and earlier attempts gave: the same sums for any N.
-    all_records = sorted(prepared.previous + records, key=lambda r: r["index"])
+    # Dataset order (then model order), whatever order the gather and earlier attempts gave: the same sums for any N.
+    outputs = cfg.outputs if cfg.multi else None
+    order = {n: k for k, n in enumerate(outputs or [])}
+    all_records = sorted(prepared.previous + records, key=lambda r: (r["index"], order.get(r.get("model", ""), 0)))
     task = task_for(prepared.task)
     group_of = group_namer(cfg.group_by)
-    summary = task.summarise(all_records, prepared.splits, prepared.classes, cfg, group_of)
+    primary = [r for r in all_records if r["model"] == outputs[0]] if outputs else all_records
+    summary = task.summarise(primary, prepared.splits, prepared.classes, cfg, group_of)
     summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
                             "unit": "group" if group_of else "image"}
     if group_of:
-        summary["groups"] = per_group(all_records, group_of, cfg.group_by, task)
+        summary["groups"] = per_group(primary, group_of, cfg.group_by, task)
+    if outputs:
+        summary.update(models_summary(all_records, outputs, prepared, cfg, task, group_of))
     exit_code = EXIT_PARTIAL if summary["images"]["failed"] else EXIT_OK
-    if summary["images"]["selected"] != prepared.selected:
-        raise RuntimeError(f"internal error: {summary['images']['selected']} records for "
+    counts = {n: len([r for r in all_records if r.get("model") == n]) for n in outputs} if outputs else {}
+    if summary["images"]["selected"] != prepared.selected or any(c != prepared.selected for c in counts.values()):
+        raise RuntimeError(f"internal error: {summary['images']['selected']} records ({counts}) for "
                            f"{prepared.selected} selected images")
-    new_images = len(records)
+    new_images = len(records) // len(cfg.outputs)
     summary.update({
         "world_size": len(topology),
         "hosts": sorted({t.host for t in topology}),
@@ -411,7 +467,7 @@ def finish_run(
         "decode": cfg.decode,
         "batch_size": cfg.batch_size,
         "attempt": prepared.attempt,
-        "resumed_images": len(prepared.previous),
+        "resumed_images": len(prepared.previous) // len(cfg.outputs),
         "timings": {
             "total_s": wall_s,
             "prepare_s": prepared.prepare_s,

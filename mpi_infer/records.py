@@ -37,6 +37,30 @@ class RecordTable:
         self.boundary = array("d")  # hd95, assd, nsd per image; NaN where not computed or excluded
         self.curve = array("i")  # (tp, fp, fn) at each threshold of the curve, per image; -1 where not scored
         self.errors: dict[int, str] = {}  # row -> text, only for rows that have one
+        self.models: list[str] = []  # several models: the name of each row's model (code in self.model)
+        self.model = array("b")
+        self.tta = False
+        self.uncertainty = array("d")  # --tta: per row, NaN where there is none
+
+    def configure(self, models: list[str] | None, tta: bool) -> RecordTable:
+        """Rows carry their model's name (several models) and the TTA uncertainty (``--tta``)."""
+        self.models, self.tta = list(models or []), tta
+        return self
+
+    def _extras(self, r: Mapping[str, Any]) -> None:
+        if self.models:
+            self.model.append(self.models.index(r["model"]))
+        if self.tta:
+            self.uncertainty.append(_NAN if r.get("uncertainty") is None else float(r["uncertainty"]))
+
+    def _extra_fields(self, row: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.models:
+            out["model"] = self.models[self.model[row]]
+        if self.tta:
+            v = self.uncertainty[row]
+            out["uncertainty"] = None if v != v else v
+        return out
 
     def __len__(self) -> int:
         return len(self.index)
@@ -55,6 +79,7 @@ class RecordTable:
                                else (-1, -1, -1, -1))
             self.curve.extend(r["curve"] if scored else _NO_CURVE)
             self.boundary.extend(_NAN if r.get(k) is None else float(r[k]) for k in BOUNDARY)
+            self._extras(r)
             if r.get("error"):
                 self.errors[row] = r["error"]
 
@@ -65,6 +90,7 @@ class RecordTable:
             self.index.append(int(r["index"]))
             self.status.append(_CODE[r["status"]])
             self.probs.extend(r["probs"] if r.get("probs") is not None else nan)
+            self._extras(r)
             if r.get("error"):
                 self.errors[row] = r["error"]
 
@@ -84,7 +110,7 @@ class RecordTable:
                 "tp": tp, "fp": fp, "fn": fn, "tn": tn,
                 "curve": self.curve[k * row : k * (row + 1)].tolist() if scored else None,
                 **{name: (None if v != v else v) for name, v in zip(BOUNDARY, self.boundary[3 * row : 3 * row + 3])},
-                "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""),
+                "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""), **self._extra_fields(row),
             })
         return out
 
@@ -99,7 +125,7 @@ class RecordTable:
                 "index": index, "split": split, "location": location, "rank": self.rank, "target": target,
                 "predicted": int(np.argmax(p)) if predicted else None,
                 "probs": [float(v) for v in p] if predicted else None,
-                "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""),
+                "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""), **self._extra_fields(row),
             })
         return out
 

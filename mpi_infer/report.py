@@ -253,6 +253,10 @@ def load_run(run_dir: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
 def write_report(run_dir: str, k: int = 8) -> str:
     """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
     summary, rows = load_run(run_dir)
+    all_rows = rows
+    if summary.get("models"):  # several models: the page is the first model's, plus a section comparing them
+        first = next(iter(summary["models"]))
+        rows = [r for r in rows if r.get("model") == first]
     task = task_for(summary.get("task", "segmentation"))
     classification = task.name == "classification"
     per_rank = summary.get("timings", {}).get("per_rank", [])
@@ -291,6 +295,7 @@ def write_report(run_dir: str, k: int = 8) -> str:
         task.report_table(summary),
         "<dl>" + "".join(f"<dt>{html.escape(str(a))}</dt><dd>{html.escape(str(b))}</dd>" for a, b in meta) + "</dl>",
     ]
+    parts.extend(models_section(summary, all_rows))
     if not has_masks:
         parts.append("<p class='note'>Predicted masks were not saved (run with --save-masks or --report); "
                      "the contact sheets show ground truth only.</p>")
@@ -319,6 +324,66 @@ def write_report(run_dir: str, k: int = 8) -> str:
     path = os.path.join(run_dir, "report.html")
     write_text(path, "\n".join(parts))
     return path
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
+
+
+def models_section(summary: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
+    """Several models: their table (overall and per split), the paired comparisons, a scatter of the per-image
+    headline metric of the two best; with --tta, the least certain images."""
+    parts: list[str] = []
+    models = summary.get("models") or {}
+    classification = summary.get("task") == "classification"
+    if models:
+        best = summary.get("best_model", {})
+        metric = best.get("metric", "mean_dice")
+        splits = list(next(iter(models.values())).get("per_split", {}))
+        head = "".join(f"<th>{html.escape(s)}</th>" for s in ["model", "all", *splits])
+        body = "".join(
+            f"<tr><td>{html.escape(n)}{' (best)' if n == best.get('all') else ''}</td>"
+            f"<td>{_cell(m['metrics'].get(metric))}</td>"
+            + "".join(f"<td>{_cell(m['per_split'].get(s, {}).get('metrics', {}).get(metric))}</td>" for s in splits)
+            + "</tr>" for n, m in models.items())
+        parts.append(f"<h2>Models ({html.escape(metric.replace('_', ' '))})</h2><table><tr>{head}</tr>{body}"
+                     "</table><ul>" + "".join(f"<li>{html.escape(c['verdict'])}</li>"
+                                             for c in summary.get("comparison", [])) + "</ul>")
+        ranked = sorted(models, key=lambda n: -(models[n]["metrics"].get(metric) or -1))
+        if len(ranked) >= 2 and not classification:
+            png = scatter_figure(rows, ranked[0], ranked[1])
+            if png:
+                parts.append(f"<figure id='models-scatter'><figcaption><h2>Per-image Dice: {html.escape(ranked[0])}"
+                             f" against {html.escape(ranked[1])}</h2></figcaption><img alt='scatter' "
+                             f"src='data:image/png;base64,{png}'></figure>")
+    uncertain = sorted((r for r in rows if r.get("uncertainty")), key=lambda r: -float(r["uncertainty"]))[:10]
+    if uncertain:
+        last = "predicted" if classification else "dice"
+        parts.append("<h2>Least certain images (--tta flip)</h2><table><tr><th>index</th><th>model</th>"
+                     "<th>location</th><th>uncertainty</th><th>" + ("class" if classification else "Dice")
+                     + "</th></tr>" + "".join(
+                         f"<tr><td>{r['index']}</td><td>{html.escape(r.get('model', ''))}</td>"
+                         f"<td>{html.escape(r['location'])}</td><td>{float(r['uncertainty']):.4f}</td>"
+                         f"<td>{html.escape(r.get(last, ''))}</td></tr>"
+                         for r in uncertain) + "</table>")
+    return parts
+
+
+def scatter_figure(rows: list[dict[str, str]], a: str, b: str) -> str | None:
+    da = {r["index"]: float(r["dice"]) for r in rows if r.get("model") == a and r["dice"] != ""}
+    db = {r["index"]: float(r["dice"]) for r in rows if r.get("model") == b and r["dice"] != ""}
+    both = sorted(set(da) & set(db), key=int)
+    if not both:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter([da[i] for i in both], [db[i] for i in both], s=10, alpha=0.6)
+    lo = min(min(da[i] for i in both), min(db[i] for i in both))
+    ax.plot([lo, 1], [lo, 1], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"{a} Dice")
+    ax.set_ylabel(f"{b} Dice")
+    ax.set_title(f"{len(both)} images; above the line: {b} better", fontsize=9)
+    return _png(fig)
 
 
 def _classification_table(summary: dict[str, Any]) -> str:

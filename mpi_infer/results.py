@@ -42,15 +42,20 @@ def _fmt(value: Any) -> str:
 
 def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]], task: Any,
                         classes: list[str] | None = None) -> str:
-    """One row per selected image, in dataset order (``index`` = position in the original YAML); the task gives
-    the columns and each row (tasks/)."""
+    """One row per selected image (per image and model, with several models: then a ``model`` column after
+    ``index``), in dataset order (``index`` = position in the original YAML), models in the order given; the
+    task gives the columns and each row (tasks/). ``--tta`` adds ``uncertainty`` before ``status``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     records = list(records)
-    columns = task.csv_columns(records)
+    columns = list(task.csv_columns(records))
+    if any("model" in r for r in records):
+        columns.insert(1, "model")
+    if any("uncertainty" in r for r in records):
+        columns.insert(columns.index("status"), "uncertainty")
     writer.writerow(columns)
-    for r in sorted(records, key=lambda r: (r["index"], r["split"])):
-        row = task.csv_row(r, classes or [])
+    for r in sorted(records, key=lambda r: (r["index"], r["split"])):  # stable: the model order stays
+        row = {**task.csv_row(r, classes or []), **{k: r[k] for k in ("model", "uncertainty") if k in r}}
         writer.writerow([_fmt(row.get(c)) for c in columns])
     path = os.path.join(out_dir, "per_image.csv")
     write_text(path, buf.getvalue())
@@ -170,7 +175,24 @@ def summary_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
     head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
-    return _render(rows, head, summary, [*ci_lines(summary), *notes])
+    return _render(rows, head, summary, [*ci_lines(summary), *model_lines(summary), *notes])
+
+
+def model_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Several models: each one's headline with its CI, the best per split, and each pair's verdict."""
+    models = summary.get("models")
+    if not models:
+        return []
+    best = summary.get("best_model", {})
+    metric = best.get("metric", "mean_dice")
+    key = {"mean_dice": "dice", "accuracy": "accuracy"}.get(metric, metric)
+
+    def one(name: str, m: Mapping[str, Any]) -> str:
+        lo, hi = (m.get("statistics", {}).get(key) or {}).get("ci95") or (None, None)
+        return f"{name} {_num(m['metrics'].get(metric))}" + (f" [{_num(lo)}, {_num(hi)}]" if lo is not None else "")
+    per = ", ".join(f"{s} {n}" for s, n in best.get("per_split", {}).items())
+    return [f"models ({metric.replace('_', ' ')}): " + "; ".join(one(n, m) for n, m in models.items()),
+            f"best: {best.get('all')} (per split: {per})", *(c["verdict"] for c in summary.get("comparison", []))]
 
 
 def ci_lines(summary: Mapping[str, Any]) -> list[str]:
@@ -248,4 +270,4 @@ def _classification_table(summary: Mapping[str, Any], notes: Iterable[str] = ())
             f"{summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}")
-    return _render(rows, head, summary, notes)
+    return _render(rows, head, summary, [*model_lines(summary), *notes])

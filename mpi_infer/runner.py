@@ -11,12 +11,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from .loader import Batch, WorkItem, iter_batches
+from .modelset import ENSEMBLE, combine, predict_tta, uncertainty
 from .profiles import Profile
 from .results import Ledger
 from .tasks import ScoreOptions, Task, task_for
@@ -86,13 +87,19 @@ def run_items(
     task: Task | None = None,
     options: ScoreOptions | None = None,
     decode_mode: str = "exact",
+    predictors: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] | None = None,
+    ensemble: str | None = None,
+    tta: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
     Batches come from our OpenCV loader, or from ``batch_source(items, batch_size, threads)`` (the ecvl
     backend's DLDataset); everything after the forward pass is the same code either way.
     ``keep=False`` returns nothing: the caller takes each batch's records in ``on_batch`` (the MPI job
-    keeps them compactly). The task (default: segmentation) makes each record and scores each batch."""
+    keeps them compactly). The task (default: segmentation) makes each record and scores each batch.
+
+    ``predictors`` [(name, predict)] runs several models on every batch (each record then carries ``model``), and
+    ``ensemble``/``tta`` combine them (modelset.py); masks are saved for the first model only."""
     task = task or task_for("segmentation")
     options = options or ScoreOptions()
     fault = fault or Fault()
@@ -108,19 +115,24 @@ def run_items(
     for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait
-        records = [task.blank_record(it, rank) for it in batch.items]
         for it in batch.items:
             timings.decode_s += it.decode_s
             timings.preprocess_s += it.preprocess_s
         saved: list[str] = []
-        if batch.x is not None:
-            probs = predict(batch.x)
-            t1 = time.perf_counter()
-            timings.predict_s += t1 - t0
-            saved = task.score_batch(batch, probs, records, profile, options)
-            timings.score_s += time.perf_counter() - t1
-            if fault.kind == "slow" and fault.factor > 1:
-                time.sleep((t1 - t0) * (fault.factor - 1))
+        if predictors is None and not tta:
+            records = [task.blank_record(it, rank) for it in batch.items]
+            if batch.x is not None:
+                probs = predict(batch.x)
+                t1 = time.perf_counter()
+                timings.predict_s += t1 - t0
+                saved = task.score_batch(batch, probs, records, profile, options)
+                timings.score_s += time.perf_counter() - t1
+                if fault.kind == "slow" and fault.factor > 1:
+                    time.sleep((t1 - t0) * (fault.factor - 1))
+        else:
+            records, saved = _score_models(batch, predictors or [("", predict)], task, profile, options, rank,
+                                           ensemble, tta, timings, tag=predictors is not None and
+                                           (len(predictors) > 1 or bool(ensemble)))
         if ledger is not None:
             try:
                 ledger.append(records)
@@ -131,10 +143,46 @@ def run_items(
                 raise
         if keep:
             out.extend(records)
-        timings.images += len(records)
+        timings.images += len(batch.items)
         if on_batch is not None:
             on_batch(records)
         fault.check(timings.images)
         t_wait = time.perf_counter()
     timings.total_s += time.perf_counter() - start
     return out
+
+
+def _score_models(batch: Any, predictors: list[tuple[str, Callable[[np.ndarray], np.ndarray]]], task: Task,
+                  profile: Profile, options: ScoreOptions, rank: int, ensemble: str | None, tta: str | None,
+                  timings: RankTimings, tag: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every model (then the ensemble) on one batch: a record per image per output, model-major."""
+    outputs: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
+    if batch.x is not None:
+        t0 = time.perf_counter()
+        for name, predict in predictors:
+            outputs.append((name, *predict_tta(predict, batch.x, tta)))
+        if ensemble:
+            means = [o[1] for o in outputs]
+            outputs.append((ENSEMBLE, combine(means, ensemble), np.stack(means).std(axis=0) if tta else None))
+        timings.predict_s += time.perf_counter() - t0
+    else:
+        outputs = [(name, None, None) for name, _ in predictors] + ([(ENSEMBLE, None, None)] if ensemble else [])
+    t1 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    saved: list[str] = []
+    for j, (name, probs, spread) in enumerate(outputs):
+        recs = [task.blank_record(it, rank) for it in batch.items]
+        for r in recs:
+            if tag:
+                r["model"] = name
+            if tta:
+                r["uncertainty"] = None
+        if probs is not None:
+            saved += task.score_batch(batch, probs, recs, profile, options if j == 0 else
+                                      replace(options, masks_dir=None))
+            if spread is not None:
+                for pos, value in enumerate(uncertainty(probs, spread, profile.threshold)):
+                    recs[batch.rows[pos]]["uncertainty"] = value
+        records += recs
+    timings.score_s += time.perf_counter() - t1
+    return records, saved
