@@ -522,7 +522,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
         head = task_for(prepared.task).head(spec, cfg.profile, prepared.classes)
         engine = open_engine(stack, prepared.run_model, cfg.profile, threads=threads, gpu=cfg.gpu,
                              device_id=me.gpu or 0, arch=prepared.arch, eddl_mem=cfg.eddl_mem, head=head,
-                             output=cfg.output)
+                             output=cfg.output, arena=not prepared.models)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
         predictors = None
@@ -532,7 +532,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
                 try:
                     engines.append(open_engine(stack, info["run_model"], cfg.profile, threads=threads, gpu=cfg.gpu,
                                                device_id=me.gpu or 0, arch=info["arch"], eddl_mem=cfg.eddl_mem,
-                                               head=head, output=cfg.output))
+                                               head=head, output=cfg.output, arena=False))
                 except MpiInferError as exc:
                     raise type(exc)(f"model {info['name']} ({info['path']}): {exc}") from None
             predictors = [(info["name"], e.predict) for info, e in zip(prepared.models, engines)]

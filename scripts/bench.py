@@ -579,6 +579,78 @@ def faults(work: str, args) -> None:
     emit("chaos_fault_tolerant", trials=trials, restarts=0, all_identical=all(t["identical"] for t in trials))
 
 
+def _variants(work: str) -> list[str]:
+    """Three real models of one architecture: the demo SegNet and two with its last bias shifted."""
+    import onnx
+    from onnx import numpy_helper
+
+    folder = os.path.join(work, "models-mm")
+    os.makedirs(folder, exist_ok=True)
+    paths = [demo_model("onnx")]
+    for name, shift in (("low", -1.5), ("high", 1.0)):
+        path = os.path.join(folder, f"{name}.onnx")
+        if not os.path.exists(path):
+            m = onnx.load(demo_model("onnx"))
+            for init in m.graph.initializer:
+                if init.name == "conv25.bias":
+                    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(shift), init.name))
+            onnx.save(m, path)
+        paths.append(path)
+    return paths
+
+
+def multimodel(work: str, args) -> None:
+    """Issue 22: three models in one pass against three separate runs, on the demo set and ISIC-sized JPEGs; the
+    decode and forward costs per image that explain the ratio; peak RSS per rank with 3 models and with 1."""
+    models = _variants(work)
+    sets = {"demo": os.path.join(work, "data-demo", "dataset.yml"),
+            "isic": os.path.join(work, "data-peers-isic", "dataset.yml")}
+    if not os.path.exists(sets["isic"]):
+        make_dataset(os.path.dirname(sets["isic"]), SynthSpec(n=args.isic_images, seed=24, preset="isic"))
+    for label, dataset in sets.items():
+        one, separate = [], []
+        summaries: dict[str, dict] = {}
+        for _ in range(args.repeats):
+            extra = [a for k, m in enumerate(models[1:]) for a in ("--model", f"m{k + 1}={m}")]
+            wall, s = run_job(work, f"mm-{label}-one", 2, dataset, f"m0={models[0]}", extra)
+            one.append(wall)
+            summaries["one"] = s
+            walls = []
+            for k, m in enumerate(models):
+                w, s1 = run_job(work, f"mm-{label}-sep{k}", 2, dataset, m)
+                walls.append(w)
+                summaries[f"sep{k}"] = s1
+            separate.append(sum(walls))
+        s, s1 = summaries["one"], summaries["sep0"]
+        per = s1["timings"]["per_rank"]
+        images = sum(r["images"] for r in per)
+        decode_ms = sum(r["decode_s"] + r["preprocess_s"] for r in per) / images * 1e3
+        forward_ms = sum(r["predict_s"] for r in per) / images * 1e3
+        ratio = float(np.median(one)) / float(np.median(separate))
+        # per image, in one pass: decode once + K forwards; separately: K decodes + K forwards (and K start-ups)
+        model_ratio = (decode_ms + 3 * forward_ms) / (3 * (decode_ms + forward_ms))
+        emit("several_models", set=label, images=images, models=3, ranks=2,
+             one_pass_wall_s=round(float(np.median(one)), 2), three_runs_wall_s=round(float(np.median(separate)), 2),
+             ratio=round(ratio, 3), target=0.6,
+             decode_ms_per_image=round(decode_ms, 2), forward_ms_per_image_per_model=round(forward_ms, 2),
+             ratio_from_costs=round(model_ratio, 3),
+             peak_rss_mb_3_models=max(r["peak_rss_mb"] for r in s["timings"]["per_rank"]),
+             peak_rss_mb_1_model=max(r["peak_rss_mb"] for r in per),
+             same_scores_as_separate=_same_model_rows(os.path.join(work, "runs", f"mm-{label}-one"),
+                                                      os.path.join(work, "runs", f"mm-{label}-sep0"), "m0"))
+
+
+def _same_model_rows(multi: str, single: str, name: str) -> bool:
+    import csv
+
+    keys = ("index", "status", "iou", "dice")
+    with open(os.path.join(multi, "per_image.csv"), newline="") as fh:
+        a = [tuple(r[k] for k in keys) for r in csv.DictReader(fh) if r["model"] == name]
+    with open(os.path.join(single, "per_image.csv"), newline="") as fh:
+        b = [tuple(r[k] for k in keys) for r in csv.DictReader(fh)]
+    return a == b
+
+
 def planning(work: str, args) -> None:
     from bench_plan import write_yaml
 
@@ -667,7 +739,8 @@ def main() -> None:
     ap.add_argument("--huge-images", type=int, default=6, help="6688x4439 images for the memory figure")
     ap.add_argument("--peer-flags", nargs="*", default=[], help="extra mpi_infer flags for the peers runs")
     ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
-                                                    "memory", "stacks", "peers", "statistics", "faults"])
+                                                    "memory", "stacks", "peers", "statistics", "faults",
+                                                    "multimodel"])
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     args.ranks = args.ranks or [n for n in (1, 2, 4, 8, 16) if n <= cores]
@@ -714,6 +787,8 @@ def main() -> None:
         statistics_cost(work, args)
     if "faults" in args.only:
         faults(work, args)
+    if "multimodel" in args.only:
+        multimodel(work, args)
 
     with open(os.path.join(work, "results.json"), "w") as fh:
         json.dump({"machine": info, "figures": RESULTS}, fh, indent=2)

@@ -135,8 +135,10 @@ def choose_stack(loader: str = "auto", engine: str = "auto", backend: str | None
 
 
 def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                arch: str | None = None, eddl_mem: str = "full_mem", head=None, output: str | None = None) -> Engine:
-    """Load the model once for this rank: ONNX for ``onnx``; .bin or .onnx for ``eddl``.
+                arch: str | None = None, eddl_mem: str = "full_mem", head=None, output: str | None = None,
+                arena: bool = True) -> Engine:
+    """Load the model once for this rank: ONNX for ``onnx``; .bin or .onnx for ``eddl``. ``arena=False``: the
+    session uses one CPU arena shared by every session of the process (several models per rank).
 
     Under ``--engine auto``, an ONNX file that ONNX Runtime cannot load goes to EDDL's importer where
     pyeddl is installed (the engine's describe() then says so); if EDDL fails too, ONNX Runtime's error stands."""
@@ -146,7 +148,7 @@ def open_engine(stack: Stack, model_path: str, profile, *, threads: int, gpu: bo
 
         try:
             return OnnxEngine(model_path, profile, threads=threads, gpu=gpu, device_id=device_id, head=head,
-                              output=output)
+                              output=output, arena=arena)
         except OnnxLoadError:
             if not (stack.engine_why.startswith("auto") and pyeddl_available()):
                 raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import ConfigError, ModelError
@@ -38,11 +40,22 @@ class OnnxLoadError(ModelError):
     """ONNX Runtime cannot load the file at all (``auto`` may then try EDDL's importer)."""
 
 
+_SHARED_ARENA: list[bool] = []
+
+
+def _share_cpu_arena(ort: Any) -> None:
+    """Register one CPU arena with ONNX Runtime's environment, once per process."""
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+        _SHARED_ARENA.append(True)
+
+
 class OnnxEngine:
     name = "onnx"
 
     def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                 head: Head | None = None, output: str | None = None):
+                 head: Head | None = None, output: str | None = None, arena: bool = True):
         import onnxruntime as ort
 
         self.path = path
@@ -55,6 +68,12 @@ class OnnxEngine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning intra-op threads would steal the cores our loader threads decode on.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not arena:
+            # Several models per rank: each session's own CPU arena would keep its peak activations (about 56 MB
+            # per demo-SegNet session at batch 8); one arena shared by all (ORT's environment allocator) holds
+            # the peak of one. Measured here: 3 sessions 134 MB instead of 237, the same time per batch.
+            _share_cpu_arena(ort)
+            opts.add_session_config_entry("session.use_env_allocators", "1")
         available = ort.get_available_providers()
         if gpu and "CUDAExecutionProvider" not in available:
             raise ConfigError(f"--gpu: this ONNX Runtime ({ort.__version__}) has no CUDAExecutionProvider "
