@@ -38,7 +38,7 @@ class RecordTable:
         self.curve = array("i")  # (tp, fp, fn) at each threshold of the curve, per image; -1 where not scored
         self.errors: dict[int, str] = {}  # row -> text, only for rows that have one
         self.models: list[str] = []  # several models: the name of each row's model (code in self.model)
-        self.model = array("b")
+        self.model = array("h")
         self.tta = False
         self.uncertainty = array("d")  # --tta: per row, NaN where there is none
 
