@@ -170,7 +170,8 @@ def test_models_from_a_folder_or_glob_and_bad_model_sets(data, variants, tmp_pat
 def test_classification_models_and_a_vote(tmp_path_factory, tmp_path):
     data = make_classification_dataset(str(tmp_path_factory.mktemp("cls")), SynthSpec(n=12, seed=4))
     out = str(tmp_path / "o")
-    proc = run(2, data, out, "demo-classifier", "demo-classifier-onnx", extra=("--ensemble", "vote", "--tta", "flip"))
+    proc = run(2, data, out, "demo-classifier", "demo-classifier-onnx",
+               extra=("--ensemble", "vote", "--tta", "flip", "--report"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(out)
     assert [r["model"] for r in rows[:3]] == ["demo-classifier", "demo-classifier-onnx", "ensemble"]
@@ -179,3 +180,26 @@ def test_classification_models_and_a_vote(tmp_path_factory, tmp_path):
     for i in range(0, len(rows), 3):  # the same network twice: the vote is unanimous
         assert rows[i]["predicted"] == rows[i + 1]["predicted"] == rows[i + 2]["predicted"]
     assert all(r["uncertainty"] != "" for r in rows if r["model"] != "ensemble")
+    with open(os.path.join(out, "report.html")) as fh:
+        assert "Models (accuracy)" in fh.read()
+
+
+def test_a_torn_ledger_reruns_the_image_for_every_model_exactly_once(data, variants, tmp_path):
+    """A crash mid-write can leave one model's record of an image without the others': on --resume that image
+    is re-run for every model, and each (image, model) is counted once."""
+    models = ("demo", f"low={variants['low']}")
+    out = str(tmp_path / "o")
+    assert run(2, data, out, *models).returncode == 0
+    clean = [{k: v for k, v in r.items() if k != "rank"} for r in read_rows(out)]
+    ledger = os.path.join(out, "ledger", "attempt-000-rank-00001.jsonl")
+    with open(ledger) as fh:
+        lines = fh.readlines()
+    with open(ledger, "w") as fh:  # the last image's second record torn away
+        fh.writelines(lines[:-1])
+    for name in ("summary.json", "per_image.csv"):
+        os.unlink(os.path.join(out, name))
+    again = run(3, data, out, *models, extra=("--resume",))
+    assert again.returncode == 0, again.stderr[-3000:]
+    s = read_summary(out)
+    assert s["timings"]["images_this_attempt"] == 1 and s["resumed_images"] == 14
+    assert [{k: v for k, v in r.items() if k != "rank"} for r in read_rows(out)] == clean
