@@ -32,7 +32,8 @@ from .orchestrate import (
 )
 from .progress import ProgressDisplay, configure, log
 from .records import DescriptorIndex
-from .results import Ledger, ledger_path, problem_lines, read_ledger_file, summary_table
+from .recovery import Recovery
+from .results import Ledger, problem_lines, summary_table
 from .runner import Fault, RankTimings, run_items
 from .tasks import ScoreOptions, task_for
 from .watchdog import ADVICE as STALL_ADVICE
@@ -60,7 +61,6 @@ class Channel:
         self.timeout = cfg.stall_timeout
         self.hosts = hosts or ["?"] * self.size
         now = time.monotonic()
-        self.started = now
         self.last_heard = {r: now for r in range(self.size)}  # rank 0: the last message from each rank
         self.last_beat = 0.0
         self.done = self.failed = 0
@@ -80,13 +80,8 @@ class Channel:
         # fault tolerance (rank 0): what each rank was given, who was lost, what the survivors re-run
         self.outputs_per_image = len(cfg.outputs)
         self.fault_tolerant = cfg.fault_tolerant
-        self.out, self.attempt = cfg.out, attempt
-        self.assigned: dict[int, list[WorkList]] = {r: [] for r in range(self.size)}
-        self.lost: dict[int, dict[str, Any]] = {}
-        self.lost_records: list[dict[str, Any]] = []
-        self.recovered: list[WorkList] = []
-        self.rerun: list[int] = []
-        self.rounds = 0
+        self.recovery = Recovery(cfg.out, attempt, self.hosts, self.outputs_per_image)
+        self.lost = self.recovery.lost  # rank -> what is known of its loss
         self.shrink = False  # survivors shrink the communicator before the gather
 
     # -- sending ----------------------------------------------------------------------------
@@ -154,22 +149,11 @@ class Channel:
 
     def _recover(self, r: int) -> None:
         """Rank 0: what rank ``r`` finished is in its ledger; the rest waits for the survivors."""
-        records = read_ledger_file(ledger_path(self.out, self.attempt, r))
-        seen: dict[int, int] = {}
-        for rec in records:
-            seen[rec["index"]] = seen.get(rec["index"], 0) + 1
-        done = {i for i, n in seen.items() if n >= self.outputs_per_image}  # every model's record is there
-        records = [rec for rec in records if rec["index"] in done]
-        pending = WorkList.pending(self.assigned[r], done)
-        self.lost[r] = {"rank": r, "host": self.hosts[r], "images_done": len(done),
-                        "images_rerun": len(pending), "detected_after_s": round(time.monotonic() - self.started, 3)}
-        self.lost_records.extend(records)
-        self.rank_counts[r] = (len(done), sum(rec["status"] == "failed" for rec in records) // self.outputs_per_image)
+        info = self.recovery.lose(r)
+        self.rank_counts[r] = (info["images_done"], info["images_failed"])
         self.finished.discard(r)
-        if len(pending):
-            self.recovered.append(pending)
-        print(f"[rank 0] mpi_infer: warning: rank {r} (host {self.hosts[r]}) was lost after {len(done)} image(s); "
-              f"the survivors will run its {len(pending)} unfinished image(s) (--fault-tolerant)",
+        print(f"[rank 0] mpi_infer: warning: rank {r} (host {self.hosts[r]}) was lost after {info['images_done']} "
+              f"image(s); the survivors will run its {info['images_rerun']} unfinished image(s) (--fault-tolerant)",
               file=sys.stderr, flush=True)
 
     def live_workers(self) -> set[int]:
@@ -222,7 +206,7 @@ class Channel:
                     if chunk is None:
                         self.stopped.add(src)
                     else:
-                        self.assigned[src].append(chunk)
+                        self.recovery.assign(src, chunk)
                     self._isend(chunk, src, TAG_WORK)
         except MPI.Exception as exc:
             self._on_failure(exc)
@@ -294,7 +278,7 @@ class Channel:
                        and (not dynamic or self.stopped | set(self.lost) >= self.live_workers())):
                 self.poll()
                 time.sleep(0.005)
-            if self.recovered:
+            if self.recovery.queue:
                 return self._hand_out()
             break
         self.display.close()
@@ -306,24 +290,13 @@ class Channel:
         return None
 
     def _hand_out(self) -> WorkList:
-        """Rank 0: split the lost ranks' unfinished images among the survivors (itself included); its own share."""
-        work = WorkList.pending(self.recovered, set())
-        self.recovered = []
-        self.rounds += 1
-        self.rerun.extend(work.indices)
+        """Rank 0: the lost ranks' unfinished images to the survivors (itself included); returns its own share."""
         survivors = [0, *sorted(self.live_workers())]
-        share = -(-len(work) // len(survivors))
-        parts = [work.slice(k * share, min(len(work), (k + 1) * share)) for k in range(len(survivors))]
+        parts = self.recovery.hand_out(survivors)
         for r, part in zip(survivors[1:], parts[1:]):
-            self.assigned[r].append(part)
             self.finished.discard(r)
             self._isend({"work": part, "shrink": False}, r, TAG_GO)
         return parts[0]
-
-    def fault_summary(self) -> dict[str, Any]:
-        return {"enabled": self.fault_tolerant, "lost_ranks": sorted(self.lost.values(), key=lambda x: x["rank"]),
-                "rerun_images": len(self.rerun), "rerun_indices": sorted(self.rerun),
-                "recovery_rounds": self.rounds}
 
     # -- dynamic schedule ----------------------------------------------------------------------
     def _next_chunk(self) -> WorkList | None:
@@ -567,7 +540,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     else:
         source = work
         if shards is not None:
-            channel.assigned = {r: [shard] for r, shard in enumerate(shards)}
+            for r, shard in enumerate(shards):
+                channel.recovery.assign(r, shard)
     task = task_for(prepared.task)
     table = task.table(rank, prepared.classes).configure(cfg.outputs if cfg.multi else None, bool(cfg.tta))
 
@@ -609,12 +583,12 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if rank == 0:
         all_records = [r for t, _ in gathered for r in t.to_records(planned)]
         if channel.lost:  # what the lost ranks finished, from their ledgers
-            all_records += channel.lost_records
+            all_records += channel.recovery.lost_records
         rank_stats = [s for _, s in gathered]
         summary, code = finish_run(cfg, prepared, all_records, topology, rank_stats,
                                    {**stack.describe(), **engine.describe()},
                                    time.perf_counter() - t_start,
-                                   {"fault_tolerance": channel.fault_summary()} if cfg.fault_tolerant else None)
+                                   {"fault_tolerance": channel.recovery.summary(True)} if cfg.fault_tolerant else None)
         if cfg.report:
             from .report import write_report
 

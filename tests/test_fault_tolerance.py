@@ -177,3 +177,33 @@ def test_supervise_under_real_mpirun_passes_a_finished_run(synth40, tmp_path):
     proc = subprocess.run(cmd, env={**os.environ, **MPI_ENV}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_summary(out)["images"]["scored"] == 40
+
+
+def test_recovery_reads_the_lost_ranks_ledger_and_splits_the_rest(tmp_path):
+    """Plain bookkeeping, no MPI: done = every record of the image in the ledger (a torn line is not), the rest
+    queued, handed out contiguously to the survivors, and a survivor's share is its own from then on."""
+    from mpi_infer.dataset import WorkList
+    from mpi_infer.recovery import Recovery
+    from mpi_infer.results import Ledger
+
+    out = str(tmp_path)
+    shard = WorkList("/d/", list(range(10, 20)), [("test", 10)], [f"{i}.jpg" for i in range(10, 20)],
+                     [None] * 10, None)
+    book = Recovery(out, 0, ["h0", "h1", "h2"], outputs_per_image=2)
+    book.assign(1, shard)
+    ledger = Ledger(out, 0, 1)
+    ledger.append([{"index": i, "status": "ok", "model": m} for i in (10, 11, 12) for m in ("a", "b")])
+    ledger.append([{"index": 13, "status": "ok", "model": "a"}])  # its "b" record never made it
+    ledger.close()
+    with open(ledger_path(out, 0, 1), "a") as fh:
+        fh.write('{"index": 14, "status"')  # torn
+    info = book.lose(1)
+    assert (info["images_done"], info["images_rerun"], info["host"]) == (3, 7, "h1")
+    assert sorted({r["index"] for r in book.lost_records}) == [10, 11, 12] and len(book.lost_records) == 6
+    parts = book.hand_out([0, 2])
+    assert [p.indices for p in parts] == [[13, 14, 15, 16], [17, 18, 19]]
+    assert book.queue == [] and book.rerun == list(range(13, 20))
+    book.lose(2)  # rank 2 lost before running its share: all of it comes back
+    assert WorkList.pending(book.queue, set()).indices == [17, 18, 19]
+    s = book.summary(True)
+    assert [x["rank"] for x in s["lost_ranks"]] == [1, 2] and s["recovery_rounds"] == 1
