@@ -81,7 +81,6 @@ class Channel:
         self.outputs_per_image = len(cfg.outputs)
         self.fault_tolerant = cfg.fault_tolerant
         self.recovery = Recovery(cfg.out, attempt, self.hosts, self.outputs_per_image)
-        self.lost = self.recovery.lost  # rank -> what is known of its loss
         self.shrink = False  # survivors shrink the communicator before the gather
 
     # -- sending ----------------------------------------------------------------------------
@@ -96,6 +95,12 @@ class Channel:
 
     def _prune(self) -> None:
         """Drop completed sends; cancel those to a lost rank (a pending one would hold up MPI_Finalize)."""
+        self._settle(wait=False)
+
+    def _wait_sends(self) -> None:
+        self._settle(wait=True)
+
+    def _settle(self, wait: bool) -> None:
         from mpi4py import MPI
 
         keep = []
@@ -104,25 +109,13 @@ class Channel:
                 if dest in self.lost:
                     req.Cancel()
                     req.Free()
+                elif wait:
+                    req.Wait()
                 elif not req.Test():
                     keep.append((dest, req))
             except MPI.Exception as exc:
                 self._on_failure(exc)
         self.sends = keep
-
-    def _wait_sends(self) -> None:
-        from mpi4py import MPI
-
-        for dest, req in self.sends:
-            try:
-                if dest in self.lost:
-                    req.Cancel()
-                    req.Free()
-                else:
-                    req.Wait()
-            except MPI.Exception as exc:
-                self._on_failure(exc)
-        self.sends = []
 
     # -- a lost rank ----------------------------------------------------------------------------
     def _on_failure(self, exc: Exception) -> None:
@@ -155,6 +148,11 @@ class Channel:
         print(f"[rank 0] mpi_infer: warning: rank {r} (host {self.hosts[r]}) was lost after {info['images_done']} "
               f"image(s); the survivors will run its {info['images_rerun']} unfinished image(s) (--fault-tolerant)",
               file=sys.stderr, flush=True)
+
+    @property
+    def lost(self) -> dict[int, dict[str, Any]]:
+        """Rank -> what is known of its loss (rank 0, --fault-tolerant)."""
+        return self.recovery.lost
 
     def live_workers(self) -> set[int]:
         return set(range(1, self.size)) - set(self.lost)
@@ -273,14 +271,12 @@ class Channel:
                     return word["work"]
             self._wait_sends()
             return None
-        while True:
-            while not (self.finished >= self.live_workers()
-                       and (not dynamic or self.stopped | set(self.lost) >= self.live_workers())):
-                self.poll()
-                time.sleep(0.005)
-            if self.recovery.queue:
-                return self._hand_out()
-            break
+        while not (self.finished >= self.live_workers()
+                   and (not dynamic or self.stopped | set(self.lost) >= self.live_workers())):
+            self.poll()
+            time.sleep(0.005)
+        if self.recovery.queue:
+            return self._hand_out()
         self.display.close()
         self.shrink = bool(self.lost)
         word = {"work": None, "shrink": self.shrink} if self.fault_tolerant else None
@@ -493,9 +489,12 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     try:
         spec = OutputSpec(cfg.activation, cfg.cls)
         head = task_for(prepared.task).head(spec, cfg.profile, prepared.classes)
-        engine = open_engine(stack, prepared.run_model, cfg.profile, threads=threads, gpu=cfg.gpu,
-                             device_id=me.gpu or 0, arch=prepared.arch, eddl_mem=cfg.eddl_mem, head=head,
-                             output=cfg.output, arena=not prepared.models)
+        def open_model(path: str, arch: str | None) -> Any:  # several models: one shared ONNX Runtime arena
+            return open_engine(stack, path, cfg.profile, threads=threads, gpu=cfg.gpu, device_id=me.gpu or 0,
+                               arch=arch, eddl_mem=cfg.eddl_mem, head=head, output=cfg.output,
+                               arena=not prepared.models)
+
+        engine = open_model(prepared.run_model, prepared.arch)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
         predictors = None
@@ -503,9 +502,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
             engines = [engine]
             for info in prepared.models[1:]:
                 try:
-                    engines.append(open_engine(stack, info["run_model"], cfg.profile, threads=threads, gpu=cfg.gpu,
-                                               device_id=me.gpu or 0, arch=info["arch"], eddl_mem=cfg.eddl_mem,
-                                               head=head, output=cfg.output, arena=False))
+                    engines.append(open_model(info["run_model"], info["arch"]))
                 except MpiInferError as exc:
                     raise type(exc)(f"model {info['name']} ({info['path']}): {exc}") from None
             predictors = [(info["name"], e.predict) for info, e in zip(prepared.models, engines)]

@@ -24,7 +24,15 @@ from .dataset import Dataset, WorkList, check_single_labels, load_dataset, selec
 from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, LaunchError, TopologyError, clip
 from .modelfile import cached_onnx, model_format, model_sha256
 from .partition import describe, plan
-from .results import LEDGER_DIR, MASK_DIR, next_attempt, read_ledgers, write_per_image_csv, write_summary
+from .results import (
+    LEDGER_DIR,
+    MASK_DIR,
+    complete_images,
+    next_attempt,
+    read_ledgers,
+    write_per_image_csv,
+    write_summary,
+)
 from .tasks import task_for
 
 RUN_FILE = "run.json"
@@ -306,12 +314,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     if not cfg.dry_run:
         write_text(run_file, json.dumps({**identity, "dataset": os.path.abspath(cfg.dataset),
                                          "model": os.path.abspath(cfg.model), "version": __version__}, indent=2))
-    # an image is done when every output (each model, the ensemble) has a record for it that did not fail
-    ok: dict[int, int] = {}
-    for r in previous:
-        if r["status"] != "failed":
-            ok[r["index"]] = ok.get(r["index"], 0) + 1
-    done = {i for i, n in ok.items() if n == len(cfg.outputs)}
+    done = complete_images(previous, len(cfg.outputs), ok_only=True)  # every model's record, none failed
     previous = [r for r in previous if r["index"] in done]
     selected = selected_items(dataset, splits)
     if dataset.task == "classification":
@@ -324,15 +327,15 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     weights = ({int(i): dataset.file_bytes(int(i)) for idx in todo.values() for i in idx}
                if sharding == "bytes" else None)
     shards = plan(todo, shards_n, balance=cfg.balance, weights=weights)
-    run_model = cfg.model
-    if model_format(cfg.model) == "bin" and engine == "onnx" and not cfg.dry_run:
-        run_model = cached_onnx(cfg.model, model_sha, arch, cfg.profile.height, cfg.profile.width,
-                                os.path.join(cfg.out, ".cache"))
-    for k, info in enumerate(infos):  # each model: the file its engine opens
-        info["run_model"] = run_model if k == 0 else info["path"]
-        if k and model_format(info["path"]) == "bin" and engine == "onnx" and not cfg.dry_run:
-            info["run_model"] = cached_onnx(info["path"], info["sha256"], info["arch"], cfg.profile.height,
-                                            cfg.profile.width, os.path.join(cfg.out, ".cache"))
+    def engine_file(path: str, sha: str, arch: str | None) -> str:
+        """The file the engine opens: the cached ONNX conversion of a .bin on the onnx engine, else the model."""
+        if model_format(path) == "bin" and engine == "onnx" and not cfg.dry_run:
+            return cached_onnx(path, sha, arch, cfg.profile.height, cfg.profile.width, os.path.join(cfg.out, ".cache"))
+        return path
+
+    run_model = engine_file(cfg.model, model_sha, arch)
+    for k, info in enumerate(infos):  # each model's file (the first is run_model)
+        info["run_model"] = run_model if k == 0 else engine_file(info["path"], info["sha256"], info["arch"])
     payloads = [dataset.work_list(s.parts) for s in shards]
     prepared = Prepared(
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
@@ -395,17 +398,16 @@ def latest_records(records: list[dict[str, Any]], outputs: list[str] | None = No
     return list(by_key.values())
 
 
-def models_summary(all_records: list[dict[str, Any]], outputs: list[str], prepared: Prepared, cfg: RunConfig,
-                   task: Any, group_of: Any) -> dict[str, Any]:
-    """Several models: each one's results as the run's own (``models``), the best per split, and every pair
-    compared image for image. The top-level results are the first model's."""
+def models_summary(by_model: dict[str, list[dict[str, Any]]], first: dict[str, Any], prepared: Prepared,
+                   cfg: RunConfig, task: Any, group_of: Any) -> dict[str, Any]:
+    """Several models: each one's results as the run's own (``models``; ``first`` is the first model's summary,
+    the run's top level), the best per split, and every pair compared image for image."""
     from .tasks.compare import best_models, comparisons
 
-    by_model = {n: [r for r in all_records if r["model"] == n] for n in outputs}
     files = {m["name"]: m for m in prepared.models}
     models: dict[str, Any] = {}
-    for name, recs in by_model.items():
-        s = task.summarise(recs, prepared.splits, prepared.classes, cfg, group_of)
+    for k, (name, recs) in enumerate(by_model.items()):
+        s = first if k == 0 else task.summarise(recs, prepared.splits, prepared.classes, cfg, group_of)
         models[name] = {k: s[k] for k in ("images", "metrics", "per_split", "statistics") if k in s}
         if name in files:
             models[name].update(path=os.path.abspath(files[name]["path"]), sha256=files[name]["sha256"],
@@ -435,16 +437,19 @@ def finish_run(
     all_records = sorted(prepared.previous + records, key=lambda r: (r["index"], order.get(r.get("model", ""), 0)))
     task = task_for(prepared.task)
     group_of = group_namer(cfg.group_by)
-    primary = [r for r in all_records if r["model"] == outputs[0]] if outputs else all_records
+    by_model: dict[str, list[dict[str, Any]]] = {n: [] for n in outputs or []}
+    for r in all_records if outputs else ():
+        by_model[r["model"]].append(r)
+    primary = by_model[outputs[0]] if outputs else all_records
     summary = task.summarise(primary, prepared.splits, prepared.classes, cfg, group_of)
     summary["bootstrap"] = {"replicates": cfg.bootstrap, "seed": cfg.seed, "ci": "95% percentile",
                             "unit": "group" if group_of else "image"}
     if group_of:
         summary["groups"] = per_group(primary, group_of, cfg.group_by, task)
     if outputs:
-        summary.update(models_summary(all_records, outputs, prepared, cfg, task, group_of))
+        summary.update(models_summary(by_model, dict(summary), prepared, cfg, task, group_of))
     exit_code = EXIT_PARTIAL if summary["images"]["failed"] else EXIT_OK
-    counts = {n: len([r for r in all_records if r.get("model") == n]) for n in outputs} if outputs else {}
+    counts = {n: len(recs) for n, recs in by_model.items()}
     if summary["images"]["selected"] != prepared.selected or any(c != prepared.selected for c in counts.values()):
         raise RuntimeError(f"internal error: {summary['images']['selected']} records ({counts}) for "
                            f"{prepared.selected} selected images")

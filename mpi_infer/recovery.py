@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .dataset import WorkList
-from .results import ledger_path, read_ledger_file
+from .results import complete_images, ledger_path, read_ledger_file
 
 
 class Recovery:
@@ -31,10 +31,7 @@ class Recovery:
         """Rank ``rank`` is gone: its finished images are those whose every record is in its ledger (a torn last
         line counts as not written); the rest is queued. Returns what is known of the loss."""
         records = read_ledger_file(ledger_path(self.out, self.attempt, rank))
-        seen: dict[int, int] = {}
-        for rec in records:
-            seen[rec["index"]] = seen.get(rec["index"], 0) + 1
-        done = {i for i, n in seen.items() if n >= self.outputs_per_image}
+        done = complete_images(records, self.outputs_per_image)
         records = [rec for rec in records if rec["index"] in done]
         pending = WorkList.pending(self.assigned.get(rank, []), done)
         self.lost_records.extend(records)

@@ -139,6 +139,16 @@ def read_ledger_file(path: str) -> list[dict[str, Any]]:
     return records
 
 
+def complete_images(records: Iterable[Mapping[str, Any]], per_image: int, ok_only: bool = False) -> set[int]:
+    """The images with a record for every one of their ``per_image`` outputs (each model, the ensemble); with
+    ``ok_only``, records of failed images do not count (a resume runs those again)."""
+    seen: dict[int, int] = {}
+    for r in records:
+        if not (ok_only and r["status"] == "failed"):
+            seen[r["index"]] = seen.get(r["index"], 0) + 1
+    return {i for i, n in seen.items() if n >= per_image}
+
+
 def read_ledgers(out_dir: str) -> list[dict[str, Any]]:
     """Every complete record from every attempt's ledger, in attempt order."""
     folder = os.path.join(out_dir, LEDGER_DIR)

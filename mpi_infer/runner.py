@@ -118,21 +118,12 @@ def run_items(
         for it in batch.items:
             timings.decode_s += it.decode_s
             timings.preprocess_s += it.preprocess_s
-        saved: list[str] = []
-        if predictors is None and not tta:
-            records = [task.blank_record(it, rank) for it in batch.items]
-            if batch.x is not None:
-                probs = predict(batch.x)
-                t1 = time.perf_counter()
-                timings.predict_s += t1 - t0
-                saved = task.score_batch(batch, probs, records, profile, options)
-                timings.score_s += time.perf_counter() - t1
-                if fault.kind == "slow" and fault.factor > 1:
-                    time.sleep((t1 - t0) * (fault.factor - 1))
-        else:
-            records, saved = _score_models(batch, predictors or [("", predict)], task, profile, options, rank,
-                                           ensemble, tta, timings, tag=predictors is not None and
-                                           (len(predictors) > 1 or bool(ensemble)))
+        predicted_before = timings.predict_s
+        records, saved = _score_models(batch, predictors or [("", predict)], task, profile, options, rank,
+                                       ensemble, tta, timings, tag=predictors is not None and
+                                       (len(predictors) > 1 or bool(ensemble)))
+        if fault.kind == "slow" and fault.factor > 1:
+            time.sleep((timings.predict_s - predicted_before) * (fault.factor - 1))
         if ledger is not None:
             try:
                 ledger.append(records)
@@ -155,7 +146,8 @@ def run_items(
 def _score_models(batch: Any, predictors: list[tuple[str, Callable[[np.ndarray], np.ndarray]]], task: Task,
                   profile: Profile, options: ScoreOptions, rank: int, ensemble: str | None, tta: str | None,
                   timings: RankTimings, tag: bool) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every model (then the ensemble) on one batch: a record per image per output, model-major."""
+    """Every model (then the ensemble) on one batch: a record per image per output, model-major (one model, no
+    ``tag``: one plain record per image)."""
     outputs: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
     if batch.x is not None:
         t0 = time.perf_counter()

@@ -80,7 +80,7 @@ def machine() -> dict:
             "onnxruntime": onnxruntime.__version__, "host": platform.node()}
 
 
-def mpirun(n: int, args: list[str], env: dict | None = None, flags: tuple[str, ...] = ()
+def mpirun(n: int, args: list[str], env: dict | None = None, flags: tuple[str, ...] = (), check: bool = True
            ) -> tuple[float, subprocess.CompletedProcess]:
     mpirun_bin = os.path.join(os.path.dirname(sys.executable), "mpirun")
     if not os.path.exists(mpirun_bin):
@@ -89,7 +89,7 @@ def mpirun(n: int, args: list[str], env: dict | None = None, flags: tuple[str, .
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, **MPI_ENV, **(env or {})}, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return wall, proc
 
@@ -256,12 +256,18 @@ def stacks(work: str, models: dict, args) -> None:
          per_image_identical=same)
 
 
-def _same_scores(a: str, b: str) -> bool:
-    def load(d: str) -> list:
-        with open(os.path.join(d, "per_image.csv"), newline="") as fh:
-            return [(r["index"], r["split"], r["status"], r["iou"], r["dice"]) for r in csv.DictReader(fh)]
+SCORE_KEYS = ("index", "split", "status", "iou", "dice")
 
-    return load(a) == load(b)
+
+def _rows(out: str, keys: tuple[str, ...] | None = None, model: str | None = None) -> list[tuple]:
+    """A run's per-image rows as tuples of ``keys`` (default: every column but ``rank``), of one model's rows."""
+    with open(os.path.join(out, "per_image.csv"), newline="") as fh:
+        return [tuple(r[k] for k in keys) if keys else tuple(v for k, v in r.items() if k != "rank")
+                for r in csv.DictReader(fh) if model is None or r["model"] == model]
+
+
+def _same_scores(a: str, b: str) -> bool:
+    return _rows(a, SCORE_KEYS) == _rows(b, SCORE_KEYS)
 
 
 def baseline(dataset: str, model: str, csv_path: str | None = None) -> tuple[float, dict]:
@@ -479,19 +485,8 @@ def statistics_cost(work: str, args) -> None:
 def _run_allowing(n: int, args: list[str], env: dict | None = None, flags: tuple[str, ...] = ()
                   ) -> tuple[float, int, str]:
     """mpirun that may fail: (wall, exit code, stderr)."""
-    mpirun_bin = os.path.join(os.path.dirname(sys.executable), "mpirun")
-    cmd = [mpirun_bin if os.path.exists(mpirun_bin) else "mpirun", *flags, "-n", str(n), sys.executable, "-m",
-           "mpi_infer", *args]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **MPI_ENV, **(env or {})}, capture_output=True, text=True)
-    return time.perf_counter() - t0, proc.returncode, proc.stderr
-
-
-def _scores(out: str) -> list[tuple]:
-    import csv
-
-    with open(os.path.join(out, "per_image.csv"), newline="") as fh:
-        return [tuple(v for k, v in r.items() if k != "rank") for r in csv.DictReader(fh)]
+    wall, proc = mpirun(n, args, env, flags, check=False)
+    return wall, proc.returncode, proc.stderr
 
 
 def faults(work: str, args) -> None:
@@ -553,7 +548,7 @@ def faults(work: str, args) -> None:
         assert c1 != 0 and c2 == 0, (c1, c2)
         walls["kill_then_resume"].append(w1 + w2)
     med = {k: round(float(np.median(v)), 2) for k, v in walls.items()}
-    same = _scores(os.path.join(work, "runs", "ft-kill")) == _scores(os.path.join(work, "runs", "ft-clean"))
+    same = _rows(os.path.join(work, "runs", "ft-kill")) == _rows(os.path.join(work, "runs", "ft-clean"))
     ft = run_summary(os.path.join(work, "runs", "ft-kill"))["fault_tolerance"]
     emit("fault_tolerant", images=args.peer_images, ranks=3, killed="rank 1 halfway through its shard",
          wall_s=med, ft_over_clean=round(med["fault_tolerant_kill"] / med["clean"], 3),
@@ -573,7 +568,7 @@ def faults(work: str, args) -> None:
         o = out(f"chaos-{trial}")
         w, c, _ = _run_allowing(n, [*base, *o, "--fault-tolerant", "--schedule", schedule],
                                 flags=("--with-ft", "ulfm"), env={"MPI_INFER_FAULT": fault})
-        ok = c == 0 and _scores(o[1]) == _scores(os.path.join(work, "runs", "ft-clean"))
+        ok = c == 0 and _rows(o[1]) == _rows(os.path.join(work, "runs", "ft-clean"))
         trials.append({"ranks": n, "killed": lost, "schedule": schedule, "exit": c, "identical": ok,
                        "wall_s": round(w, 2)})
     emit("chaos_fault_tolerant", trials=trials, restarts=0, all_identical=all(t["identical"] for t in trials))
@@ -636,19 +631,8 @@ def multimodel(work: str, args) -> None:
              ratio_from_costs=round(model_ratio, 3),
              peak_rss_mb_3_models=max(r["peak_rss_mb"] for r in s["timings"]["per_rank"]),
              peak_rss_mb_1_model=max(r["peak_rss_mb"] for r in per),
-             same_scores_as_separate=_same_model_rows(os.path.join(work, "runs", f"mm-{label}-one"),
-                                                      os.path.join(work, "runs", f"mm-{label}-sep0"), "m0"))
-
-
-def _same_model_rows(multi: str, single: str, name: str) -> bool:
-    import csv
-
-    keys = ("index", "status", "iou", "dice")
-    with open(os.path.join(multi, "per_image.csv"), newline="") as fh:
-        a = [tuple(r[k] for k in keys) for r in csv.DictReader(fh) if r["model"] == name]
-    with open(os.path.join(single, "per_image.csv"), newline="") as fh:
-        b = [tuple(r[k] for k in keys) for r in csv.DictReader(fh)]
-    return a == b
+             same_scores_as_separate=_rows(os.path.join(work, "runs", f"mm-{label}-one"), SCORE_KEYS, "m0")
+             == _rows(os.path.join(work, "runs", f"mm-{label}-sep0"), SCORE_KEYS))
 
 
 def planning(work: str, args) -> None:

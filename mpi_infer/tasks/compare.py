@@ -81,13 +81,10 @@ def verdict(first: str, second: str, metric: str, p: Mapping[str, Any]) -> str:
     if p["first_better"] == p["second_better"] == 0:
         return f"{first} and {second} score the same {label} on all {p['n']} images"
     winner, loser = (first, second) if mean >= 0 else (second, first)
+    if mean < 0 and lo is not None:  # the CI of winner - loser
+        lo, hi = -hi, -lo
     ci = f" [{lo:+.4f}, {hi:+.4f}]" if lo is not None else ""
     sure = ("the CI excludes 0" if lo is not None and (lo > 0 or hi < 0) else
             "the CI includes 0: no clear winner" if lo is not None else "no CI (--bootstrap 0)")
-    return (f"{winner} beats {loser} by {abs(mean):.4f} mean {label}{ci if mean >= 0 else _neg(lo, hi)} "
-            f"over {p['n']} images ({p['first_better']} / {p['second_better']} / {p['ties']} better / worse / tied "
-            f"for {first}); {sure}")
-
-
-def _neg(lo: float | None, hi: float | None) -> str:
-    return f" [{-hi:+.4f}, {-lo:+.4f}]" if lo is not None and hi is not None else ""
+    return (f"{winner} beats {loser} by {abs(mean):.4f} mean {label}{ci} over {p['n']} images "
+            f"({p['first_better']} / {p['second_better']} / {p['ties']} better / worse / tied for {first}); {sure}")
