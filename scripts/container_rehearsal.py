@@ -19,8 +19,8 @@ operator would run its pods.
 - ``--kill-rank K`` renders the MPIJob with ``--fault-tolerant`` and SIGKILLs the rank inside worker container K
   mid-run (what the kernel's OOM killer does to a pod's biggest process): the survivors must finish, exit 0.
   ``--kill-worker K`` kills worker container K itself (a lost pod: sshd, Open MPI's daemon and the rank): the
-  launcher exits with a retryable code; the rehearsal restarts the container (the kubelet's OnFailure) and runs
-  the launcher again (the Job's retry, ``--resume``), which must complete.
+  launcher exits with a retryable code; the rehearsal starts the container anew from the image (the kubelet's
+  OnFailure restart) and runs the launcher again (the Job's retry, ``--resume``), which must complete.
 
     sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --workers 3
     # one JSON line; exit 0 on success, 77 (with the reason) where podman or the image is missing
@@ -156,11 +156,12 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         podman("network", "create", "--internal", "--subnet", f"{SUBNET}.0/24", net)
         mounts = ["-v", f"{secret}:/home/mpiuser/.ssh:ro", "-v", f"{shared}:/data"]
         hosts = [a for k, h in enumerate(fqdn) for a in ("--add-host", f"{h}:{SUBNET}.{10 + k}")]
-        for k, name in enumerate(names):
-            cid = podman("run", "-d", "--name", f"{net}-{name}", "--hostname", name, "--network", net,
-                         "--ip", f"{SUBNET}.{10 + k}", *SECURITY, *mounts, *hosts, image,
-                         "/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config").stdout.strip()
-            containers.append(cid)
+        def start_worker(k: int) -> str:
+            return podman("run", "-d", "--name", f"{net}-{names[k]}", "--hostname", names[k], "--network", net,
+                          "--ip", f"{SUBNET}.{10 + k}", *SECURITY, *mounts, *hosts, image,
+                          "/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config").stdout.strip()
+
+        containers.extend(start_worker(k) for k in range(workers))
         wait_for_sshd(containers)
         victim = max(kill_rank, kill_worker)
         command = launcher_command(workers, slots, model, run_args, fault_tolerant=victim >= 0)
@@ -178,8 +179,11 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
             result["first_attempt"] = {"returncode": code, "said": [ln for ln in stderr.splitlines()
                                                                     if "lost communication" in ln
                                                                     or "supervise:" in ln or "daemon" in ln][:4]}
-            podman("start", containers[kill_worker])
-            wait_for_port(containers[kill_worker])  # its old sshd.pid is still there: probe the port, as k8s would
+            # The kubelet restarts a container from its image: a fresh writable layer, so nothing the killed
+            # daemon left in /tmp (its PMIx rendezvous files) meets the new one, which may get the same pid.
+            podman("rm", "-f", "-t", "0", containers[kill_worker])
+            containers[kill_worker] = start_worker(kill_worker)
+            wait_for_sshd([containers[kill_worker]])
             code, stderr, wall, _ = run_launcher(net, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
                                                  command, None)
             result.update(returncode=code, retry_wall_s=round(wall, 2), restarts=1)
@@ -227,16 +231,6 @@ def wait_for_sshd(containers: list[str], timeout: float = 60) -> None:
                 logs = podman("logs", cid, check=False)
                 raise RuntimeError(f"sshd did not start in {cid[:12]}: {logs.stdout[-500:]}{logs.stderr[-1500:]}")
             time.sleep(0.3)
-
-
-def wait_for_port(cid: str, port: int = 2222, timeout: float = 60) -> None:
-    """A readiness probe on sshd's port, from inside the container."""
-    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)"
-    end = time.monotonic() + timeout
-    while podman("exec", cid, "python", "-c", probe, check=False).returncode != 0:
-        if time.monotonic() > end:
-            raise RuntimeError(f"sshd did not come back on port {port} in {cid[:12]}")
-        time.sleep(0.3)
 
 
 def main() -> int:
