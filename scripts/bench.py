@@ -21,6 +21,8 @@ Figures and targets (issue 8):
               targets: N=2 >= 1.0x the script's steady state, >= 0.9x its whole command, >= 0.85 of the ideal
   statistics  (issue 21) wall of the 200-image demo at N=2 with --bootstrap 2000 vs 0 (<= 5% added), the threshold
               curve's cost per image, the mean Dice CI's width, identical from 1, 2 and 3 ranks
+  image       the CPU container image's size (scripts/build_images.sh cpu, cached by content hash), its venv and
+              the venv's heaviest packages: a figure, not a bound (it drifts with Debian's and PyPI's packages)
   stacks      (issue 12, where pyecvl/pyeddl are installed) loader x engine on the demo model at N=2, same
               images: ECVL loader + ONNX engine wall / OpenCV loader + ONNX engine wall <= 1.10; the EDDL
               engine's wall against the ONNX engine's (the ECVL loader under both); peak RSS per rank of each
@@ -708,6 +710,25 @@ def memory(work: str, args) -> None:
                    "rank 0 also holds the dataset, every descriptor and, after the gather, every full record"))
 
 
+def image_size() -> None:
+    """The CPU image's size and what weighs in it; skipped (saying why) without root and podman."""
+    if os.geteuid() != 0 or not shutil.which("podman"):
+        emit("image", skipped="needs root and podman (scripts/build_images.sh)")
+        return
+    built = subprocess.run(["bash", os.path.join(ROOT, "scripts", "build_images.sh"), "cpu"], capture_output=True,
+                           text=True)
+    if built.returncode != 0:
+        emit("image", skipped=f"scripts/build_images.sh cpu -> {built.returncode}: {built.stderr.strip()[-300:]}")
+        return
+    info = json.loads(built.stdout.strip().splitlines()[-1])
+    du = subprocess.run(["podman", "run", "--rm", info["tag"], "sh", "-c",
+                         "du -sm /opt/venv; du -sm /opt/venv/lib/python3*/site-packages/* | sort -rn | head -8"],
+                        capture_output=True, text=True, check=True).stdout.split("\n")
+    sizes = [line.split("\t") for line in du if "\t" in line]
+    emit("image", tag=info["tag"], size_mb=info["size_mb"], venv_mb=int(sizes[0][0]),
+         heaviest_packages_mb={os.path.basename(path): int(mb) for mb, path in sizes[1:]})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench"))
@@ -724,7 +745,7 @@ def main() -> None:
     ap.add_argument("--peer-flags", nargs="*", default=[], help="extra mpi_infer flags for the peers runs")
     ap.add_argument("--only", nargs="+", default=["efficiency", "scaling", "deephealth", "dynamic", "planning",
                                                     "memory", "stacks", "peers", "statistics", "faults",
-                                                    "multimodel"])
+                                                    "multimodel", "image"])
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     args.ranks = args.ranks or [n for n in (1, 2, 4, 8, 16) if n <= cores]
@@ -733,6 +754,10 @@ def main() -> None:
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     info = machine()
     emit("machine", **info)
+    if "image" in args.only:
+        image_size()
+    if set(args.only) <= {"image"}:
+        return
 
     demo_data = os.path.join(work, "data-demo", "dataset.yml")
     full_data = os.path.join(work, "data-full", "dataset.yml")

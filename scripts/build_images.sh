@@ -24,6 +24,10 @@ MIRROR=${DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit} /^deb / {print $2; exit
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 STATE=${IMAGE_STATE:-/var/tmp/mpi_infer-images}
 mkdir -p "$STATE"
+# Two test suites at once on one machine: the second waits for the first's build (then finds it cached), and
+# neither removes an image the other's containers use (plain `podman rmi` refuses an image in use).
+exec 9>"$STATE/lock"
+flock 9
 log() { echo "[build_images] $*" >&2; }
 
 setup_podman() {
@@ -78,7 +82,7 @@ build() {  # NAME DOCKERFILE CONTEXT BASE HASH
   # keep one build per image: older content hashes go. Untagged build-stage layers stay (they are the cache that
   # makes the next build of a changed package take seconds instead of minutes) unless a week old.
   podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$name" | grep -v -e ":$hash\$" -e ':latest$' \
-    | xargs -r podman rmi -f >/dev/null 2>&1 || true
+    | xargs -r podman rmi >/dev/null 2>&1 || true
   podman image prune -f --filter until=168h >/dev/null 2>&1 || true
   local size
   size=$(podman image inspect "$tag" --format '{{.Size}}')

@@ -42,7 +42,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = 77
 UID = 1000
-SUBNET = "10.213.7"
 JOB, NAMESPACE = "rehearsal", "default"
 SECURITY = ["--user", f"{UID}:{UID}", "--cap-drop=ALL", "--security-opt=no-new-privileges"]
 
@@ -110,11 +109,21 @@ def kill_when_busy(cid: str, ledger: str, launcher: str, whole: bool, timeout: f
     return {"killed": "container" if whole else "rank", "its_rank_had_done": done}
 
 
-def run_launcher(net: str, name: str, mounts: list[str], hosts: list[str], hostfile: str, slots: int, image: str,
-                 command: list[str], kill: tuple[str, str, bool] | None) -> tuple[int, str, float, dict]:
+def network_prefix(net: str) -> str:
+    """The first three octets of the /24 that podman picked for ``net``: no fixed subnet, so two rehearsals (two
+    test suites on one machine) never ask for the same one."""
+    info = json.loads(podman("network", "inspect", net).stdout)[0]
+    subnet = info["subnets"][0]["subnet"]
+    if not subnet.endswith(".0/24"):
+        raise RuntimeError(f"podman gave network {net} the subnet {subnet}; expected a /24")
+    return subnet[: -len(".0/24")]
+
+
+def run_launcher(net: str, subnet: str, name: str, mounts: list[str], hosts: list[str], hostfile: str, slots: int,
+                 image: str, command: list[str], kill: tuple[str, str, bool] | None) -> tuple[int, str, float, dict]:
     """The launcher pod: its exit code, its stderr, its wall time, and what was killed meanwhile."""
     t0 = time.monotonic()
-    podman("run", "-d", "--name", name, "--hostname", f"{JOB}-launcher", "--network", net, "--ip", f"{SUBNET}.5",
+    podman("run", "-d", "--name", name, "--hostname", f"{JOB}-launcher", "--network", net, "--ip", f"{subnet}.5",
            *SECURITY, *mounts, *hosts, "-v", f"{hostfile}:/etc/mpi/hostfile:ro", "-e", "MPIEXEC_TIMEOUT=300",
            *operator_env(slots), image, *command)
     killed = kill_when_busy(kill[0], kill[1], name, kill[2]) if kill else {}
@@ -153,12 +162,13 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         with open(hostfile, "w") as fh:
             fh.writelines(f"{h} slots={slots}\n" for h in fqdn)
         os.chmod(hostfile, 0o644)
-        podman("network", "create", "--internal", "--subnet", f"{SUBNET}.0/24", net)
+        podman("network", "create", "--internal", net)
+        subnet = network_prefix(net)
         mounts = ["-v", f"{secret}:/home/mpiuser/.ssh:ro", "-v", f"{shared}:/data"]
-        hosts = [a for k, h in enumerate(fqdn) for a in ("--add-host", f"{h}:{SUBNET}.{10 + k}")]
+        hosts = [a for k, h in enumerate(fqdn) for a in ("--add-host", f"{h}:{subnet}.{10 + k}")]
         def start_worker(k: int) -> str:
             return podman("run", "-d", "--name", f"{net}-{names[k]}", "--hostname", names[k], "--network", net,
-                          "--ip", f"{SUBNET}.{10 + k}", *SECURITY, *mounts, *hosts, image,
+                          "--ip", f"{subnet}.{10 + k}", *SECURITY, *mounts, *hosts, image,
                           "/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config").stdout.strip()
 
         containers.extend(start_worker(k) for k in range(workers))
@@ -172,7 +182,7 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         if victim >= 0:
             ledger = os.path.join(shared, "out", "ledger", f"attempt-000-rank-{victim * slots:05d}.jsonl")
             kill = (containers[victim], ledger, kill_worker >= 0)
-        code, stderr, wall, killed = run_launcher(net, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
+        code, stderr, wall, killed = run_launcher(net, subnet, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
                                                   command, kill)
         result.update(returncode=code, wall_s=round(wall, 2), command=shlex.join(command), **killed)
         if kill_worker >= 0 and code >= 128:  # retryable: the kubelet restarts the worker, the Job the launcher
@@ -184,7 +194,7 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
             podman("rm", "-f", "-t", "0", containers[kill_worker])
             containers[kill_worker] = start_worker(kill_worker)
             wait_for_sshd([containers[kill_worker]])
-            code, stderr, wall, _ = run_launcher(net, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
+            code, stderr, wall, _ = run_launcher(net, subnet, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
                                                  command, None)
             result.update(returncode=code, retry_wall_s=round(wall, 2), restarts=1)
         if code != 0:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
+import hashlib
 import json
 import os
 import pwd
@@ -32,10 +34,54 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = 77
-BRIDGE = "mi-br0"
-SUBNET = "10.211.0"
 UID = 1000
-VENV = "/opt/mpi_infer-rehearsal/venv"
+# One venv per checkout (two checkouts' suites never install over each other), built under a lock (the same
+# checkout's two suites never build it at once).
+VENV = f"/opt/mpi_infer-rehearsal/{hashlib.sha256(ROOT.encode()).hexdigest()[:12]}/venv"
+NET_LOCK = "/run/lock/mi-rehearsal-net.lock"
+
+
+class Net:
+    """This process's bridge, namespaces and /24: names carry the pid and the subnet is one no interface on this
+    machine uses, so two rehearsals (two test suites at once) never meet."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        tag = f"mi{os.getpid()}"
+        self.bridge = f"{tag}br"
+        self.ns = [f"{tag}w{k}" for k in range(workers)]
+        self.host_if = [f"{tag}h{k}" for k in range(workers)]
+        self.ns_if = [f"{tag}n{k}" for k in range(workers)]
+        self.subnet = ""
+
+    def addr(self, k: int) -> str:
+        return f"{self.subnet}.{10 + k}"
+
+    def up(self) -> None:
+        """Claims a free 10.211.X.0/24 under a machine-wide lock and brings the bridge and namespaces up."""
+        os.makedirs(os.path.dirname(NET_LOCK), exist_ok=True)
+        with open(NET_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            used = sh("ip -o -4 addr show", check=False).stdout
+            free = next((f"10.211.{x}" for x in range(256) if f" 10.211.{x}." not in used), None)
+            if free is None:
+                raise RuntimeError("no free 10.211.X.0/24 on this machine")
+            self.subnet = free
+            sh(f"ip link add {self.bridge} type bridge && ip addr add {self.subnet}.1/24 dev {self.bridge} "
+               f"&& ip link set {self.bridge} up")
+        for k, ns in enumerate(self.ns):
+            sh(f"ip netns add {ns}")
+            sh(f"ip link add {self.host_if[k]} type veth peer name {self.ns_if[k]}")
+            sh(f"ip link set {self.ns_if[k]} netns {ns}")
+            sh(f"ip link set {self.host_if[k]} master {self.bridge} && ip link set {self.host_if[k]} up")
+            sh(f"ip netns exec {ns} ip addr add {self.addr(k)}/24 dev {self.ns_if[k]}")
+            sh(f"ip netns exec {ns} ip link set {self.ns_if[k]} up && ip netns exec {ns} ip link set lo up")
+
+    def down(self) -> None:
+        for k, ns in enumerate(self.ns):
+            sh(f"ip netns del {ns}", check=False)
+            sh(f"ip link del {self.host_if[k]}", check=False)
+        sh(f"ip link del {self.bridge}", check=False)
 
 
 class Skip(Exception):
@@ -57,7 +103,7 @@ def preflight() -> str:
         raise Skip("openssh-server is not installed (apt-get install openssh-server)")
     if not os.path.exists("/usr/bin/python3"):
         raise Skip("no system /usr/bin/python3 that uid 1000 could run")
-    probe = sh("ip netns add mi-probe && ip netns del mi-probe", check=False)
+    probe = sh(f"ip netns add mi{os.getpid()}probe && ip netns del mi{os.getpid()}probe", check=False)
     if probe.returncode != 0:
         raise Skip(f"cannot create network namespaces: {probe.stderr.strip()}")
     if sh("unshare --uts true", check=False).returncode != 0:
@@ -71,6 +117,13 @@ def preflight() -> str:
 
 def build_venv() -> str:
     """A venv on the system python that uid 1000 can run, with this checkout installed (not editable)."""
+    os.makedirs(os.path.dirname(VENV), exist_ok=True)
+    with open(os.path.join(os.path.dirname(VENV), "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install_venv()
+
+
+def _install_venv() -> str:
     py = os.path.join(VENV, "bin", "python")
     if not os.path.exists(py):
         os.makedirs(os.path.dirname(VENV), exist_ok=True)
@@ -88,11 +141,12 @@ def build_venv() -> str:
         sh(f"{py} -m pip install --quiet --no-deps --force-reinstall '{build}'")
     finally:
         shutil.rmtree(build, ignore_errors=True)
+    sh(f"chmod a+rX {os.path.dirname(os.path.dirname(VENV))}")
     sh(f"chmod -R a+rX {os.path.dirname(VENV)}")
     return py
 
 
-def sshd_config(work: str, k: int) -> str:
+def sshd_config(work: str, k: int, net: Net) -> str:
     """The image's sshd_config with this rehearsal's paths."""
     with open(os.path.join(ROOT, "docker", "sshd_config")) as fh:
         text = fh.read()
@@ -100,31 +154,11 @@ def sshd_config(work: str, k: int) -> str:
     text = text.replace("/home/mpiuser/.ssh/authorized_keys", f"{work}/ssh/authorized_keys")
     text = text.replace("/home/mpiuser/sshd.pid", f"{work}/sshd-{k}.pid")
     text = text.replace("SetEnv PATH=/opt/venv/bin", f"SetEnv PATH={VENV}/bin")
-    text += f"ListenAddress {SUBNET}.{10 + k}\n"
+    text += f"ListenAddress {net.addr(k)}\n"
     path = os.path.join(work, f"sshd_config-{k}")
     with open(path, "w") as fh:
         fh.write(text)
     return path
-
-
-def up_network(workers: int) -> None:
-    down_network(workers)
-    sh(f"ip link add {BRIDGE} type bridge && ip addr add {SUBNET}.1/24 dev {BRIDGE} && ip link set {BRIDGE} up")
-    for k in range(workers):
-        ns = f"mi-w{k}"
-        sh(f"ip netns add {ns}")
-        sh(f"ip link add mi-h{k} type veth peer name mi-n{k}")
-        sh(f"ip link set mi-n{k} netns {ns}")
-        sh(f"ip link set mi-h{k} master {BRIDGE} && ip link set mi-h{k} up")
-        sh(f"ip netns exec {ns} ip addr add {SUBNET}.{10 + k}/24 dev mi-n{k}")
-        sh(f"ip netns exec {ns} ip link set mi-n{k} up && ip netns exec {ns} ip link set lo up")
-
-
-def down_network(workers: int) -> None:
-    for k in range(max(workers, 8)):
-        sh(f"ip netns del mi-w{k}", check=False)
-        sh(f"ip link del mi-h{k}", check=False)
-    sh(f"ip link del {BRIDGE}", check=False)
 
 
 def wait_port(host: str, port: int, timeout: float = 20) -> None:
@@ -138,7 +172,7 @@ def wait_port(host: str, port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"sshd on {host}:{port} did not come up")
 
 
-def kill_host_when_busy(k: int, ledger: str, proc: subprocess.Popen, timeout: float = 120,
+def kill_host_when_busy(k: int, ns: str, ledger: str, proc: subprocess.Popen, timeout: float = 120,
                         only: str | None = None) -> dict:
     """Once worker host ``k``'s first rank has a batch in its ledger, SIGKILL every process of the host (its sshd,
     Open MPI's daemon and its ranks), as a lost node would vanish; or only those named ``only`` (the ranks: an
@@ -148,7 +182,7 @@ def kill_host_when_busy(k: int, ledger: str, proc: subprocess.Popen, timeout: fl
         if os.path.exists(ledger) and os.path.getsize(ledger) > 0:
             break
         time.sleep(0.05)
-    pids = sh(f"ip netns pids mi-w{k}", check=False).stdout.split()
+    pids = sh(f"ip netns pids {ns}", check=False).stdout.split()
     names = [sh(f"ps -o comm= -p {p}", check=False).stdout.strip() for p in pids]
     if only:
         pids = [p for p, n in zip(pids, names) if n == only]
@@ -177,33 +211,33 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False,
     work = tempfile.mkdtemp(prefix="mi-rehearsal-", dir="/tmp")
     os.chmod(work, 0o755)
     sshds: list[subprocess.Popen] = []
+    net = Net(workers)
     try:
         sh(f"{py} -m mpi_infer synth {work}/data --n {images} --seed 11")
         os.makedirs(f"{work}/ssh")
         sh(f"ssh-keygen -q -t rsa -b 2048 -N '' -f {work}/ssh/id_rsa")
         shutil.copy(f"{work}/ssh/id_rsa.pub", f"{work}/ssh/authorized_keys")
         names = [f"rehearsal-worker-{k}" for k in range(workers)]
+        net.up()
         with open(f"{work}/ssh/config", "w") as fh:
             for k, name in enumerate(names):
-                fh.write(f"Host {name}.rehearsal.default.svc\n  HostName {SUBNET}.{10 + k}\n  User {user}\n"
+                fh.write(f"Host {name}.rehearsal.default.svc\n  HostName {net.addr(k)}\n  User {user}\n"
                          f"  IdentityFile {work}/ssh/id_rsa\n  Port 2222\n  StrictHostKeyChecking no\n"
                          f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectionAttempts 10\n")
         with open(f"{work}/hostfile", "w") as fh:  # the operator's format for Open MPI
             fh.writelines(f"{name}.rehearsal.default.svc slots={slots}\n" for name in names)
         sh(f"chown -R {UID}:{UID} {work}")
 
-        up_network(workers)
-
         def start_sshd(k: int) -> None:
-            cfg = sshd_config(work, k)
+            cfg = sshd_config(work, k, net)
             os.chown(cfg, UID, UID)
             inner = (f"hostname {names[k]} && exec setpriv --reuid={UID} --regid={UID} --clear-groups "
                      f"/usr/sbin/sshd -D -e -f {cfg}")
             with open(f"{work}/sshd-{k}.log", "a") as log:
                 sshds.append(subprocess.Popen(
-                    ["ip", "netns", "exec", f"mi-w{k}", "unshare", "--uts", "sh", "-c", inner],
+                    ["ip", "netns", "exec", net.ns[k], "unshare", "--uts", "sh", "-c", inner],
                     stdout=log, stderr=subprocess.STDOUT))
-            wait_port(f"{SUBNET}.{10 + k}", 2222)
+            wait_port(net.addr(k), 2222)
 
         for k in range(workers):
             start_sshd(k)
@@ -223,7 +257,7 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False,
             del command[at : at + 2]
         env = {"PATH": f"{VENV}/bin:/usr/bin:/bin", "HOME": work, "LANG": "C.UTF-8",
                "PRTE_MCA_plm_ssh_args": f"-F {work}/ssh/config",
-               "PRTE_MCA_oob_tcp_if_include": f"{SUBNET}.0/24", "OMPI_MCA_btl_tcp_if_include": f"{SUBNET}.0/24",
+               "PRTE_MCA_oob_tcp_if_include": f"{net.subnet}.0/24", "OMPI_MCA_btl_tcp_if_include": f"{net.subnet}.0/24",
                "MPIEXEC_TIMEOUT": "180", **json.loads(os.environ.get("REHEARSAL_ENV", "{}"))}
         t0 = time.monotonic()
         proc = subprocess.Popen(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", *command],
@@ -231,7 +265,7 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False,
         lost = {}
         if lose_host >= 0 or lose_rank >= 0:
             k = max(lose_host, lose_rank)
-            lost = kill_host_when_busy(k, f"{work}/out/ledger/attempt-000-rank-{k * slots:05d}.jsonl", proc,
+            lost = kill_host_when_busy(k, net.ns[k], f"{work}/out/ledger/attempt-000-rank-{k * slots:05d}.jsonl", proc,
                                        only="python" if lose_rank >= 0 else None)
         try:
             stdout, stderr = proc.communicate(timeout=240)
@@ -282,7 +316,7 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False,
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
-        down_network(workers)
+        net.down()
 
 
 def main() -> int:
