@@ -27,7 +27,7 @@ DEMO_MODELS = {"demo": ("demo_segnet", "bin"), "demo-bin": ("demo_segnet", "bin"
 
 def _model_path(value: str) -> str:
     if value in DEMO_MODELS:
-        from .modelfile import demo_model
+        from .models.files import demo_model
 
         name, kind = DEMO_MODELS[value]
         return demo_model(kind, name)
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--profile", default=None)
 
     man = sub.add_parser("manifest", help="render the Kubernetes PV/PVC/MPIJob YAML")
-    from .k8s import add_manifest_arguments
+    from .launch.k8s import add_manifest_arguments
 
     add_manifest_arguments(man)
 
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold: {exc}")
         if args.command == "run":
-            from .modelset import parse_models
+            from .models.modelset import parse_models
 
             try:
                 args.models = parse_models(args.model, _model_path)
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from .config import RunConfig
-        from .job import run_job
+        from .mpi.job import run_job
 
         cfg = RunConfig(
             dataset=args.dataset, model=args.models[0].path, out=args.out, profile=args.profile_obj,
@@ -253,7 +253,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "split":
         return _split(args)
     if args.command == "synth":
-        from .synth import SynthSpec, make_classification_dataset, make_dataset
+        from .data.synth import SynthSpec, make_classification_dataset, make_dataset
 
         make = make_classification_dataset if args.task == "classification" else make_dataset
         if args.preset != "small" and args.task == "classification":
@@ -263,7 +263,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {args.n} images and {path}")
         return EXIT_OK
     if args.command == "convert":
-        from .modelfile import convert_bin
+        from .models.files import convert_bin
 
         if args.size:
             h, w = args.size
@@ -275,7 +275,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({args.arch}, input [batch, 3, {h}, {w}])")
         return EXIT_OK
     if args.command == "manifest":
-        from .k8s import manifest_from_args
+        from .launch.k8s import manifest_from_args
 
         text = manifest_from_args(args)
         if args.output in (None, "-"):
@@ -286,11 +286,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             write_text(args.output, text)
         return EXIT_OK
     if args.command == "supervise":
-        from .supervise import supervise
+        from .launch.supervise import supervise
 
         return supervise(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
     if args.command == "report":
-        from .report import write_report
+        from .outputs.report import write_report
 
         path = write_report(args.dir, k=args.worst)
         print(f"wrote {path}")
@@ -299,8 +299,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from .dataset import load_dataset, select_splits, selected_items, write_parts
-    from .partition import plan
+    from .data.dataset import load_dataset, select_splits, selected_items, write_parts
+    from .data.partition import plan
 
     dataset = load_dataset(args.dataset, allow_overlap=args.allow_overlap)
     for w in dataset.warnings:

@@ -46,14 +46,14 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mpi_infer.archs import build_onnx, random_layers, records_from_layers, segnet_widths  # noqa: E402
-from mpi_infer.dataset import load_dataset  # noqa: E402
-from mpi_infer.eddl_bin import write_records  # noqa: E402
+from mpi_infer.data.dataset import load_dataset  # noqa: E402
+from mpi_infer.data.synth import SynthSpec, make_dataset  # noqa: E402
 from mpi_infer.engines.onnx import OnnxEngine  # noqa: E402
-from mpi_infer.loader import load_item, to_tensor  # noqa: E402
-from mpi_infer.modelfile import demo_model  # noqa: E402
+from mpi_infer.loaders.opencv import load_item, to_tensor  # noqa: E402
+from mpi_infer.models.eddl_bin import write_records  # noqa: E402
+from mpi_infer.models.files import demo_model  # noqa: E402
+from mpi_infer.models.segnet import build_onnx, random_layers, records_from_layers, segnet_widths  # noqa: E402
 from mpi_infer.profiles import get_profile  # noqa: E402
-from mpi_infer.synth import SynthSpec, make_dataset  # noqa: E402
 
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
@@ -364,7 +364,7 @@ def peers(work: str, args) -> None:
 def isic_extras(work: str, args) -> None:
     """Issue 24's other figures on the ISIC-sized set: the reduced decode (speed on >= 12 MP JPEGs, Dice against
     exact decoding), cost-balanced shards when the large images come last, and peak RSS on 30 MP images."""
-    from mpi_infer.loader import read_image
+    from mpi_infer.loaders.opencv import read_image
 
     model = demo_model("onnx")
     dataset = os.path.join(work, "data-peers-isic", "dataset.yml")
@@ -416,7 +416,7 @@ def isic_extras(work: str, args) -> None:
 
 
 def _pixels(path: str) -> float:
-    from mpi_infer.imagefiles import read_header
+    from mpi_infer.loaders.imagefiles import read_header
 
     h = read_header(path, "image")
     return h.width * h.height
@@ -426,7 +426,7 @@ def _make_30mp(folder: str, n: int) -> None:
     """n ISIC-style images all at 6688x4439 (ISIC 2018's largest), for the memory figure."""
     import cv2
 
-    from mpi_infer import synth
+    from mpi_infer.data import synth
 
     os.makedirs(os.path.join(folder, "img"), exist_ok=True)
     lines = []
@@ -496,7 +496,7 @@ def faults(work: str, args) -> None:
     against kill + --resume, and random kills under --fault-tolerant (restarts, identical results)."""
     import random
 
-    from mpi_infer.watchdog import Watchdog
+    from mpi_infer.mpi.watchdog import Watchdog
 
     data = os.path.join(work, "data-faults", "dataset.yml")
     if not os.path.exists(data):
@@ -684,8 +684,8 @@ def memory(work: str, args) -> None:
     import pickle
     import tracemalloc
 
-    from mpi_infer.dataset import load_dataset as _load
-    from mpi_infer.records import RecordTable
+    from mpi_infer.data.dataset import load_dataset as _load
+    from mpi_infer.mpi.gather import RecordTable
 
     big = _load(os.path.join(work, "mem-100000.yml"))
     half = list(range(50_000))

@@ -19,8 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpi_infer.dataset import load_dataset, select_splits, selected_items  # noqa: E402
-from mpi_infer.partition import plan  # noqa: E402
+from mpi_infer.data.dataset import load_dataset, select_splits, selected_items  # noqa: E402
+from mpi_infer.data.partition import plan  # noqa: E402
 
 
 def write_yaml(path: str, n: int) -> int:

@@ -81,7 +81,7 @@ def same_records(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
 def launcher_command(workers: int, slots: int, model: str, run_args: list[str], fault_tolerant: bool = False
                      ) -> list[str]:
     sys.path.insert(0, ROOT)
-    from mpi_infer.k8s import render
+    from mpi_infer.launch.k8s import render
 
     docs = render(name=JOB, namespace=NAMESPACE, workers=workers, slots=slots, image="local", pvc="local",
                   dataset="/data/data/dataset.yml", model=model, out="/data/out", run_args=run_args,

@@ -243,7 +243,7 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False,
             start_sshd(k)
 
         sys.path.insert(0, ROOT)
-        from mpi_infer.k8s import HOSTFILE, render
+        from mpi_infer.launch.k8s import HOSTFILE, render
 
         docs = render(name="rehearsal", namespace="default", workers=workers, slots=slots, image="local",
                       pvc="local", dataset=f"{work}/data/dataset.yml", model="demo", out=f"{work}/out",

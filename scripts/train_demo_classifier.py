@@ -27,12 +27,12 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpi_infer.cls_archs import Classifier, build_classifier_onnx, records_from_classifier  # noqa: E402
-from mpi_infer.dataset import load_dataset  # noqa: E402
-from mpi_infer.eddl_bin import write_records  # noqa: E402
-from mpi_infer.loader import load_item, to_tensor  # noqa: E402
+from mpi_infer.data.dataset import load_dataset  # noqa: E402
+from mpi_infer.data.synth import CLASSES, SynthSpec, make_classification_dataset  # noqa: E402
+from mpi_infer.loaders.opencv import load_item, to_tensor  # noqa: E402
+from mpi_infer.models.classifiers import Classifier, build_classifier_onnx, records_from_classifier  # noqa: E402
+from mpi_infer.models.eddl_bin import write_records  # noqa: E402
 from mpi_infer.profiles import get_profile  # noqa: E402
-from mpi_infer.synth import CLASSES, SynthSpec, make_classification_dataset  # noqa: E402
 
 WIDTHS, DENSE = (8, 16), 64
 

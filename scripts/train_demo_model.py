@@ -26,12 +26,12 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpi_infer.archs import DECODER_BLOCKS, ENCODER_BLOCKS, ConvLayer, build_onnx, segnet_widths  # noqa: E402
-from mpi_infer.dataset import load_dataset  # noqa: E402
-from mpi_infer.eddl_bin import write_records  # noqa: E402
-from mpi_infer.loader import WorkItem, load_item, to_tensor  # noqa: E402
+from mpi_infer.data.dataset import load_dataset  # noqa: E402
+from mpi_infer.data.synth import SynthSpec, make_dataset  # noqa: E402
+from mpi_infer.loaders.opencv import WorkItem, load_item, to_tensor  # noqa: E402
+from mpi_infer.models.eddl_bin import write_records  # noqa: E402
+from mpi_infer.models.segnet import DECODER_BLOCKS, ENCODER_BLOCKS, ConvLayer, build_onnx, segnet_widths  # noqa: E402
 from mpi_infer.profiles import get_profile  # noqa: E402
-from mpi_infer.synth import SynthSpec, make_dataset  # noqa: E402
 
 
 class SegNetBN(nn.Module):
@@ -154,7 +154,7 @@ def main() -> None:
               flush=True)
 
     layers = net.folded_layers()
-    from mpi_infer.archs import records_from_layers
+    from mpi_infer.models.segnet import records_from_layers
 
     os.makedirs(args.out, exist_ok=True)
     bin_path = os.path.join(args.out, "demo_segnet.bin")

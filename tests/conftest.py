@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mpi_infer.synth import SynthSpec, make_dataset
+from mpi_infer.data.synth import SynthSpec, make_dataset
 
 DATA = Path(__file__).parent / "data"
 MPI_ENV = {

@@ -12,15 +12,15 @@ from conftest import mpirun
 from conftest import read_rows as rows
 from conftest import read_summary as summary
 
-from mpi_infer.cls_archs import (
+from mpi_infer.data.dataset import load_dataset
+from mpi_infer.data.synth import CLASSES, SynthSpec, make_classification_dataset
+from mpi_infer.engines import pyecvl_available
+from mpi_infer.models.classifiers import (
     build_classifier_onnx,
     classifier_from_records,
     random_classifier,
     records_from_classifier,
 )
-from mpi_infer.dataset import load_dataset
-from mpi_infer.engines import pyecvl_available
-from mpi_infer.synth import CLASSES, SynthSpec, make_classification_dataset
 from mpi_infer.tasks.classification import classification_metrics
 
 LOADERS = ["opencv", "ecvl"] if pyecvl_available() else ["opencv"]
@@ -137,8 +137,8 @@ def test_demo_classifier_is_accurate_on_a_fresh_seed(tmp_path):
 
 
 def test_shipped_onnx_classifier_is_what_convert_makes_of_the_bin():
-    from mpi_infer.eddl_bin import read_records
-    from mpi_infer.modelfile import demo_model
+    from mpi_infer.models.eddl_bin import read_records
+    from mpi_infer.models.files import demo_model
 
     net = classifier_from_records(read_records(demo_model("bin", "demo_lenet")), "lenet")
     with open(demo_model("onnx", "demo_lenet"), "rb") as fh:
@@ -147,7 +147,7 @@ def test_shipped_onnx_classifier_is_what_convert_makes_of_the_bin():
 
 def logits_classifier(path: str) -> str:
     """The demo LeNet without its final Softmax: class logits."""
-    from mpi_infer.modelfile import demo_model
+    from mpi_infer.models.files import demo_model
 
     model = onnx.load(demo_model("onnx", "demo_lenet"))
     softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
@@ -187,7 +187,7 @@ def test_multi_label_and_mask_labels_are_refused(tmp_path):
 
 
 def test_a_classifier_whose_classes_do_not_match_the_dataset(cls_data, tmp_path):
-    from mpi_infer.eddl_bin import write_records
+    from mpi_infer.models.eddl_bin import write_records
 
     net = random_classifier("lenet", [4, 4], [8], 5, 64, 64)
     path = str(tmp_path / "five.bin")

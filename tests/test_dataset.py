@@ -8,11 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from mpi_infer.dataset import (
-    load_dataset,
-    select_splits,
-    selected_items,
-)
+from mpi_infer.data.dataset import load_dataset, select_splits, selected_items
 from mpi_infer.errors import DatasetError
 
 

@@ -6,15 +6,15 @@ import os
 
 import numpy as np
 
-from mpi_infer.archs import build_onnx, layers_from_records
-from mpi_infer.dataset import load_dataset
-from mpi_infer.eddl_bin import read_records
+from mpi_infer.data.dataset import load_dataset
+from mpi_infer.data.synth import SynthSpec, make_dataset
 from mpi_infer.engines.onnx import OnnxEngine
-from mpi_infer.loader import WorkItem
-from mpi_infer.modelfile import demo_model
+from mpi_infer.loaders.opencv import WorkItem
+from mpi_infer.models.eddl_bin import read_records
+from mpi_infer.models.files import demo_model
+from mpi_infer.models.segnet import build_onnx, layers_from_records
 from mpi_infer.profiles import get_profile
-from mpi_infer.runner import run_items
-from mpi_infer.synth import SynthSpec, make_dataset
+from mpi_infer.stages.runner import run_items
 from mpi_infer.tasks.segmentation import aggregate
 
 

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from mpi_infer.dataset import build_dataset, dump_document, load_dataset, parse_yaml_text
-from mpi_infer.ecvl_loader import NOLABEL, augmentation_spec, batch_plan, shard_document
+from mpi_infer.data.dataset import build_dataset, dump_document, load_dataset, parse_yaml_text
 from mpi_infer.engines import Stack, choose_stack, ecvl_available, pyecvl_available
 from mpi_infer.engines.eddl import gpu_flags
 from mpi_infer.errors import ConfigError
-from mpi_infer.loader import WorkItem
+from mpi_infer.loaders.ecvl import NOLABEL, augmentation_spec, batch_plan, shard_document
+from mpi_infer.loaders.opencv import WorkItem
 from mpi_infer.profiles import get_profile
 
 
@@ -36,7 +36,7 @@ def test_shard_yaml_for_dldataset(tmp_path):
 def test_ecvl_resizes_and_numpy_normalises_as_the_profile_says(name):
     import numpy as np
 
-    from mpi_infer.loader import normalise, to_tensor
+    from mpi_infer.loaders.opencv import normalise, to_tensor
 
     p = get_profile(name)
     assert augmentation_spec(p) == [("AugResizeDim", ([p.width, p.height], p.interpolation))]  # dims are [W, H]

@@ -17,11 +17,11 @@ from conftest import mpirun, need_ecvl
 from conftest import read_rows as rows
 from conftest import read_summary as summary
 
-from mpi_infer.archs import build_onnx, forward_numpy, layers_from_records, random_layers, records_from_layers
-from mpi_infer.cls_archs import build_classifier_onnx, classifier_from_records, records_from_classifier
-from mpi_infer.dataset import load_dataset
-from mpi_infer.eddl_bin import read_records, write_records
-from mpi_infer.modelfile import demo_model
+from mpi_infer.data.dataset import load_dataset
+from mpi_infer.models.classifiers import build_classifier_onnx, classifier_from_records, records_from_classifier
+from mpi_infer.models.eddl_bin import read_records, write_records
+from mpi_infer.models.files import demo_model
+from mpi_infer.models.segnet import build_onnx, forward_numpy, layers_from_records, random_layers, records_from_layers
 
 pytestmark = [pytest.mark.mpi, pytest.mark.usefixtures("ecvl_stack")]
 PAIRS = [("opencv", "onnx"), ("ecvl", "onnx"), ("ecvl", "eddl"), ("opencv", "eddl")]
@@ -173,7 +173,7 @@ def test_eddl_saved_full_width_segnet_converts_to_the_same_probabilities(bn, tmp
     forward."""
     from pyeddl import eddl
 
-    from mpi_infer.archs import segnet_widths
+    from mpi_infer.models.segnet import segnet_widths
 
     size = 32
     net, seeded = seeded_segnet(segnet_widths(), size, bn, tmp_path)
@@ -194,7 +194,7 @@ def test_eddl_saved_full_width_segnet_converts_to_the_same_probabilities(bn, tmp
 def test_a_bin_our_writer_produced_loads_in_real_eddl(tmp_path):
     from pyeddl import eddl
 
-    from mpi_infer.archs import segnet_widths
+    from mpi_infer.models.segnet import segnet_widths
 
     layers = random_layers(segnet_widths(8), seed=3)
     path = str(tmp_path / "ours.bin")
@@ -210,9 +210,9 @@ def test_eddl_exported_onnx_runs_on_both_engines(tmp_path):
     """eddl.save_net_to_onnx_file's graph: the ONNX engine and the EDDL engine (its importer) agree."""
     from pyeddl import eddl
 
-    from mpi_infer.archs import segnet_widths
     from mpi_infer.engines.eddl import EddlEngine
     from mpi_infer.engines.onnx import OnnxEngine
+    from mpi_infer.models.segnet import segnet_widths
     from mpi_infer.profiles import get_profile
 
     net, _ = seeded_segnet(segnet_widths(8), 64, True, tmp_path)
@@ -314,7 +314,7 @@ def test_eddl_saved_classifiers_convert_to_the_same_probabilities(arch, tmp_path
     then saved by real eddl.save: our ONNX conversion's class probabilities equal EDDL's forward."""
     from pyeddl import eddl
 
-    from mpi_infer.cls_archs import classifier_eddl, random_classifier
+    from mpi_infer.models.classifiers import classifier_eddl, random_classifier
 
     size = 64 if arch == "lenet" else 32
     widths = [8, 16] if arch == "lenet" else [4, 4, 8, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16]
@@ -338,7 +338,7 @@ def test_eddl_saved_classifiers_convert_to_the_same_probabilities(arch, tmp_path
 
 
 def test_classification_on_the_eddl_engine_equals_the_onnx_engine(tmp_path):
-    from mpi_infer.synth import SynthSpec, make_classification_dataset
+    from mpi_infer.data.synth import SynthSpec, make_classification_dataset
 
     data = make_classification_dataset(str(tmp_path / "data"), SynthSpec(n=11, seed=3))
     got = {}

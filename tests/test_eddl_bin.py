@@ -6,7 +6,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mpi_infer.archs import (
+from mpi_infer.cli import main
+from mpi_infer.errors import ConfigError, ModelError
+from mpi_infer.models.eddl_bin import parse_records, read_records, record_stream_size, records_to_bytes, write_records
+from mpi_infer.models.segnet import (
     FULL_WIDTHS,
     build_onnx,
     forward_numpy,
@@ -15,9 +18,6 @@ from mpi_infer.archs import (
     records_from_layers,
     segnet_widths,
 )
-from mpi_infer.cli import main
-from mpi_infer.eddl_bin import parse_records, read_records, record_stream_size, records_to_bytes, write_records
-from mpi_infer.errors import ConfigError, ModelError
 
 
 def test_round_trip_bytes_exact(tmp_path):
@@ -86,7 +86,7 @@ def test_records_that_do_not_fit_name_the_conv():
 
 
 def test_arch_auto_recognises_segnet_and_segnet_bn_from_the_records():
-    from mpi_infer.archs import detect_arch
+    from mpi_infer.models.segnet import detect_arch
 
     plain = records_from_layers(random_layers(segnet_widths(16), seed=0))
     bn = records_from_layers(random_layers(segnet_widths(16), bn=True, seed=0))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import MPI_ENV, mpirun
 
-from mpi_infer.dataset import load_dataset
+from mpi_infer.data.dataset import load_dataset
 
 MEMORY_LIMIT = 6 << 30  # bytes of address space per process: far below the machine, far above a real run
 
@@ -227,7 +227,7 @@ def test_full_volume_mid_run_then_resume(data, small_volume):
     proc = mpirun(2, "run", "--dataset", str(data / "dataset.yml"), "--model", "demo-onnx", "--out", str(out),
                   "--split", "all", "--save-masks", "--batch-size", "1", timeout=120)
     clean(proc, 200, "No space left on device", str(out), "--resume")
-    from mpi_infer.results import read_ledgers
+    from mpi_infer.outputs.results import read_ledgers
 
     recorded = {r["index"] for r in read_ledgers(str(out))}
     masks = {int(n.split("_")[0]) for n in os.listdir(out / "masks") if n.endswith(".png")}

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from conftest import mpirun, read_rows, read_summary
 
-from mpi_infer.imagefiles import read_header
-from mpi_infer.loader import WorkItem, load_item, read_image, reduction
-from mpi_infer.modelfile import demo_model
+from mpi_infer.data.synth import SynthSpec, isic_sample, make_dataset
+from mpi_infer.loaders.imagefiles import read_header
+from mpi_infer.loaders.opencv import WorkItem, load_item, read_image, reduction
+from mpi_infer.models.files import demo_model
 from mpi_infer.profiles import get_profile
-from mpi_infer.synth import SynthSpec, isic_sample, make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import yaml
 
 from mpi_infer.cli import main
 from mpi_infer.errors import ConfigError
-from mpi_infer.k8s import HOSTFILE, dump, render
+from mpi_infer.launch.k8s import HOSTFILE, dump, render
 
 K8S_VERSION = "1.31.0"  # pinned: the validator ships schemas per Kubernetes release
 MANIFESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "manifests")

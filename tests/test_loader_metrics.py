@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mpi_infer.loader import WorkItem, iter_batches, load_item, to_tensor
+from mpi_infer.loaders.opencv import WorkItem, iter_batches, load_item, to_tensor
 from mpi_infer.profiles import get_profile
 from mpi_infer.tasks.segmentation import aggregate, confusion, iou_dice, summarise
 
@@ -167,8 +167,8 @@ def test_aggregate_from_records_not_rank_means():
 
 
 def test_record_table_round_trip_through_descriptor_index():
-    from mpi_infer.dataset import WorkList
-    from mpi_infer.records import DescriptorIndex, RecordTable
+    from mpi_infer.data.dataset import WorkList
+    from mpi_infer.mpi.gather import DescriptorIndex, RecordTable
 
     wl_a = WorkList("/root/", [5, 1], [("test", 1), ("training", 1)], ["a.jpg", "b.jpg"], ["a.png", None])
     wl_b = WorkList("", [3], [("test", 1)], [("/x/r.png", "/x/g.png", "/x/b.png")], ["/x/m.png"])
@@ -231,7 +231,7 @@ def test_onnx_engine_refuses_logits_and_wrong_shapes_naming_the_option(tmp_path)
 def test_normalisation_multiplies_by_the_float32_reciprocal_of_255():
     """What the docs say is done: x * float32(1/255) (EDDL's Tensor::div_(255) is mult_(1.0f / 255)), which
     differs from a true float32 division on 126 of the 256 values, by one unit in the last place."""
-    from mpi_infer.loader import normalise
+    from mpi_infer.loaders.opencv import normalise
 
     values = np.arange(256, dtype=np.float32).reshape(1, 1, 16, 16).repeat(3, axis=1)
     got = normalise(values.copy(), get_profile("segnet-192"))
@@ -277,8 +277,8 @@ def test_an_exif_rotated_jpeg_whose_mask_is_in_stored_orientation_says_why(tmp_p
 
 
 def test_the_ecvl_loaders_precheck_sees_the_exif_rotation_too(tmp_path):
-    from mpi_infer.ecvl_loader import precheck
-    from mpi_infer.imagefiles import ImageFault
+    from mpi_infer.loaders.ecvl import precheck
+    from mpi_infer.loaders.imagefiles import ImageFault
 
     img = exif_jpeg(tmp_path / "i.jpg", np.full((40, 60, 3), 120, np.uint8), 8)
     with pytest.raises(ImageFault, match="EXIF Orientation 8"):
@@ -300,7 +300,7 @@ def test_mean_dice_does_not_depend_on_the_order_records_arrive_in():
 def test_colour_order_after_the_resize_gives_the_same_pixels(interp, tmp_path):
     """The loader resizes BGR first and swaps to RGB on the small image: the pixels must equal swapping first.
     (Grey is replicated before the resize: OpenCV's one-channel cubic upscale rounds 3 pixels differently.)"""
-    from mpi_infer.loader import CV_INTERP
+    from mpi_infer.loaders.opencv import CV_INTERP
 
     rng = np.random.default_rng(11)
     bgr = cv2.GaussianBlur(rng.integers(0, 256, (301, 457, 3), dtype=np.uint8), (0, 0), 1.0)

@@ -18,7 +18,7 @@ import pytest
 from conftest import mpirun
 from onnx import TensorProto, helper, numpy_helper
 
-from mpi_infer.dataset import load_dataset
+from mpi_infer.data.dataset import load_dataset
 from mpi_infer.engines import pyecvl_available
 
 pytestmark = pytest.mark.mpi
@@ -248,7 +248,7 @@ def test_dropout_fed_its_training_mode_by_a_constant_node_runs_with_inference_se
 
 def test_external_data_weights_are_part_of_the_model_identity(synth_small, tmp_path):
     """torch's new exporter writes <name>.onnx.data: swapping it must change model_sha256 and stop --resume."""
-    from mpi_infer.modelfile import file_sha256, model_sha256
+    from mpi_infer.models.files import file_sha256, model_sha256
 
     folder = tmp_path / "m"
     folder.mkdir()

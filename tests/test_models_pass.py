@@ -15,8 +15,8 @@ import pytest
 from conftest import mpirun, read_rows, read_summary
 from onnx import numpy_helper
 
-from mpi_infer.modelfile import demo_model
-from mpi_infer.synth import SynthSpec, make_classification_dataset, make_dataset
+from mpi_infer.data.synth import SynthSpec, make_classification_dataset, make_dataset
+from mpi_infer.models.files import demo_model
 
 pytestmark = pytest.mark.mpi
 SCORES = ("index", "split", "status", "iou", "dice", "thresholded_jaccard", "sensitivity", "specificity")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mpi_infer.data.partition import Shard, check_plan, plan
 from mpi_infer.errors import ConfigError, PlanError
-from mpi_infer.partition import Shard, check_plan, plan
 
 
 def isic(n_train: int = 2000, n_val: int = 150, n_test: int = 600) -> dict[str, np.ndarray]:
@@ -105,7 +105,7 @@ def test_cost_balanced_shards_spread_large_images_and_cover_each_once():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 10**7), max_size=60), st.integers(1, 9))
 def test_weighted_sizes_cover_every_image_in_order(costs, n):
-    from mpi_infer.partition import weighted_sizes
+    from mpi_infer.data.partition import weighted_sizes
 
     sizes = weighted_sizes(np.asarray(costs, np.float64), n)
     assert len(sizes) == n and sum(sizes) == len(costs) and min(sizes) >= 0

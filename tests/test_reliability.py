@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import mpirun
 
-from mpi_infer.dataset import load_dataset
-from mpi_infer.results import mask_file_name, read_ledgers
+from mpi_infer.data.dataset import load_dataset
+from mpi_infer.outputs.results import mask_file_name, read_ledgers
 
 pytestmark = pytest.mark.mpi
 

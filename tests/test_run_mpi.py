@@ -15,9 +15,9 @@ import onnxruntime as ort
 import pytest
 from conftest import mpirun
 
-from mpi_infer.dataset import load_dataset
+from mpi_infer.data.dataset import load_dataset
 from mpi_infer.engines import pyecvl_available
-from mpi_infer.modelfile import demo_model
+from mpi_infer.models.files import demo_model
 
 pytestmark = pytest.mark.mpi
 

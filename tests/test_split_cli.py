@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mpi_infer.cli import main
-from mpi_infer.dataset import load_dataset
-from mpi_infer.synth import SynthSpec, make_dataset
+from mpi_infer.data.dataset import load_dataset
+from mpi_infer.data.synth import SynthSpec, make_dataset
 
 
 def isic_like_yaml(tmp_path, n_train=2000, n_val=150, n_test=600) -> str:

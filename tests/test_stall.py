@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import mpirun
 
-from mpi_infer.watchdog import EXIT_STALLED, Watchdog
+from mpi_infer.mpi.watchdog import EXIT_STALLED, Watchdog
 
 pytestmark = pytest.mark.mpi
 HERE = Path(__file__).resolve().parent

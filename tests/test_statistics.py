@@ -12,7 +12,7 @@ import pytest
 from conftest import mpirun, read_rows, read_summary
 from sklearn import metrics as skm
 
-from mpi_infer.results import read_ledgers
+from mpi_infer.outputs.results import read_ledgers
 from mpi_infer.tasks.classification import average_precision, calibration, classification_metrics, weighted_auc
 from mpi_infer.tasks.segmentation import CURVE, confusion, image_metrics, threshold_counts
 from mpi_infer.tasks.stats import bootstrap_sums, describe, percentile_ci
@@ -171,7 +171,7 @@ def test_group_by_resamples_groups_and_reports_each(synth_small, tmp_path):
 
 
 def test_classification_cis_under_mpirun(tmp_path):
-    from mpi_infer.synth import SynthSpec, make_classification_dataset
+    from mpi_infer.data.synth import SynthSpec, make_classification_dataset
 
     data = make_classification_dataset(str(tmp_path / "cls"), SynthSpec(n=30, seed=4))
     outs = []
@@ -253,8 +253,8 @@ def test_score_at_original_equals_an_independent_full_size_computation(synth_sma
     import cv2
     import onnxruntime as ort
 
-    from mpi_infer.dataset import load_dataset
-    from mpi_infer.modelfile import demo_model
+    from mpi_infer.data.dataset import load_dataset
+    from mpi_infer.models.files import demo_model
 
     out = str(tmp_path / "o")
     proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", out, "--split", "all",
@@ -283,7 +283,7 @@ def test_score_at_original_equals_an_independent_full_size_computation(synth_sma
 
 
 def test_classification_group_by(tmp_path):
-    from mpi_infer.synth import SynthSpec, make_classification_dataset
+    from mpi_infer.data.synth import SynthSpec, make_classification_dataset
 
     data = make_classification_dataset(str(tmp_path / "cls"), SynthSpec(n=24, seed=6))
     out = str(tmp_path / "o")

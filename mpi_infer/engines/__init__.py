@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import ConfigError
-from ..modelfile import model_format
+from ..models.files import model_format
 
 LOADERS = ("auto", "ecvl", "opencv")
 ENGINES = ("auto", "onnx", "eddl")

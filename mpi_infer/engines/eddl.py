@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ..archs import DECODER_BLOCKS, ENCODER_BLOCKS, layers_from_records
-from ..cls_archs import CLS_ARCHS, check_input_size, classifier_eddl, classifier_from_records
-from ..eddl_bin import read_records
 from ..errors import ConfigError, ModelError
-from ..model_output import OutputSpec
-from ..modelfile import model_format
+from ..models.classifiers import CLS_ARCHS, check_input_size, classifier_eddl, classifier_from_records
+from ..models.eddl_bin import read_records
+from ..models.files import model_format
+from ..models.segnet import DECODER_BLOCKS, ENCODER_BLOCKS, layers_from_records
 from ..profiles import Profile
+from ..tasks.output import OutputSpec
 from ..tasks.segmentation import SegmentationHead
 from .heads import Head, probe_batch
 

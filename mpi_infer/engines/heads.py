@@ -20,7 +20,7 @@ def probe_batch(profile: Profile) -> np.ndarray:
     rng = np.random.default_rng(20261129)
     images = np.stack([np.zeros((profile.height, profile.width, 3), np.uint8),
                        rng.integers(0, 256, (profile.height, profile.width, 3), dtype=np.uint8)])
-    from ..loader import to_tensor
+    from ..loaders.opencv import to_tensor
 
     return to_tensor(list(images), profile)
 

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ModelError
-from ..model_output import OutputSpec, inference_graph
-from ..modelfile import mentions
+from ..models.files import mentions
 from ..profiles import Profile
+from ..tasks.output import OutputSpec, inference_graph
 from ..tasks.segmentation import SegmentationHead
 from .heads import Head, probe_batch
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from ..model_output import OutputSpec, softmax
+from .output import OutputSpec, softmax
 
 SCORED = ("ok", "converted")
 CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
@@ -287,18 +287,18 @@ class ClassificationTask:
         return []
 
     def table(self, rank: int, classes: list[str]) -> Any:
-        from ..records import RecordTable
+        from ..mpi.gather import RecordTable
 
         return RecordTable(rank, classes=len(classes))
 
     def report_table(self, summary: Mapping[str, Any]) -> str:
-        from ..report import _classification_table
+        from ..outputs.report import _classification_table
 
         return _classification_table(dict(summary))
 
     def report_figures(self, summary: Mapping[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
                        ) -> tuple[list[tuple[str, str, str]], bool]:
-        from ..report import classification_figures
+        from ..outputs.report import classification_figures
 
         return classification_figures(dict(summary), rows, k), True  # no masks to speak of
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from ..model_output import OutputSpec, check_probabilities, foreground, foreground_channel
 from ..profiles import Profile
+from .output import OutputSpec, check_probabilities, foreground, foreground_channel
 from .stats import bootstrap_sums, describe, percentile_ci
 
 EPS = 1e-6
@@ -398,7 +398,7 @@ class SegmentationTask:
                     options: Any) -> list[str]:
         import cv2
 
-        from ..results import save_mask
+        from ..outputs.results import save_mask
 
         scored = [k for k in batch.rows if batch.items[k].mask is not None]
         if scored and options.score_at == "original":  # each image at its own size: one at a time
@@ -421,18 +421,18 @@ class SegmentationTask:
         return saved
 
     def table(self, rank: int, classes: list[str]) -> Any:
-        from ..records import RecordTable
+        from ..mpi.gather import RecordTable
 
         return RecordTable(rank)
 
     def report_table(self, summary: Mapping[str, Any]) -> str:
-        from ..report import _table
+        from ..outputs.report import _table
 
         return _table(dict(summary))
 
     def report_figures(self, summary: Mapping[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
                        ) -> tuple[list[tuple[str, str, str]], bool]:
-        from ..report import segmentation_figures
+        from ..outputs.report import segmentation_figures
 
         return segmentation_figures(dict(summary), rows, run_dir, k)
 

@@ -20,12 +20,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .atomic import read_input, write_text
-from .errors import clip
+from ..atomic import read_input, write_text
+from ..errors import clip
+from ..tasks import task_for
+from ..tasks.classification import CLASSIFICATION_COLUMNS
+from ..tasks.segmentation import CSV_CORE_COLUMNS
 from .results import MASK_DIR, mask_file_name
-from .tasks import task_for
-from .tasks.classification import CLASSIFICATION_COLUMNS
-from .tasks.segmentation import CSV_CORE_COLUMNS
 
 GT_COLOUR = (0, 200, 0)  # RGB
 PRED_COLOUR = (230, 0, 230)
@@ -205,7 +205,7 @@ def _table(summary: dict[str, Any]) -> str:
 def load_run(run_dir: str) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """summary.json and per_image.csv of a finished run, checked: anything else is a ConfigError (exit 12)
     naming the file and what was expected, never a traceback."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if not os.path.isdir(run_dir):
         what = "does not exist" if not os.path.exists(run_dir) else "is not a folder"

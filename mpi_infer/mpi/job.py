@@ -15,12 +15,12 @@ import time
 import traceback
 from typing import Any
 
-from .config import RunConfig
-from .dataset import WorkList
-from .engines import Stack, choose_stack, open_engine, visible_gpus
-from .errors import EXIT_OK, LaunchError, MpiInferError, PeerLostError, clip, exit_code_for
-from .model_output import OutputSpec
-from .orchestrate import (
+from ..config import RunConfig
+from ..data.dataset import WorkList
+from ..engines import Stack, choose_stack, open_engine, visible_gpus
+from ..errors import EXIT_OK, LaunchError, MpiInferError, PeerLostError, clip, exit_code_for
+from ..outputs.results import Ledger, problem_lines, summary_table
+from ..stages.prepare import (
     Topology,
     check_fault_tolerance,
     check_launch,
@@ -30,12 +30,12 @@ from .orchestrate import (
     remove_outputs,
     topology_lines,
 )
+from ..stages.runner import Fault, RankTimings, run_items
+from ..tasks import ScoreOptions, task_for
+from ..tasks.output import OutputSpec
+from .gather import DescriptorIndex
 from .progress import ProgressDisplay, configure, log
-from .records import DescriptorIndex
 from .recovery import Recovery
-from .results import Ledger, problem_lines, summary_table
-from .runner import Fault, RankTimings, run_items
-from .tasks import ScoreOptions, task_for
 from .watchdog import ADVICE as STALL_ADVICE
 from .watchdog import StallError, Watchdog
 
@@ -344,7 +344,7 @@ def in_flight(work: WorkList | None, done: int, batch_size: int) -> str:
 def open_loader(kind: str, profile: Any, classes: list[str] | None = None) -> Any:
     """ECVL's DLDataset loader, or None for our OpenCV loader (runner.py's default)."""
     if kind == "ecvl":
-        from .ecvl_loader import EcvlLoader
+        from ..loaders.ecvl import EcvlLoader
 
         return EcvlLoader(profile, classes)
     return None
@@ -587,7 +587,7 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
                                    time.perf_counter() - t_start,
                                    {"fault_tolerance": channel.recovery.summary(True)} if cfg.fault_tolerant else None)
         if cfg.report:
-            from .report import write_report
+            from ..outputs.report import write_report
 
             write_report(cfg.out)
         if not cfg.quiet:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml_rs
 
-from .errors import DatasetError, clip, quote
+from ..errors import DatasetError, clip, quote
 
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 _INT = re.compile(r"^[-+]?[0-9]+$")
@@ -66,7 +66,7 @@ class WorkList:
         return [name for name, count in self.runs for _ in range(count)]
 
     def __iter__(self) -> Any:
-        from .loader import WorkItem
+        from ..loaders.opencv import WorkItem
 
         p = self.prefix
         targets = self.targets or [None] * len(self.indices)
@@ -266,7 +266,7 @@ def load_dataset(
     path: str | os.PathLike[str], *, allow_overlap: bool = False, allow_empty: bool = False
 ) -> Dataset:
     """Read and validate a dataset YAML; raise DatasetError naming the file and field on bad input."""
-    from .atomic import read_input
+    from ..atomic import read_input
 
     path = os.path.abspath(os.fspath(path))
     blob = read_input(path, DatasetError, "dataset")
@@ -561,7 +561,7 @@ def part_file_names(yaml_path: str, n: int) -> list[str]:
 
 def write_parts(dataset: Dataset, parts: Sequence[Mapping[str, Sequence[int]]], out_dir: str) -> list[str]:
     """Write one ECVL YAML per part into ``out_dir`` (empty parts too); return their paths."""
-    from .atomic import write_text
+    from ..atomic import write_text
 
     os.makedirs(out_dir, exist_ok=True)
     paths = []

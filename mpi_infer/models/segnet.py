@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError
 
 ENCODER_BLOCKS = (2, 2, 3, 3, 3)
 DECODER_BLOCKS = (3, 3, 3, 2, 1)
@@ -107,7 +107,7 @@ def detect_arch(records: list[np.ndarray], source: str = "model") -> str:
     SegNet has two records per conv (weight, bias); SegNetBN six (plus gamma, beta, mean, variance) but for
     the last conv. The first records already tell them apart: SegNetBN's record 2 is a vector, SegNet's a
     4-D weight. Anything else is refused, naming the first record that fits neither."""
-    from .cls_archs import CLS_ARCHS, classifier_from_records
+    from .classifiers import CLS_ARCHS, classifier_from_records
 
     fits, errors = [], []
     for arch in (*ARCHS, *CLS_ARCHS):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .atomic import read_input
+from ..atomic import read_input
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

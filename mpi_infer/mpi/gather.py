@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import WorkList
-from .tasks.segmentation import BOUNDARY, CURVE
+from ..data.dataset import WorkList
+from ..tasks.segmentation import BOUNDARY, CURVE
 
 STATUSES = ("ok", "converted", "unscored", "failed")
 _NO_CURVE = (-1,) * (3 * len(CURVE))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..profiles import Profile
 from .imagefiles import (
     TRANSPOSING_ORIENTATIONS,
     ImageFault,
@@ -28,7 +29,6 @@ from .imagefiles import (
     png_depth_and_colour,
     read_header,
 )
-from .profiles import Profile
 
 CV_INTERP = {
     "nearest": cv2.INTER_NEAREST,

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 API_VERSION = "kubeflow.org/v2beta1"
 UID = 1000
@@ -39,7 +39,7 @@ SUPERVISE = ["python", "-m", "mpi_infer", "supervise", "--"]
 
 def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
     """Every value is checked as the API server would check it (names, quantities, ranges): exit 2 naming it."""
-    from .argtypes import image_ref, int_range, k8s_bytes, k8s_cpu, k8s_job_name, k8s_label, k8s_subdomain, nonempty
+    from ..argtypes import image_ref, int_range, k8s_bytes, k8s_cpu, k8s_job_name, k8s_label, k8s_subdomain, nonempty
 
     p.add_argument("--name", required=True, type=k8s_job_name, help="MPIJob name (also names the PV)")
     p.add_argument("--namespace", default="default", type=k8s_label)
@@ -218,7 +218,7 @@ def dump(docs: list[dict[str, Any]]) -> str:
 def _split_run_args(text: str) -> list[str]:
     import shlex
 
-    from .errors import UsageError
+    from ..errors import UsageError
 
     try:
         return shlex.split(text)

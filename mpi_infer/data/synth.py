@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .atomic import write_text
+from ..atomic import write_text
 from .dataset import dump_document
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 MAX_NDIM = 8  # EDDL tensors in practice have 1..4 dims; anything far above means a foreign file
 
@@ -53,7 +53,7 @@ def parse_records(blob: bytes | memoryview, source: str = "<bytes>") -> list[np.
 
 def read_records(path: str | os.PathLike[str]) -> list[np.ndarray]:
     """Read a .bin file into a list of float32 arrays, in file order."""
-    from .atomic import read_input
+    from ..atomic import read_input
 
     path = os.fspath(path)
     return parse_records(read_input(path, ModelError, "model"), path)
@@ -71,7 +71,7 @@ def records_to_bytes(records: Iterable[np.ndarray]) -> bytes:
 
 def write_records(path: str | os.PathLike[str], records: Iterable[np.ndarray]) -> int:
     """Write records as an EDDL .bin file (atomically); return the byte count."""
-    from .atomic import write_bytes
+    from ..atomic import write_bytes
 
     data = records_to_bytes(records)
     write_bytes(os.fspath(path), data, fsync=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, PlanError
+from ..errors import ConfigError, PlanError
 
 
 @dataclass

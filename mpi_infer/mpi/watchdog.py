@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import RetryableError
+from ..errors import RetryableError
 
 DEFAULT_STALL_TIMEOUT_S = 600.0
 EXIT_STALLED = 201  # retryable (128-255): a stopped or blocked rank, the ledger has what finished

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .dataset import WorkList
-from .results import complete_images, ledger_path, read_ledger_file
+from ..data.dataset import WorkList
+from ..outputs.results import complete_images, ledger_path, read_ledger_file
 
 
 class Recovery:

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .loader import Batch, WorkItem, iter_batches
-from .modelset import ENSEMBLE, combine, predict_tta, uncertainty
-from .profiles import Profile
-from .results import Ledger
-from .tasks import ScoreOptions, Task, task_for
+from ..loaders.opencv import Batch, WorkItem, iter_batches
+from ..models.modelset import ENSEMBLE, combine, predict_tta, uncertainty
+from ..outputs.results import Ledger
+from ..profiles import Profile
+from ..tasks import ScoreOptions, Task, task_for
 
 FAULT_ENV = "MPI_INFER_FAULT"
 

@@ -18,8 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .atomic import with_path, write_text
-from .errors import clip
+from ..atomic import with_path, write_text
+from ..errors import clip
 
 LEDGER_DIR = "ledger"
 MASK_DIR = "masks"
@@ -87,7 +87,7 @@ def save_mask(out_dir: str, index: int, location: str, prob: np.ndarray, thresho
     folder = os.path.join(out_dir, MASK_DIR)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, mask_file_name(index, location))
-    from .atomic import write_bytes
+    from ..atomic import write_bytes
 
     write_bytes(path, data.tobytes(), fsync=False)
     return path

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import ModelError
+from ..errors import ModelError
 
 CLS_ARCHS = ("vgg16", "lenet")
 LAYOUTS = {  # arch: (conv blocks, kernel, dense layers)

@@ -10,8 +10,8 @@ import hashlib
 import os
 from importlib import resources
 
-from .atomic import MAX_INPUT_BYTES, open_input, read_chunks, write_bytes
-from .errors import ModelError
+from ..atomic import MAX_INPUT_BYTES, open_input, read_chunks, write_bytes
+from ..errors import ModelError
 
 DEMO_MODEL = "demo_segnet"
 
@@ -96,9 +96,9 @@ def model_format(path: str) -> str:
 
 def convert_bin(bin_path: str, arch: str, height: int, width: int, out_path: str) -> str:
     """Build the ONNX graph for an EDDL .bin and write it atomically to ``out_path``."""
-    from .archs import build_onnx, detect_arch, layers_from_records  # the onnx package: only when converting
-    from .cls_archs import CLS_ARCHS, build_classifier_onnx, classifier_from_records
+    from .classifiers import CLS_ARCHS, build_classifier_onnx, classifier_from_records
     from .eddl_bin import read_records
+    from .segnet import build_onnx, detect_arch, layers_from_records  # the onnx package: only when converting
 
     records = read_records(bin_path)
     if arch == "auto":

@@ -18,8 +18,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from .errors import EXIT_RETRYABLE, EXIT_USAGE
-from .results import next_attempt
+from ..errors import EXIT_RETRYABLE, EXIT_USAGE
+from ..outputs.results import next_attempt
 
 
 def run_out_dir(command: Sequence[str]) -> str | None:

@@ -17,14 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
-from .atomic import read_input, write_text
-from .config import RunConfig
-from .dataset import Dataset, WorkList, check_single_labels, load_dataset, select_splits, selected_items
-from .errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, LaunchError, TopologyError, clip
-from .modelfile import cached_onnx, model_format, model_sha256
-from .partition import describe, plan
-from .results import (
+from .. import __version__
+from ..atomic import read_input, write_text
+from ..config import RunConfig
+from ..data.dataset import Dataset, WorkList, check_single_labels, load_dataset, select_splits, selected_items
+from ..data.partition import describe, plan
+from ..errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, LaunchError, TopologyError, clip
+from ..models.files import cached_onnx, model_format, model_sha256
+from ..outputs.results import (
     LEDGER_DIR,
     MASK_DIR,
     complete_images,
@@ -33,7 +33,7 @@ from .results import (
     write_per_image_csv,
     write_summary,
 )
-from .tasks import task_for
+from ..tasks import task_for
 
 RUN_FILE = "run.json"
 OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html")
@@ -202,8 +202,8 @@ def resolve_arch(cfg: RunConfig, path: str | None = None) -> str | None:
         return None
     if cfg.arch != "auto" or cfg.dry_run:
         return cfg.arch
-    from .archs import detect_arch
-    from .eddl_bin import read_records
+    from ..models.eddl_bin import read_records
+    from ..models.segnet import detect_arch
 
     return detect_arch(read_records(path), path)
 
@@ -285,8 +285,8 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepa
 def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
              fresh: bool, t0: float) -> tuple[Prepared, list[WorkList]]:
     if dataset.task == "classification" and cfg.profile_name is None:
-        from .modelfile import DEMO_CLASSIFIER
-        from .profiles import get_profile
+        from ..models.files import DEMO_CLASSIFIER
+        from ..profiles import get_profile
 
         base = "lenet-64" if os.path.basename(cfg.model).startswith(DEMO_CLASSIFIER) else "vgg16-224"
         cfg.profile = get_profile(base, **cfg.profile_overrides)
@@ -402,7 +402,7 @@ def models_summary(by_model: dict[str, list[dict[str, Any]]], first: dict[str, A
                    cfg: RunConfig, task: Any, group_of: Any) -> dict[str, Any]:
     """Several models: each one's results as the run's own (``models``; ``first`` is the first model's summary,
     the run's top level), the best per split, and every pair compared image for image."""
-    from .tasks.compare import best_models, comparisons
+    from ..tasks.compare import best_models, comparisons
 
     files = {m["name"]: m for m in prepared.models}
     models: dict[str, Any] = {}
