@@ -232,10 +232,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .mpi.job import run_job
 
         cfg = RunConfig(
-            dataset=args.dataset, model=args.models[0].path, out=args.out, profile=args.profile_obj,
-            models=args.models, ensemble=args.ensemble, tta=args.tta,
+            dataset=args.dataset, out=args.out, models=tuple(args.models), ensemble=args.ensemble, tta=args.tta,
             profile_name=args.profile, profile_overrides=_profile_overrides(args),
-            splits=args.split or ["test"], batch_size=args.batch_size, backend=args.backend, loader=args.loader,
+            splits=tuple(args.split or ["test"]), batch_size=args.batch_size, backend=args.backend, loader=args.loader,
             engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
             output=args.output,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
@@ -263,7 +262,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {args.n} images and {path}")
         return EXIT_OK
     if args.command == "convert":
-        from .models.files import convert_bin
+        from .models.convert import convert_bin
 
         if args.size:
             h, w = args.size
@@ -299,8 +298,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from .data.dataset import load_dataset, select_splits, selected_items, write_parts
+    from .data.dataset import load_dataset, select_splits, selected_items
     from .data.partition import plan
+    from .data.parts import write_parts
 
     dataset = load_dataset(args.dataset, allow_overlap=args.allow_overlap)
     for w in dataset.warnings:

@@ -1,25 +1,22 @@
-"""The run's settings, as every rank sees them (parsed from the same argv on each rank)."""
+"""The run's settings, as every rank sees them (parsed from the same argv on each rank). Frozen: what rank 0
+works out from them (the profile, the plan) travels in stages/prepare.py's ``Prepared``, never back in here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from .profiles import Profile
 
-
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     dataset: str
-    model: str
     out: str
-    profile: Profile
-    models: list[Any] = field(default_factory=list)  # ModelSpec per --model (modelset.py); model is the first's path
+    models: tuple[Any, ...]  # ModelSpec per --model (models/modelset.py), in order
     ensemble: str | None = None  # mean | vote: score the models' combined output as one more model, "ensemble"
     tta: str | None = None  # flip: each model also on the flipped batch, averaged, with a per-image uncertainty
     profile_name: str | None = None  # as given; None: the task's default (segnet-192, or vgg16-224)
     profile_overrides: dict = field(default_factory=dict)  # --size/--interp/--mean/--std/--threshold
-    splits: list[str] = field(default_factory=lambda: ["test"])
+    splits: tuple[str, ...] = ("test",)
     batch_size: int = 8
     backend: str | None = None  # shorthand: ecvl = ecvl loader + eddl engine, onnx = opencv + onnx
     loader: str = "auto"  # ecvl | opencv
@@ -56,6 +53,11 @@ class RunConfig:
     quiet: bool = False
     verbose: bool = False
     progress_interval: float = 5.0
+
+    @property
+    def model(self) -> str:
+        """The first model's path (the run's model where there is one)."""
+        return self.models[0].path
 
     @property
     def outputs(self) -> list[str]:

@@ -54,6 +54,8 @@ from mpi_infer.models.eddl_bin import write_records  # noqa: E402
 from mpi_infer.models.files import demo_model  # noqa: E402
 from mpi_infer.models.segnet import build_onnx, random_layers, records_from_layers, segnet_widths  # noqa: E402
 from mpi_infer.profiles import get_profile  # noqa: E402
+from mpi_infer.tasks.output import OutputSpec  # noqa: E402
+from mpi_infer.tasks.segmentation import SegmentationHead  # noqa: E402
 
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
@@ -123,7 +125,7 @@ def pure_forward_rate(model: str, dataset: str, threads: int, batch: int, repeat
     items = list(ds.work_list({"all": list(range(len(ds)))}))
     loaded = [load_item(it, profile).image for it in items]
     batches = [to_tensor(loaded[k : k + batch], profile) for k in range(0, len(loaded), batch)]
-    backend = OnnxEngine(model, profile, threads=threads)
+    backend = OnnxEngine(model, profile, SegmentationHead(OutputSpec(), profile), threads=threads)
     backend.predict(batches[0])
     best = 0.0
     for _ in range(repeats):
@@ -220,7 +222,7 @@ def dynamic(work: str, models: dict, args) -> None:
 
 def stacks(work: str, models: dict, args) -> None:
     """Loader x engine, same images and model (the demo .bin), N=2; the ONNX pairs alternate over repeats."""
-    from mpi_infer.engines import ecvl_available
+    from mpi_infer.stages.stack import ecvl_available
 
     if not ecvl_available():
         emit("stacks", skipped="pyecvl/pyeddl not installed (run it in a DeepHealth image or your own install)")
@@ -292,7 +294,8 @@ def ideal_rate(dataset: str, model: str, cores: int, batch: int) -> dict:
     t0 = time.perf_counter()
     loaded = [load(e, (192, 192), None, None) for e in todo]
     decode_s = (time.perf_counter() - t0) / len(todo)
-    engine = OnnxEngine(model, get_profile("segnet-192"), threads=1)
+    profile = get_profile("segnet-192")
+    engine = OnnxEngine(model, profile, SegmentationHead(OutputSpec(), profile), threads=1)
     xs = [np.stack([b[1] for b in loaded[k : k + batch]]) for k in range(0, len(loaded), batch)]
     engine.raw(xs[0])
     t0 = time.perf_counter()

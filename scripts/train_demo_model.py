@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mpi_infer.data.dataset import load_dataset  # noqa: E402
 from mpi_infer.data.synth import SynthSpec, make_dataset  # noqa: E402
-from mpi_infer.loaders.opencv import WorkItem, load_item, to_tensor  # noqa: E402
+from mpi_infer.data.worklist import WorkItem
+from mpi_infer.loaders.opencv import load_item, to_tensor  # noqa: E402
 from mpi_infer.models.eddl_bin import write_records  # noqa: E402
 from mpi_infer.models.segnet import DECODER_BLOCKS, ENCODER_BLOCKS, ConvLayer, build_onnx, segnet_widths  # noqa: E402
 from mpi_infer.profiles import get_profile  # noqa: E402

@@ -76,7 +76,7 @@ def need_ecvl() -> None:
     """Skip (saying why) where pyecvl/pyeddl are missing, as on a fresh clone and in CI; but where
     $MPI_INFER_REQUIRE_ECVL=1 (set by whoever runs the suite inside their DeepHealth environment to check the
     site's stack) a missing stack is a failure, never a skip."""
-    from mpi_infer.engines import ecvl_available
+    from mpi_infer.stages.stack import ecvl_available
 
     if ecvl_available():
         return

@@ -14,13 +14,13 @@ from conftest import read_summary as summary
 
 from mpi_infer.data.dataset import load_dataset
 from mpi_infer.data.synth import CLASSES, SynthSpec, make_classification_dataset
-from mpi_infer.engines import pyecvl_available
 from mpi_infer.models.classifiers import (
     build_classifier_onnx,
     classifier_from_records,
     random_classifier,
     records_from_classifier,
 )
+from mpi_infer.stages.stack import pyecvl_available
 from mpi_infer.tasks.classification import classification_metrics
 
 LOADERS = ["opencv", "ecvl"] if pyecvl_available() else ["opencv"]

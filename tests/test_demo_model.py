@@ -8,14 +8,15 @@ import numpy as np
 
 from mpi_infer.data.dataset import load_dataset
 from mpi_infer.data.synth import SynthSpec, make_dataset
+from mpi_infer.data.worklist import WorkItem
 from mpi_infer.engines.onnx import OnnxEngine
-from mpi_infer.loaders.opencv import WorkItem
 from mpi_infer.models.eddl_bin import read_records
 from mpi_infer.models.files import demo_model
 from mpi_infer.models.segnet import build_onnx, layers_from_records
 from mpi_infer.profiles import get_profile
 from mpi_infer.stages.runner import run_items
-from mpi_infer.tasks.segmentation import aggregate
+from mpi_infer.tasks.output import OutputSpec
+from mpi_infer.tasks.segmentation import SegmentationHead, aggregate
 
 
 def test_demo_model_files_are_small_and_the_same_network():
@@ -33,7 +34,7 @@ def test_demo_model_reaches_dice_085_on_a_fresh_seed(tmp_path):
     ds = load_dataset(path)
     items = [WorkItem(i, "all", ds.sample(i).locations, ds.sample(i).label_path) for i in range(len(ds))]
     profile = get_profile("segnet-192")
-    backend = OnnxEngine(demo_model("onnx"), profile, threads=2)
+    backend = OnnxEngine(demo_model("onnx"), profile, SegmentationHead(OutputSpec(), profile), threads=2)
     records = run_items(items, backend.predict, profile, batch_size=8)
     summary = aggregate(records)
     assert summary["images"]["scored"] == 48

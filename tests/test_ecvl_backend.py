@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from mpi_infer.data.dataset import build_dataset, dump_document, load_dataset, parse_yaml_text
-from mpi_infer.engines import Stack, choose_stack, ecvl_available, pyecvl_available
+from mpi_infer.data.worklist import WorkItem
 from mpi_infer.engines.eddl import gpu_flags
 from mpi_infer.errors import ConfigError
 from mpi_infer.loaders.ecvl import NOLABEL, augmentation_spec, batch_plan, shard_document
-from mpi_infer.loaders.opencv import WorkItem
 from mpi_infer.profiles import get_profile
+from mpi_infer.stages.stack import Stack, choose_stack, ecvl_available, pyecvl_available
 
 
 def test_shard_yaml_for_dldataset(tmp_path):

@@ -214,6 +214,8 @@ def test_eddl_exported_onnx_runs_on_both_engines(tmp_path):
     from mpi_infer.engines.onnx import OnnxEngine
     from mpi_infer.models.segnet import segnet_widths
     from mpi_infer.profiles import get_profile
+    from mpi_infer.tasks.output import OutputSpec
+    from mpi_infer.tasks.segmentation import SegmentationHead
 
     net, _ = seeded_segnet(segnet_widths(8), 64, True, tmp_path)
     path = str(tmp_path / "eddl.onnx")
@@ -221,8 +223,8 @@ def test_eddl_exported_onnx_runs_on_both_engines(tmp_path):
     profile = get_profile("segnet-192", size=(64, 64))
     x = np.random.default_rng(4).random((3, 3, 64, 64), dtype=np.float32)
     want = eddl_forward(net, x)[:, 0]
-    by_onnx = OnnxEngine(path, profile, threads=1).predict(x)
-    by_eddl = EddlEngine(path, profile, threads=1).predict(x)
+    by_onnx = OnnxEngine(path, profile, SegmentationHead(OutputSpec(), profile), threads=1).predict(x)
+    by_eddl = EddlEngine(path, profile, SegmentationHead(OutputSpec(), profile), threads=1).predict(x)
     assert np.abs(by_onnx - want).max() <= 1e-4
     assert np.abs(by_eddl - want).max() <= 1e-4
     assert float(want.std()) > 0.01

@@ -15,7 +15,7 @@ from conftest import mpirun, read_rows, read_summary
 
 from mpi_infer.data.synth import SynthSpec, make_dataset
 from mpi_infer.errors import EXIT_CONFIG, EXIT_RETRYABLE
-from mpi_infer.outputs.results import ledger_path, read_ledger_file
+from mpi_infer.outputs.ledger import ledger_path, read_ledger_file
 
 pytestmark = pytest.mark.mpi
 ULFM = ("--with-ft", "ulfm")
@@ -127,7 +127,7 @@ def test_chaos_random_kills_change_nothing(synth40, clean, tmp_path):
 ])
 def test_fault_tolerance_preconditions_name_what_is_missing(library, shrink, env, says):
     from mpi_infer.errors import ConfigError
-    from mpi_infer.stages.prepare import check_fault_tolerance
+    from mpi_infer.mpi.world import check_fault_tolerance
 
     with pytest.raises(ConfigError, match=says.replace(".", r"\.")):
         check_fault_tolerance(library, shrink, env)
@@ -135,7 +135,7 @@ def test_fault_tolerance_preconditions_name_what_is_missing(library, shrink, env
 
 
 def test_pending_keeps_order_splits_and_targets():
-    from mpi_infer.data.dataset import WorkList
+    from mpi_infer.data.worklist import WorkList
 
     a = WorkList("/p/", [0, 1, 2], [("training", 2), ("test", 1)], ["a", "b", "c"], ["ma", "mb", "mc"], [0, 1, 2])
     b = WorkList("/p/", [7, 8], [("test", 2)], ["h", "i"], [None, "mi"], [1, None])
@@ -182,9 +182,9 @@ def test_supervise_under_real_mpirun_passes_a_finished_run(synth40, tmp_path):
 def test_recovery_reads_the_lost_ranks_ledger_and_splits_the_rest(tmp_path):
     """Plain bookkeeping, no MPI: done = every record of the image in the ledger (a torn line is not), the rest
     queued, handed out contiguously to the survivors, and a survivor's share is its own from then on."""
-    from mpi_infer.data.dataset import WorkList
+    from mpi_infer.data.worklist import WorkList
     from mpi_infer.mpi.recovery import Recovery
-    from mpi_infer.outputs.results import Ledger
+    from mpi_infer.outputs.ledger import Ledger
 
     out = str(tmp_path)
     shard = WorkList("/d/", list(range(10, 20)), [("test", 10)], [f"{i}.jpg" for i in range(10, 20)],

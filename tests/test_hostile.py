@@ -227,7 +227,7 @@ def test_full_volume_mid_run_then_resume(data, small_volume):
     proc = mpirun(2, "run", "--dataset", str(data / "dataset.yml"), "--model", "demo-onnx", "--out", str(out),
                   "--split", "all", "--save-masks", "--batch-size", "1", timeout=120)
     clean(proc, 200, "No space left on device", str(out), "--resume")
-    from mpi_infer.outputs.results import read_ledgers
+    from mpi_infer.outputs.ledger import read_ledgers
 
     recorded = {r["index"] for r in read_ledgers(str(out))}
     masks = {int(n.split("_")[0]) for n in os.listdir(out / "masks") if n.endswith(".png")}

@@ -16,8 +16,9 @@ import pytest
 from conftest import mpirun, read_rows, read_summary
 
 from mpi_infer.data.synth import SynthSpec, isic_sample, make_dataset
+from mpi_infer.data.worklist import WorkItem
 from mpi_infer.loaders.imagefiles import read_header
-from mpi_infer.loaders.opencv import WorkItem, load_item, read_image, reduction
+from mpi_infer.loaders.opencv import load_item, read_image, reduction
 from mpi_infer.models.files import demo_model
 from mpi_infer.profiles import get_profile
 

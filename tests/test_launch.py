@@ -12,7 +12,7 @@ import pytest
 from conftest import mpirun
 
 from mpi_infer.errors import EXIT_LAUNCH, LaunchError
-from mpi_infer.stages.prepare import check_launch
+from mpi_infer.mpi.world import check_launch
 
 
 def plain(args: list[str], env: dict[str, str]) -> subprocess.Popen:

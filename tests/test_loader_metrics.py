@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mpi_infer.loaders.opencv import WorkItem, iter_batches, load_item, to_tensor
+from mpi_infer.data.worklist import WorkItem
+from mpi_infer.loaders.opencv import iter_batches, load_item, to_tensor
 from mpi_infer.profiles import get_profile
 from mpi_infer.tasks.segmentation import aggregate, confusion, iou_dice, summarise
 
@@ -167,7 +168,7 @@ def test_aggregate_from_records_not_rank_means():
 
 
 def test_record_table_round_trip_through_descriptor_index():
-    from mpi_infer.data.dataset import WorkList
+    from mpi_infer.data.worklist import WorkList
     from mpi_infer.mpi.gather import DescriptorIndex, RecordTable
 
     wl_a = WorkList("/root/", [5, 1], [("test", 1), ("training", 1)], ["a.jpg", "b.jpg"], ["a.png", None])
@@ -201,6 +202,8 @@ def test_onnx_engine_refuses_logits_and_wrong_shapes_naming_the_option(tmp_path)
 
     from mpi_infer.engines.onnx import OnnxEngine
     from mpi_infer.errors import ModelError
+    from mpi_infer.tasks.output import OutputSpec
+    from mpi_infer.tasks.segmentation import SegmentationHead
 
     def model(path, out_channels, sigmoid, size=32):
         w = numpy_helper.from_array(np.full((out_channels, 3, 1, 1), -1.0, np.float32), "w")
@@ -217,15 +220,16 @@ def test_onnx_engine_refuses_logits_and_wrong_shapes_naming_the_option(tmp_path)
         return str(path)
 
     prof = get_profile("segnet-192", size=(32, 32))
-    assert OnnxEngine(model(tmp_path / "ok.onnx", 1, True), prof, threads=1).predict(
+    head = SegmentationHead(OutputSpec(), prof)
+    assert OnnxEngine(model(tmp_path / "ok.onnx", 1, True), prof, head, threads=1).predict(
         np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 32, 32)
     with pytest.raises(ModelError, match="expected probabilities in \\[0, 1\\]; it looks like logits: add "
                                          "--activation sigmoid"):
-        OnnxEngine(model(tmp_path / "logits.onnx", 1, False), prof, threads=1)
+        OnnxEngine(model(tmp_path / "logits.onnx", 1, False), prof, head, threads=1)
     with pytest.raises(ModelError, match="has 3 output channels: say which is the lesion with --class K"):
-        OnnxEngine(model(tmp_path / "three.onnx", 3, True), prof, threads=1)
+        OnnxEngine(model(tmp_path / "three.onnx", 3, True), prof, head, threads=1)
     with pytest.raises(ModelError, match="height is 64, but profile"):
-        OnnxEngine(model(tmp_path / "big.onnx", 1, True, size=64), prof, threads=1)
+        OnnxEngine(model(tmp_path / "big.onnx", 1, True, size=64), prof, head, threads=1)
 
 
 def test_normalisation_multiplies_by_the_float32_reciprocal_of_255():

@@ -19,7 +19,7 @@ from conftest import mpirun
 from onnx import TensorProto, helper, numpy_helper
 
 from mpi_infer.data.dataset import load_dataset
-from mpi_infer.engines import pyecvl_available
+from mpi_infer.stages.stack import pyecvl_available
 
 pytestmark = pytest.mark.mpi
 SCALE = 20.0 / 255.0  # logit per grey level of (R - G); +0.5 level keeps every logit off zero

@@ -16,7 +16,8 @@ import pytest
 from conftest import mpirun
 
 from mpi_infer.data.dataset import load_dataset
-from mpi_infer.outputs.results import mask_file_name, read_ledgers
+from mpi_infer.outputs.ledger import read_ledgers
+from mpi_infer.tasks.masks import mask_file_name
 
 pytestmark = pytest.mark.mpi
 

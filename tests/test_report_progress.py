@@ -17,7 +17,7 @@ import pytest
 from conftest import mpirun
 
 from mpi_infer.mpi.progress import ProgressDisplay, format_eta, log, progress_line
-from mpi_infer.outputs.report import GT_COLOUR, PRED_COLOUR, overlay
+from mpi_infer.outputs.figures import GT_COLOUR, PRED_COLOUR, overlay
 
 
 class FakeTTY(io.StringIO):
@@ -88,7 +88,7 @@ def test_overlay_draws_both_contours(tmp_path):
 def test_thumbnail_of_a_large_jpeg_is_decoded_small_and_upright(tmp_path):
     from PIL import Image
 
-    from mpi_infer.outputs.report import thumbnail_rgb
+    from mpi_infer.outputs.figures import thumbnail_rgb
 
     rng = np.random.default_rng(1)
     big = cv2.GaussianBlur(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8), (0, 0), 3)

@@ -16,8 +16,8 @@ import pytest
 from conftest import mpirun
 
 from mpi_infer.data.dataset import load_dataset
-from mpi_infer.engines import pyecvl_available
 from mpi_infer.models.files import demo_model
+from mpi_infer.stages.stack import pyecvl_available
 
 pytestmark = pytest.mark.mpi
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import mpirun, read_rows, read_summary
 from sklearn import metrics as skm
 
-from mpi_infer.outputs.results import read_ledgers
+from mpi_infer.outputs.ledger import read_ledgers
 from mpi_infer.tasks.classification import average_precision, calibration, classification_metrics, weighted_auc
 from mpi_infer.tasks.segmentation import CURVE, confusion, image_metrics, threshold_counts
 from mpi_infer.tasks.stats import bootstrap_sums, describe, percentile_ci

@@ -26,8 +26,9 @@ import numpy as np
 import yaml_rs
 
 from ..errors import DatasetError, clip, quote
+from .worklist import WorkList
 
-_URL = re.compile(r"^https?://", re.IGNORECASE)
+URL = re.compile(r"^https?://", re.IGNORECASE)
 _INT = re.compile(r"^[-+]?[0-9]+$")
 _NOT_PLAIN = frozenset("/+-0123456789")  # first characters that need the full rules (absolute, numeric)
 DEFAULT_NAME = "DeepHealth dataset"
@@ -43,74 +44,6 @@ class Sample:
     label: tuple[int, ...] | None = None  # class indices (classification)
     label_path: str | None = None  # ground-truth mask (segmentation)
     values: Mapping[int, str] = field(default_factory=dict)
-
-
-@dataclass
-class WorkList:
-    """A shard's images as columns: cheap to build, pickle and scatter for a million images.
-
-    ``prefix`` is prepended to every path (the YAML folder for plain datasets; empty when the paths
-    are already resolved). A location is a string, or a tuple of plane paths."""
-
-    prefix: str
-    indices: list[int]
-    runs: list[tuple[str, int]]  # (split, how many of the following indices), in order
-    locations: list[Any]
-    labels: list[str | None]
-    targets: list[int | None] | None = None  # classification: the true class of each image (None: unlabelled)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def splits(self) -> list[str]:
-        return [name for name, count in self.runs for _ in range(count)]
-
-    def __iter__(self) -> Any:
-        from ..loaders.opencv import WorkItem
-
-        p = self.prefix
-        targets = self.targets or [None] * len(self.indices)
-        for index, split, loc, lab, tgt in zip(self.indices, self.splits(), self.locations, self.labels, targets):
-            locs = (p + loc,) if isinstance(loc, str) else tuple(p + x for x in loc)
-            yield WorkItem(index, split, locs, None if lab is None else p + lab, tgt)
-
-    def slice(self, a: int, b: int) -> WorkList:
-        """Images a..b-1 (for the dynamic schedule's chunks)."""
-        runs: list[tuple[str, int]] = []
-        pos = 0
-        for name, count in self.runs:
-            lo, hi = max(a, pos), min(b, pos + count)
-            if hi > lo:
-                runs.append((name, hi - lo))
-            pos += count
-        return WorkList(self.prefix, self.indices[a:b], runs, self.locations[a:b], self.labels[a:b],
-                        None if self.targets is None else self.targets[a:b])
-
-    def chunks(self, size: int) -> list[WorkList]:
-        """Consecutive pieces of at most ``size`` images."""
-        return [self.slice(a, min(a + size, len(self))) for a in range(0, len(self), size)]
-
-    @classmethod
-    def pending(cls, lists: list[WorkList], done: set[int]) -> WorkList:
-        """The images of ``lists`` (one prefix) whose index is not in ``done``, in order: a lost rank's unfinished
-        work, for the survivors."""
-        out = cls(lists[0].prefix if lists else "", [], [], [], [], None)
-        targets: list[int | None] = []
-        for wl in lists:
-            for pos, (index, split) in enumerate(zip(wl.indices, wl.splits())):
-                if index in done:
-                    continue
-                out.indices.append(index)
-                out.locations.append(wl.locations[pos])
-                out.labels.append(wl.labels[pos])
-                targets.append(None if wl.targets is None else wl.targets[pos])
-                if out.runs and out.runs[-1][0] == split:
-                    out.runs[-1] = (split, out.runs[-1][1] + 1)
-                else:
-                    out.runs.append((split, 1))
-        if any(wl.targets is not None for wl in lists):
-            out.targets = targets
-        return out
 
 
 @dataclass
@@ -152,7 +85,7 @@ class Dataset:
         else:
             locs = entry if isinstance(entry, list) else [entry]
             label, label_path, values = None, None, {}
-        return Sample(index, tuple(self.resolve(_scalar(x)) for x in locs), label, label_path, values)
+        return Sample(index, tuple(self.resolve(scalar_text(x)) for x in locs), label, label_path, values)
 
     def file_bytes(self, index: int) -> int:
         """Bytes of image ``index``'s files (planes and mask): the cost the planner balances, known without
@@ -169,7 +102,7 @@ class Dataset:
             return None, None
         indices: list[int] = []
         for element in raw if isinstance(raw, list) else [raw]:
-            text = _scalar(element)
+            text = scalar_text(element)
             if _INT.match(text):
                 indices.append(int(text))
             elif text in self.classes:
@@ -182,10 +115,10 @@ class Dataset:
         if raw is None:
             return {}
         if isinstance(raw, list):
-            return {i: _scalar(v) for i, v in enumerate(raw) if v is not None}
+            return {i: scalar_text(v) for i, v in enumerate(raw) if v is not None}
         # Mapping form. ECVL maps an unknown feature name to index 0 by accident; we refuse it in
         # validation, so every name here is known.
-        return {self.features.index(_scalar(k)): _scalar(v) for k, v in raw.items() if v is not None}
+        return {self.features.index(scalar_text(k)): scalar_text(v) for k, v in raw.items() if v is not None}
 
     def work_list(self, parts: Mapping[str, Sequence[int]]) -> WorkList:
         """The descriptors of these images (split -> indices): paths and splits, never pixels.
@@ -222,18 +155,18 @@ class Dataset:
 
     def is_label_path(self, element: Any) -> bool:
         """FindLabel's last resort: a label element that is neither a class index nor a class name."""
-        text = _scalar(element)
+        text = scalar_text(element)
         return not _INT.match(text) and text not in self.classes
 
 
 def resolve_path(root: str, path: str) -> str:
     """ECVL's rule: URLs and absolute paths stay; relative ones join the YAML's folder."""
-    if not path or _URL.match(path) or os.path.isabs(path):
+    if not path or URL.match(path) or os.path.isabs(path):
         return path
     return os.path.join(root, path)
 
 
-def _scalar(value: Any) -> str:
+def scalar_text(value: Any) -> str:
     """A YAML scalar as the string yaml-cpp would hand ECVL (yaml-rs has typed it already)."""
     if isinstance(value, str):
         return value
@@ -311,8 +244,8 @@ def build_dataset(doc: Any, path: str, *, allow_overlap: bool = False, allow_emp
     return Dataset(
         path=path,
         root=os.path.dirname(path),
-        name=DEFAULT_NAME if name is None else _scalar(name),
-        description=DEFAULT_DESCRIPTION if description is None else _scalar(description),
+        name=DEFAULT_NAME if name is None else scalar_text(name),
+        description=DEFAULT_DESCRIPTION if description is None else scalar_text(description),
         classes=classes,
         features=features,
         entries=entries,
@@ -337,7 +270,7 @@ def check_single_labels(dataset: Dataset, indices: Iterable[int]) -> None:
             continue
         elements = raw if isinstance(raw, list) else [raw]
         for element in elements:
-            text = _scalar(element)
+            text = scalar_text(element)
             if _INT.match(text):
                 if not 0 <= int(text) < len(classes):
                     raise DatasetError(f"{path}: images[{i}].label: class index {clip(text, 40)} is out of range; "
@@ -356,7 +289,7 @@ def _string_list(doc: dict, key: str, path: str) -> list[str]:
         return []
     if not isinstance(raw, list) or not all(_is_scalar(x) for x in raw):
         raise DatasetError(f"{path}: '{key}' must be a list of names")
-    return [_scalar(x) for x in raw]
+    return [scalar_text(x) for x in raw]
 
 
 def _check_entries(entries: list, features: list[str], classes: list[str], path: str) -> bool:
@@ -415,7 +348,7 @@ def _check_values(values: Any, features: list[str], where: str) -> None:
         return
     if isinstance(values, dict):
         for key in values:
-            if _scalar(key) not in features:
+            if scalar_text(key) not in features:
                 raise DatasetError(f"{where}: unknown feature {quote(key)}; 'features' lists {clip(str(features))}")
         return
     raise DatasetError(f"{where}: expected a list (by feature position) or a mapping (by feature name)")
@@ -425,7 +358,7 @@ def _check_splits(raw: dict, n: int, path: str, allow_overlap: bool, warnings: l
     splits: dict[str, np.ndarray] = {}
     owner = np.full(n, -1, dtype=np.int32)
     for pos, (key, value) in enumerate(raw.items()):
-        name = _scalar(key)
+        name = scalar_text(key)
         where = f"{path}: split '{clip(name, 100)}'"
         if value is None:
             value = []
@@ -455,7 +388,7 @@ def _check_splits(raw: dict, n: int, path: str, allow_overlap: bool, warnings: l
             if clash.size:
                 image = int(idx[clash[0]])
                 other = list(raw)[int(taken[clash[0]])]
-                msg = (f"{where}: image {image} is also in split '{_scalar(other)}' "
+                msg = (f"{where}: image {image} is also in split '{scalar_text(other)}' "
                        f"({clash.size} image(s) shared)")
                 if not allow_overlap:
                     raise DatasetError(msg + "; pass --allow-overlap to accept (each image is then "
@@ -503,71 +436,8 @@ def selected_items(dataset: Dataset, splits: Sequence[str]) -> dict[str, np.ndar
     return out
 
 
-def subset_document(dataset: Dataset, parts: Mapping[str, Sequence[int]], out_dir: str, name: str) -> dict:
-    """An ECVL dataset document holding just ``parts`` (split -> image indices), whose relative paths
-    resolve from ``out_dir``. Each image keeps its original split; split lists index the new list."""
-    out_dir = os.path.abspath(out_dir)
-
-    def move(p: Any) -> Any:
-        text = _scalar(p)
-        if _URL.match(text) or os.path.isabs(text):
-            return text
-        return os.path.relpath(os.path.join(dataset.root, text), out_dir)
-
-    images: list[Any] = []
-    split: dict[str, list[int]] = {}
-    for split_name, indices in parts.items():
-        positions = split.setdefault(split_name, [])
-        for i in indices:
-            positions.append(len(images))
-            images.append(_moved_entry(dataset, dataset.entries[int(i)], move))
-    doc: dict[str, Any] = {"name": name, "description": dataset.description}
-    if dataset.classes:
-        doc["classes"] = list(dataset.classes)
-    if dataset.features:
-        doc["features"] = list(dataset.features)
-    doc["images"] = images
-    doc["split"] = split
-    return doc
-
-
-def _moved_entry(dataset: Dataset, entry: Any, move: Any) -> Any:
-    if isinstance(entry, dict):
-        out = dict(entry)
-        loc = entry["location"]
-        out["location"] = [move(x) for x in loc] if isinstance(loc, list) else move(loc)
-        label = entry.get("label")
-        if isinstance(label, list):
-            out["label"] = [move(x) if dataset.is_label_path(x) else x for x in label]
-        elif label is not None and dataset.is_label_path(label):
-            out["label"] = move(label)
-        return out
-    if isinstance(entry, list):
-        return [move(x) for x in entry]
-    return move(entry)
-
-
 def dump_document(doc: dict) -> str:
     """YAML text that yaml-cpp (ECVL) and yaml-rs read back to the same document."""
     return yaml_rs.dumps(doc)
 
 
-def part_file_names(yaml_path: str, n: int) -> list[str]:
-    """``part-000-<yaml name>`` ... as the DeepHealth split tool names them (always N names)."""
-    base = os.path.basename(yaml_path)
-    width = max(3, len(str(n - 1)))
-    return [f"part-{i:0{width}d}-{base}" for i in range(n)]
-
-
-def write_parts(dataset: Dataset, parts: Sequence[Mapping[str, Sequence[int]]], out_dir: str) -> list[str]:
-    """Write one ECVL YAML per part into ``out_dir`` (empty parts too); return their paths."""
-    from ..atomic import write_text
-
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for i, (fname, part) in enumerate(zip(part_file_names(dataset.path, len(parts)), parts)):
-        doc = subset_document(dataset, part, out_dir, f"{dataset.name}-part-{i}")
-        target = os.path.join(out_dir, fname)
-        write_text(target, dump_document(doc), fsync=False)
-        paths.append(target)
-    return paths

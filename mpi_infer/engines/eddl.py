@@ -19,8 +19,6 @@ from ..models.eddl_bin import read_records
 from ..models.files import model_format
 from ..models.segnet import DECODER_BLOCKS, ENCODER_BLOCKS, layers_from_records
 from ..profiles import Profile
-from ..tasks.output import OutputSpec
-from ..tasks.segmentation import SegmentationHead
 from .heads import Head, probe_batch
 
 MEMORY_MODES = ("full_mem", "mid_mem", "low_mem")  # EDDL's; measured: no effect on inference RSS
@@ -39,9 +37,9 @@ def gpu_flags(local_rank: int, visible: int) -> list[int]:
 class EddlEngine:
     name = "eddl"
 
-    def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                 arch: str | None = None, visible_gpus: int | None = None, mem: str = "full_mem",
-                 head: Head | None = None):
+    def __init__(self, path: str, profile: Profile, head: Head, *, threads: int, gpu: bool = False,
+                 device_id: int = 0, arch: str | None = None, visible_gpus: int | None = None,
+                 mem: str = "full_mem"):
         if mem not in MEMORY_MODES:
             raise ConfigError(f"--eddl-mem {mem!r}: choose from {', '.join(MEMORY_MODES)}")
         self.path, self.profile, self.threads, self.gpu, self.mem = path, profile, max(1, threads), gpu, mem
@@ -50,7 +48,7 @@ class EddlEngine:
         self.visible_gpus = visible_gpus
         self.net = self._build()
         self.batch = 0
-        self.head = head or SegmentationHead(OutputSpec(), profile)
+        self.head = head
         self.head.check(self.raw(probe_batch(profile)), f"{path}: output")
 
     def _computing_service(self) -> Any:

@@ -9,8 +9,6 @@ import numpy as np
 from ..errors import ConfigError, ModelError
 from ..models.files import mentions
 from ..profiles import Profile
-from ..tasks.output import OutputSpec, inference_graph
-from ..tasks.segmentation import SegmentationHead
 from .heads import Head, probe_batch
 
 
@@ -54,13 +52,13 @@ def _share_cpu_arena(ort: Any) -> None:
 class OnnxEngine:
     name = "onnx"
 
-    def __init__(self, path: str, profile: Profile, *, threads: int, gpu: bool = False, device_id: int = 0,
-                 head: Head | None = None, output: str | None = None, arena: bool = True):
+    def __init__(self, path: str, profile: Profile, head: Head, *, threads: int, gpu: bool = False,
+                 device_id: int = 0, output: str | None = None, arena: bool = True):
         import onnxruntime as ort
 
         self.path = path
         self.requested_output = output
-        self.head = head or SegmentationHead(OutputSpec(), profile)
+        self.head = head
         self.threads = max(1, int(threads))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
@@ -183,3 +181,74 @@ class OnnxEngine:
         return {"engine": self.name, "providers": self.providers, "threads": self.threads,
                 "gpu_requested": self.gpu_requested, "graph_changes": self.graph_notes,
                 "output_name": self.output_name, "input_type": str(np.dtype(self.input_dtype))}
+
+
+def inference_graph(model) -> tuple[object, list[str]]:
+    """The ONNX model with training-mode BatchNormalization and Dropout switched to inference semantics, and
+    what was changed; a graph that uses BatchNormalization's training outputs elsewhere is refused."""
+    from onnx import helper
+
+    graph = model.graph
+    consumed = {name for node in graph.node for name in node.input}
+    consumed |= {o.name for o in graph.output}
+    constants = constant_values(graph)
+    notes: list[str] = []
+    for node in graph.node:
+        if node.op_type == "BatchNormalization":
+            attrs = {a.name: a for a in node.attribute}
+            extra = [o for o in list(node.output)[1:] if o]
+            training = (("training_mode" in attrs and helper.get_attribute_value(attrs["training_mode"]) == 1)
+                        or ("is_test" in attrs and helper.get_attribute_value(attrs["is_test"]) == 0))
+            if not training and not extra:
+                continue
+            used = [o for o in extra if o in consumed]
+            if used:
+                raise ModelError(f"BatchNormalization '{node.name}' is exported in training mode and its "
+                                 f"running statistics ({', '.join(used)}) feed other nodes: re-export the model "
+                                 f"in eval mode (model.eval() before torch.onnx.export)")
+            del node.output[1:]
+            if "training_mode" in attrs:
+                node.attribute.remove(attrs["training_mode"])
+            if "is_test" in attrs:
+                attrs["is_test"].i = 1
+            notes.append(f"BatchNormalization '{node.name}': training mode -> running statistics")
+        elif node.op_type == "Dropout":
+            if len(node.output) > 1 and node.output[1] and node.output[1] in consumed:
+                raise ModelError(f"Dropout '{node.name}': its mask output feeds other nodes; re-export in eval mode")
+            mode = node.input[2] if len(node.input) > 2 else ""
+            if mode and mode in constants and not bool(fixed_value(constants[mode])):
+                continue
+            if mode and mode not in constants:
+                raise ModelError(f"Dropout '{node.name}': its training_mode input '{mode}' is computed in the "
+                                 f"graph, so inference semantics cannot be guaranteed; re-export in eval mode")
+            if not mode and not any(a.name == "is_test" and helper.get_attribute_value(a) == 0
+                                    for a in node.attribute):
+                continue  # opset >= 12 without training_mode: inference already
+            node.op_type = "Identity"
+            del node.input[1:]
+            del node.output[1:]
+            del node.attribute[:]
+            notes.append(f"Dropout '{node.name}': training mode -> identity")
+    return model, notes
+
+
+def constant_values(graph) -> dict[str, object]:
+    """Tensors whose value is fixed in the file, by name: initialisers, and Constant nodes' outputs (torch 2.x
+    feeds Dropout's training_mode from a Constant node, older exporters from an initialiser). The values are
+    TensorProtos or attribute protos, read with ``fixed_value`` only where needed (weights may be external)."""
+    values: dict[str, object] = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name in ("value", "value_int", "value_float", "value_ints", "value_floats"):
+                    values[node.output[0]] = attr
+    return values
+
+
+def fixed_value(value: object) -> np.ndarray:
+    from onnx import AttributeProto, helper, numpy_helper
+
+    if isinstance(value, AttributeProto):
+        got = helper.get_attribute_value(value)
+        return numpy_helper.to_array(got) if value.name == "value" else np.asarray(got)
+    return numpy_helper.to_array(value)

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EXIT_RETRYABLE, EXIT_USAGE
-from ..outputs.results import next_attempt
+from ..outputs.ledger import next_attempt
 
 
 def run_out_dir(command: Sequence[str]) -> str | None:

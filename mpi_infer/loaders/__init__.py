@@ -1,1 +1,20 @@
-"""TODO"""
+"""The two interchangeable loaders that turn a shard's files into the network's input.
+
+- ``opencv`` (opencv.py): ECVL's recipe re-implemented with OpenCV, everywhere pip works; the default;
+- ``ecvl`` (ecvl.py): ECVL's own ``DLDataset``, where pyecvl imports (the DeepHealth images).
+
+Both give the same per-image scores (tests/loaders); imagefiles.py holds the file rules they share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def open_loader(kind: str, profile: Any, classes: list[str] | None = None) -> Any:
+    """ECVL's DLDataset loader, or None for our OpenCV loader (the runner's default)."""
+    if kind == "ecvl":
+        from .ecvl import EcvlLoader
+
+        return EcvlLoader(profile, classes)
+    return None

@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from ..data.dataset import dump_document
+from ..data.worklist import WorkItem
 from ..profiles import Profile
 from .imagefiles import TRANSPOSING_ORIENTATIONS, ImageFault, exif_orientation, read_header
-from .opencv import Batch, Loaded, WorkItem, check_deep_mask, check_mask_size, conversion_notes, mask_notes, normalise
+from .opencv import Batch, Loaded, check_deep_mask, check_mask_size, conversion_notes, mask_notes, normalise
 
 NOLABEL = "--no-mask"
 GROUP_BATCHES = 4  # dynamic schedule: batches per DLDataset (each one loads its first image once more)

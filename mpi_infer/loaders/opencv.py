@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..data.worklist import WorkItem
 from ..profiles import Profile
 from .imagefiles import (
     TRANSPOSING_ORIENTATIONS,
@@ -37,17 +38,6 @@ CV_INTERP = {
     "cubic": cv2.INTER_CUBIC,
     "lanczos4": cv2.INTER_LANCZOS4,
 }
-
-
-@dataclass
-class WorkItem:
-    """One selected image: where it is in the dataset and which files to read."""
-
-    index: int
-    split: str
-    locations: tuple[str, ...]
-    label_path: str | None  # ground-truth mask (segmentation)
-    target: int | None = None  # true class index (classification)
 
 
 @dataclass

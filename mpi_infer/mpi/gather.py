@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.dataset import WorkList
+from ..data.worklist import WorkList
 from ..tasks.segmentation import BOUNDARY, CURVE
 
 STATUSES = ("ok", "converted", "unscored", "failed")
@@ -128,6 +128,11 @@ class RecordTable:
                 "status": STATUSES[self.status[row]], "error": self.errors.get(row, ""), **self._extra_fields(row),
             })
         return out
+
+
+def record_table(task: str, rank: int, classes: list[str]) -> RecordTable:
+    """This rank's empty table for the task's records."""
+    return RecordTable(rank, classes=len(classes) if task == "classification" else 0)
 
 
 class DescriptorIndex:

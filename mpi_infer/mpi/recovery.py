@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..data.dataset import WorkList
-from ..outputs.results import complete_images, ledger_path, read_ledger_file
+from ..data.worklist import WorkList
+from ..outputs.ledger import complete_images, ledger_path, read_ledger_file
 
 
 class Recovery:

@@ -20,7 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import RetryableError
+from ..data.worklist import WorkList
+from ..errors import RetryableError, clip
 
 DEFAULT_STALL_TIMEOUT_S = 600.0
 EXIT_STALLED = 201  # retryable (128-255): a stopped or blocked rank, the ledger has what finished
@@ -76,3 +77,11 @@ class Watchdog:
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
         self.abort(EXIT_STALLED)
+
+
+def in_flight(work: WorkList | None, done: int, batch_size: int) -> str:
+    """The images a stalled rank was working on: the next batch of its shard (static schedule)."""
+    if work is None:
+        return "the current chunk of the dynamic schedule"
+    items = list(work.slice(done, min(len(work), done + batch_size)))
+    return ", ".join(f"#{it.index} {clip(it.locations[0], 100)}" for it in items) or "none (all done)"

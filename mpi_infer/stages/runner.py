@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..loaders.opencv import Batch, WorkItem, iter_batches
+from ..data.worklist import WorkItem
+from ..loaders.opencv import Batch, iter_batches
 from ..models.modelset import ENSEMBLE, combine, predict_tta, uncertainty
-from ..outputs.results import Ledger
+from ..outputs.ledger import Ledger
 from ..profiles import Profile
 from ..tasks import ScoreOptions, Task, task_for
 
@@ -68,6 +69,12 @@ class RankTimings:
     total_s: float = 0.0
     images: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def stats(self) -> dict[str, float]:
+        """The rank's timings as summary.json's per-rank line shows them."""
+        return {"wall_s": round(self.total_s, 4), "predict_s": round(self.predict_s, 4),
+                "wait_s": round(self.wait_s, 4), "score_s": round(self.score_s, 4),
+                "decode_s": round(self.decode_s, 4), "preprocess_s": round(self.preprocess_s, 4)}
 
 
 def run_items(

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .output import OutputSpec, softmax
+from .protocol import ScoreOptions
 
 SCORED = ("ok", "converted")
 CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
@@ -286,28 +287,12 @@ class ClassificationTask:
             records[k].update(predicted=int(np.argmax(probs[j])), probs=[float(p) for p in probs[j]])
         return []
 
-    def table(self, rank: int, classes: list[str]) -> Any:
-        from ..mpi.gather import RecordTable
-
-        return RecordTable(rank, classes=len(classes))
-
-    def report_table(self, summary: Mapping[str, Any]) -> str:
-        from ..outputs.report import _classification_table
-
-        return _classification_table(dict(summary))
-
-    def report_figures(self, summary: Mapping[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
-                       ) -> tuple[list[tuple[str, str, str]], bool]:
-        from ..outputs.report import classification_figures
-
-        return classification_figures(dict(summary), rows, k), True  # no masks to speak of
-
     def head(self, spec: OutputSpec, profile: Any, classes: list[str]) -> ClassificationHead:
         return ClassificationHead(spec, classes)
 
-    def summarise(self, records: list[Mapping[str, Any]], splits: list[str], classes: list[str], cfg: Any,
-                  group_of: Any) -> dict[str, Any]:
-        out = summarise_classification(records, splits, classes, cfg.bootstrap, cfg.seed, group_of)
+    def summarise(self, records: list[Mapping[str, Any]], splits: list[str], classes: list[str], profile: Any,
+                  options: ScoreOptions, group_of: Any) -> dict[str, Any]:
+        out = summarise_classification(records, splits, classes, options.bootstrap, options.seed, group_of)
         return {"task": "classification", "classes": list(classes), **out,
                 "accuracy_note": "upstream's categorical_accuracy is plain accuracy (top-1)"}
 

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import ModelError
 from ..profiles import Profile
 from .output import OutputSpec, check_probabilities, foreground, foreground_channel
+from .protocol import ScoreOptions
 from .stats import bootstrap_sums, describe, percentile_ci
 
 EPS = 1e-6
@@ -376,9 +377,9 @@ def segmentation_row(r: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**r, **{k: float(extra[k]) for k in ("thresholded_jaccard", "sensitivity", "specificity", "accuracy")}}
 
 
-def scoring_resolution(cfg: Any) -> str:
-    if cfg.score_at == "network":
-        return f"network input ({cfg.profile.height}x{cfg.profile.width})"
+def scoring_resolution(profile: Profile, score_at: str) -> str:
+    if score_at == "network":
+        return f"network input ({profile.height}x{profile.width})"
     return "each image's own size (the prediction resized linearly, then thresholded)"
 
 
@@ -395,10 +396,10 @@ class SegmentationTask:
                 "status": loaded.status, "error": "; ".join(loaded.notes)}
 
     def score_batch(self, batch: Any, probs: np.ndarray, records: list[dict[str, Any]], profile: Profile,
-                    options: Any) -> list[str]:
+                    options: ScoreOptions) -> list[str]:
         import cv2
 
-        from ..outputs.results import save_mask
+        from .masks import save_mask
 
         scored = [k for k in batch.rows if batch.items[k].mask is not None]
         if scored and options.score_at == "original":  # each image at its own size: one at a time
@@ -420,33 +421,20 @@ class SegmentationTask:
                                        profile.threshold, it.original_hw))
         return saved
 
-    def table(self, rank: int, classes: list[str]) -> Any:
-        from ..mpi.gather import RecordTable
-
-        return RecordTable(rank)
-
-    def report_table(self, summary: Mapping[str, Any]) -> str:
-        from ..outputs.report import _table
-
-        return _table(dict(summary))
-
-    def report_figures(self, summary: Mapping[str, Any], rows: list[dict[str, str]], run_dir: str, k: int
-                       ) -> tuple[list[tuple[str, str, str]], bool]:
-        from ..outputs.report import segmentation_figures
-
-        return segmentation_figures(dict(summary), rows, run_dir, k)
-
     def head(self, spec: OutputSpec, profile: Profile, classes: list[str]) -> SegmentationHead:
         return SegmentationHead(spec, profile)
 
-    def summarise(self, records: list[Mapping[str, Any]], splits: list[str], classes: list[str], cfg: Any,
-                  group_of: Any) -> dict[str, Any]:
-        out = {"task": "segmentation", **summarise(records, splits, cfg.bootstrap, cfg.seed, group_of, cfg.boundary)}
-        if cfg.boundary:
-            out["boundary"] = {"tolerance_px": cfg.nsd_tolerance, "empty_policy": cfg.empty_boundary,
-                               "policy": BOUNDARY_POLICY[cfg.empty_boundary], "resolution": scoring_resolution(cfg)}
-        out.update(threshold=cfg.profile.threshold, empty_gt_policy=EMPTY_GT_POLICY, score_at=cfg.score_at,
-                   metric_resolution=scoring_resolution(cfg))
+    def summarise(self, records: list[Mapping[str, Any]], splits: list[str], classes: list[str], profile: Profile,
+                  options: ScoreOptions, group_of: Any) -> dict[str, Any]:
+        out = {"task": "segmentation",
+               **summarise(records, splits, options.bootstrap, options.seed, group_of, bool(options.boundary))}
+        resolution = scoring_resolution(profile, options.score_at)
+        if options.boundary:
+            tolerance, empty = options.boundary
+            out["boundary"] = {"tolerance_px": tolerance, "empty_policy": empty, "policy": BOUNDARY_POLICY[empty],
+                               "resolution": resolution}
+        out.update(threshold=profile.threshold, empty_gt_policy=EMPTY_GT_POLICY, score_at=options.score_at,
+                   metric_resolution=resolution)
         return out
 
     def group_row(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,142 @@
+"""What the console shows: the plan of a --dry-run, the summary table, the CIs, the models, the problems and
+the exit line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import clip
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def summary_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
+    """A one-screen table: counts and metrics per split and overall, then ``notes`` (the failed images), then the
+    exit line."""
+    if summary.get("task") == "classification":
+        return _classification_table(summary, notes)
+    rows = [("split", "selected", "scored", "unscored", "failed", "mean IoU", "mean Dice", "global IoU",
+             "global Dice")]
+    parts = list(summary.get("per_split", {}).items()) + [("all", summary)]
+    for name, s in parts:
+        im, m = s["images"], s["metrics"]
+        rows.append((name, str(im["selected"]), str(im["scored"]), str(im["unscored"]), str(im["failed"]),
+                     _num(m["mean_iou"]), _num(m["mean_dice"]), _num(m["global_iou"]), _num(m["global_dice"])))
+    head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
+            f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
+            f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
+    return _render(rows, head, summary, [*ci_lines(summary), *model_lines(summary), *notes])
+
+
+def model_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Several models: each one's headline with its CI, the best per split, and each pair's verdict."""
+    models = summary.get("models")
+    if not models:
+        return []
+    best = summary.get("best_model", {})
+    metric = best.get("metric", "mean_dice")
+    key = {"mean_dice": "dice", "accuracy": "accuracy"}.get(metric, metric)
+
+    def one(name: str, m: Mapping[str, Any]) -> str:
+        lo, hi = (m.get("statistics", {}).get(key) or {}).get("ci95") or (None, None)
+        return f"{name} {_num(m['metrics'].get(metric))}" + (f" [{_num(lo)}, {_num(hi)}]" if lo is not None else "")
+    per = ", ".join(f"{s} {n}" for s, n in best.get("per_split", {}).items())
+    return [f"models ({metric.replace('_', ' ')}): " + "; ".join(one(n, m) for n, m in models.items()),
+            f"best: {best.get('all')} (per split: {per})", *(c["verdict"] for c in summary.get("comparison", []))]
+
+
+def ci_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The headline means with their bootstrap 95% CIs, and the ISIC score, in one line."""
+    st = summary.get("statistics") or {}
+    if not st.get("dice", {}).get("ci95"):
+        return []
+
+    def cited(key: str, label: str) -> str:
+        s = st[key]
+        value = s.get("mean", s.get("value"))
+        lo, hi = s.get("ci95") or (None, None)
+        return f"{label} {_num(value)} [{_num(lo)}, {_num(hi)}]"
+
+    boot = summary.get("bootstrap", {})
+    boundary = [f"{label} {_num(st[k]['mean'], 2)} [{_num((st[k].get('ci95') or [None])[0], 2)}, "
+                f"{_num((st[k].get('ci95') or [None, None])[1], 2)}] (n {st[k]['n']}, worst case "
+                f"{st[k]['worst_case_images']}, excluded {st[k]['excluded_images']})"
+                for k, label in (("hd95", "HD95 px"), ("assd", "ASSD px"), ("nsd", "NSD")) if k in st]
+    policy = summary.get("boundary", {}).get("empty_policy", "")
+    head = f"95% CI ({boot.get('replicates')} bootstrap resamples of {boot.get('unit', 'image')}s): "
+    return [*([f"boundary ({policy}): " + "; ".join(boundary)] if boundary else []), head
+            + ", ".join(cited(k, label) for k, label in (("dice", "mean Dice"), ("iou", "mean IoU"),
+                                                          ("thresholded_jaccard", "ISIC score"),
+                                                          ("global_dice", "global Dice")))]
+
+
+def _render(rows: list[tuple[str, ...]], head: str, summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
+    """Aligned columns, rules around the body, the head line above and the timing and exit line below."""
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    t = summary.get("timings", {})
+    converted = summary.get("images", {}).get("converted", 0)
+    tail = (f"wall {t.get('total_s', 0):.2f} s, {t.get('images_per_s', 0):.1f} images/s"
+            + (f"; {converted} image(s) scored after a conversion (per_image.csv says which)" if converted else ""))
+    return "\n".join([head, *lines, tail, *notes, exit_line(summary.get("exit_code"), summary.get("exit_meaning", ""))])
+
+
+def exit_line(code: Any, meaning: str) -> str:
+    """The last line a run prints. Under mpirun a non-zero exit is followed by Open MPI's own "prterun detected
+    that one or more processes exited with non-zero status" block: say here that the code is ours."""
+    line = f"exit {code}: {meaning}"
+    if code:
+        line += (" (mpi_infer's own exit code; under mpirun, Open MPI's 'prterun detected ... non-zero status' "
+                 "note after this line only repeats it: it is not a crash)")
+    return line
+
+
+def problem_lines(records: list[Mapping[str, Any]], limit: int = 10) -> list[str]:
+    """The failed images, with their reasons, for the console (the first ``limit``; per_image.csv has all)."""
+    failed = sorted((r for r in records if r.get("status") == "failed"), key=lambda r: r["index"])
+    if not failed:
+        return []
+    lines = [f"failed: {len(failed)} image(s)"]
+    for r in failed[:limit]:
+        where = ";".join(r.get("location", "")) if isinstance(r.get("location"), list) else r.get("location", "")
+        lines.append(f"  #{r['index']} {clip(str(where), 120)}: {clip(str(r.get('error', '')), 200)}")
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more (per_image.csv, status 'failed')")
+    return lines
+
+
+def _classification_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
+    topk = "top-2" if summary["metrics"].get("top_k_accuracy", {}).get("2") is not None else None
+    rows = [("split", "selected", "scored", "unscored", "failed", "accuracy", "balanced acc", "macro F1",
+             *([topk] if topk else []))]
+    for name, s in [*summary.get("per_split", {}).items(), ("all", summary)]:
+        im, m = s["images"], s["metrics"]
+        rows.append((name, str(im["selected"]), str(im["scored"]), str(im["unscored"]), str(im["failed"]),
+                     _num(m["accuracy"]), _num(m["balanced_accuracy"]), _num(m["macro_f1"]),
+                     *([_num(m["top_k_accuracy"].get("2"))] if topk else [])))
+    head = (f"mpi_infer: classification, {len(summary.get('classes', []))} classes; "
+            f"{summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
+            f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
+            f"{summary.get('profile', {}).get('name', '?')}")
+    return _render(rows, head, summary, [*model_lines(summary), *notes])
+
+
+def print_plan(prepared: Any, received: list[int], scatter_s: float, dynamic: bool) -> None:
+    if dynamic:
+        print(f"plan: {prepared.selected} image(s), dynamic schedule: rank 0 hands out chunks to "
+              f"{len(received)} rank(s); splits {', '.join(prepared.splits)}")
+    else:
+        print(f"plan: {prepared.selected} image(s) in {len(prepared.shard_sizes)} shard(s) by "
+              f"{prepared.sharding}, splits {', '.join(prepared.splits)}")
+        for row, got in zip(prepared.shard_sizes, received):
+            per = ", ".join(f"{k} {v}" for k, v in row["per_split"].items())
+            check = "" if got == row["images"] else f"  (received {got}!)"
+            print(f"  rank {row['rank']:>4}: {row['images']:>8} image(s)  ({per}){check}")
+    print(f"timing: load+validate+plan {prepared.prepare_s:.3f} s, scatter {scatter_s:.3f} s")
+    sys.stdout.flush()
