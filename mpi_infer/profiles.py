@@ -1,4 +1,5 @@
-"""Preprocessing recipes: what a model was trained with, as named presets (reference/ecvl.md section 7).
+"""Preprocessing recipes: what a model was trained with, as named presets (the use cases'
+recipes: deephealthproject/use-case-pipelines python/skin_lesion_*_training.py).
 
 A profile fixes everything between the file and the tensor, so the same model gives the same scores
 whatever backend runs it: RGB order, resize on uint8 with this interpolation (masks always nearest),

@@ -18,7 +18,7 @@ from mpi_infer.launch.k8s import HOSTFILE, dump, render
 K8S_VERSION = "1.31.0"  # pinned: the validator ships schemas per Kubernetes release
 MANIFESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "manifests")
 
-# The MPIJob v2beta1 spec (reference/mpijob-and-peers.md 1.1): the only fields we may use.
+# The MPIJob v2beta1 spec (kubeflow/mpi-operator pkg/apis/kubeflow/v2beta1/types.go): the only fields we may use.
 SPEC_FIELDS = {"slotsPerWorker", "runLauncherAsWorker", "sshAuthMountPath", "launcherCreationPolicy",
                "mpiImplementation", "runPolicy", "mpiReplicaSpecs"}
 RUN_POLICY_FIELDS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit",

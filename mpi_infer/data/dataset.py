@@ -1,6 +1,7 @@
 """The ECVL dataset YAML ("DeepHealth Toolkit Dataset Format") as a validated, read-only model.
 
-Parsing follows ECVL 1.0.3's ``Dataset`` constructor (reference/ecvl.md section 1) and adds the
+Parsing follows ECVL 1.0.3's ``Dataset`` constructor (deephealthproject/ecvl
+modules/dataset/src/dataset_parser.cpp) and adds the
 validation ECVL lacks. Entries are kept as parsed and normalised on demand (``sample(i)``), so a
 million-image YAML loads and validates in a few seconds: only the selected images are ever resolved.
 

@@ -1,4 +1,5 @@
-"""EDDL engine: pyeddl's own network (pyeddl 1.3.1 on EDDL 1.1b; reference/ecvl.md sections 3 and 10).
+"""EDDL engine: pyeddl's own network (pyeddl 1.3.1 on EDDL 1.1b: deephealthproject/
+pyeddl, deephealthproject/eddl src/net/net_api.cpp).
 
 A ``.bin`` is a bare record stream, so the network is rebuilt in pyeddl from the record shapes (the SegNet
 family of archs.py), built with init_weights=True (build randomises) and then ``eddl.load`` overwrites

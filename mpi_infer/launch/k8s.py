@@ -1,6 +1,7 @@
 """Kubernetes manifests for a run: an NFS PersistentVolume, a ReadWriteMany claim, and a Kubeflow MPIJob.
 
-Every pitfall in reference/mpijob-and-peers.md sections 0 and 1.5 is designed out here:
+Every pitfall of Open MPI 5 under the MPI Operator (kubeflow/mpi-operator pkg/apis/kubeflow/v2beta1/types.go,
+v2beta1 MPIJob) is designed out here:
 - Open MPI 5 ignores the operator's ``OMPI_MCA_orte_default_hostfile``: the launcher passes
   ``--hostfile /etc/mpi/hostfile`` itself, and the program is told ``--expect-hosts W`` so a run whose
   ranks all landed on the launcher fails at once instead of "succeeding" on one pod;

@@ -1,7 +1,7 @@
 """The ECVL loader: ECVL's own ``DLDataset`` turns a rank's images into tensors (pyecvl 1.3.0 on ECVL 1.0.3).
 
-Written against reference/ecvl.md sections 2 and 10, and run against the real libraries in CI. pyecvl is
-imported only when this loader is used; everything that does not need it (the shard YAML, the
+Written against pyecvl's DLDataset (deephealthproject/ecvl modules/eddl/src/support_eddl.cpp), and run
+against the real libraries where they import. pyecvl is imported only when this loader is used; everything that does not need it (the shard YAML, the
 augmentation chain for a profile, the pre-check) is a plain function, tested everywhere.
 
 Per group of items (a rank's whole shard under the static schedule; a few batches at a time under the

@@ -1,6 +1,7 @@
 """Read, check, resize and normalise images and masks exactly as ECVL does, in background threads.
 
-ECVL path (reference/ecvl.md 2.4, 2.5, 7): cv2 decode with IMREAD_ANYCOLOR (8-bit, alpha dropped),
+ECVL path (deephealthproject/ecvl modules/core/src/imgcodecs.cpp and support_opencv.cpp, modules/eddl/src/
+support_eddl.cpp): cv2 decode with IMREAD_ANYCOLOR (8-bit, alpha dropped),
 BGR -> RGB (grey replicated), resize on uint8 with the profile's interpolation (masks: nearest),
 float32 / 255, optional (x - mean) / std, CHW. OpenCV releases the GIL while decoding and resizing,
 so a few threads keep the next batches ready while the model runs on the current one.

@@ -1,4 +1,4 @@
-"""The use case's classifiers (pyecvl examples/use_case_pipeline models.py; reference/ecvl.md 10.x) as ONNX
+"""The use case's classifiers (deephealthproject/use-case-pipelines python/models.py) as ONNX
 graphs built from EDDL ``.bin`` records, and the same nets in pyeddl for the EDDL engine.
 
 VGG16: 3x3 "same" convs + ReLU in blocks of (2, 2, 3, 3, 3), each block ending in a 2x2 max-pool; Reshape to a

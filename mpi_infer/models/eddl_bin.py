@@ -1,4 +1,5 @@
-"""EDDL's ``.bin`` weight file: a bare stream of tensor records (reference/ecvl.md section 4).
+"""EDDL's ``.bin`` weight file: a bare stream of tensor records (as deephealthproject/eddl
+src/net/net_api.cpp's Net::save writes them).
 
 Each record is int32 ndim, int32 shape[ndim], float32 data[prod(shape)], little-endian, no padding;
 the file has no header, magic number or architecture. So a reader can only check that the bytes form

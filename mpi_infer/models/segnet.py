@@ -1,4 +1,4 @@
-"""The SegNet family (UCP python/models.py; reference/ecvl.md 6.1) as ONNX graphs built from EDDL records.
+"""The SegNet family (deephealthproject/use-case-pipelines python/models.py) as ONNX graphs built from EDDL records.
 
 SegNet: 13 encoder convs in blocks of (2, 2, 3, 3, 3), each block ending in a 2x2 max-pool; then 5
 decoder blocks of (3, 3, 3, 2, 1) convs, each starting with a x2 nearest upsampling; then a final

@@ -1,7 +1,7 @@
 """The segmentation task: its head, per-image IoU/Dice (the upstream definitions) and their aggregation from
 per-image records.
 
-Upstream (UCP python/utils.py Evaluator; reference/ecvl.md 5.1): at network resolution, binarise the
+Upstream (deephealthproject/use-case-pipelines python/utils.py, the Evaluator): at network resolution, binarise the
 prediction and the ground truth (scaled to [0, 1]) with ``>= threshold``; IoU = (|P&G| + eps) /
 (|P|G| + eps), Dice = (2|P&G| + eps) / (|P| + |G| + eps), eps = 1e-6. So an empty ground truth with an
 empty prediction scores 1.0, and with any predicted pixel about 0. "MIoU" is the mean over images.
