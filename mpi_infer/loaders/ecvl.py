@@ -1,8 +1,9 @@
 """The ECVL loader: ECVL's own ``DLDataset`` turns a rank's images into tensors (pyecvl 1.3.0 on ECVL 1.0.3).
 
 Written against pyecvl's DLDataset (deephealthproject/ecvl modules/eddl/src/support_eddl.cpp), and run
-against the real libraries where they import. pyecvl is imported only when this loader is used; everything that does not need it (the shard YAML, the
-augmentation chain for a profile, the pre-check) is a plain function, tested everywhere.
+against the real libraries where they import. pyecvl is imported only when this loader is used; everything
+that does not need it (the shard YAML, the augmentation chain for a profile, the pre-check) is a plain
+function, tested everywhere.
 
 Per group of items (a rank's whole shard under the static schedule; a few batches at a time under the
 dynamic one): the items are written as an ECVL dataset YAML in a private temporary folder (images with a
