@@ -4,7 +4,7 @@
 #   podman build --build-arg BASE=localhost/debian:trixie-slim -t mpi-infer .  # FROM a plain Debian trixie
 # Two stages: compilers and headers (gcc, libopenmpi-dev, which pulls gfortran) stay in the build stage; the
 # final image has the Open MPI runtime, sshd and the venv. scripts/build_images.sh builds it (and the plain
-# Debian base) with podman; tests/test_containers.py rehearses an MPIJob with it.
+# Debian base) with podman; tests/launch/test_containers.py rehearses an MPIJob with it.
 ARG BASE=python:3.12.12-slim-trixie
 
 FROM ${BASE} AS build

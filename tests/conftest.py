@@ -14,7 +14,9 @@ import pytest
 
 from mpi_infer.data.synth import SynthSpec, make_dataset
 
-DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+DATA = Path(__file__).resolve().parent / "fixtures"  # files the tests read
+HELPERS = Path(__file__).resolve().parent / "helpers"  # programs the tests start
 MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",

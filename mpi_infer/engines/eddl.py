@@ -2,7 +2,7 @@
 pyeddl, deephealthproject/eddl src/net/net_api.cpp).
 
 A ``.bin`` is a bare record stream, so the network is rebuilt in pyeddl from the record shapes (the SegNet
-family of archs.py), built with init_weights=True (build randomises) and then ``eddl.load`` overwrites
+family of models/segnet.py), built with init_weights=True (build randomises) and then ``eddl.load`` overwrites
 every parameter. An ``.onnx`` is imported with ``import_net_from_onnx_file`` and built with
 init_weights=False. Either way the net is switched to test mode (``set_mode(net, 0)``: a new Net starts
 in training mode, and upstream evaluated BatchNorm nets with batch statistics) before ``forward``.
@@ -128,7 +128,7 @@ class EddlEngine:
 
 
 def segnet_eddl(x: Any, widths: list[int], batchnorm: bool) -> Any:
-    """The SegNet layer pattern of archs.py in pyeddl (widths from the .bin records)."""
+    """The SegNet layer pattern of models/segnet.py in pyeddl (widths from the .bin records)."""
     from pyeddl import eddl
 
     k = 0

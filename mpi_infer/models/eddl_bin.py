@@ -3,7 +3,7 @@ src/net/net_api.cpp's Net::save writes them).
 
 Each record is int32 ndim, int32 shape[ndim], float32 data[prod(shape)], little-endian, no padding;
 the file has no header, magic number or architecture. So a reader can only check that the bytes form
-whole records; whether they fit a network is the architecture builder's job (archs.py).
+whole records; whether they fit a network is the architecture builder's job (segnet.py, classifiers.py).
 """
 
 from __future__ import annotations

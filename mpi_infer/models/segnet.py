@@ -102,7 +102,7 @@ def layers_from_records(records: list[np.ndarray], arch: str, source: str = "mod
 
 def detect_arch(records: list[np.ndarray], source: str = "model") -> str:
     """``--arch auto``: the architecture whose record layout these records fit (EDDL's .bin names none):
-    SegNet, SegNetBN, or the classifiers VGG16 and LeNet (cls_archs.py).
+    SegNet, SegNetBN, or the classifiers VGG16 and LeNet (models/classifiers.py).
 
     SegNet has two records per conv (weight, bias); SegNetBN six (plus gamma, beta, mean, variance) but for
     the last conv. The first records already tell them apart: SegNetBN's record 2 is a vector, SegNet's a

@@ -106,7 +106,7 @@ def run_items(
     keeps them compactly). The task (default: segmentation) makes each record and scores each batch.
 
     ``predictors`` [(name, predict)] runs several models on every batch (each record then carries ``model``), and
-    ``ensemble``/``tta`` combine them (modelset.py); masks are saved for the first model only."""
+    ``ensemble``/``tta`` combine them (models/modelset.py); masks are saved for the first model only."""
     task = task or task_for("segmentation")
     options = options or ScoreOptions()
     fault = fault or Fault()

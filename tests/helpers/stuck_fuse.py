@@ -1,4 +1,4 @@
-"""A FUSE filesystem with one file whose reads never return, as on a stale NFS mount (tests/test_stall.py).
+"""A FUSE filesystem with one file whose reads never return, as on a stale NFS mount (tests/mpirun/test_stall.py).
 
     python tests/helpers/stuck_fuse.py MOUNTPOINT SOURCE_FILE   # serves MOUNTPOINT/stuck.jpg, SOURCE_FILE's size
 """

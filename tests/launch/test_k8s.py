@@ -10,13 +10,14 @@ import sys
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import ROOT
 
 from mpi_infer.cli import main
 from mpi_infer.errors import ConfigError
 from mpi_infer.launch.k8s import HOSTFILE, dump, render
 
 K8S_VERSION = "1.31.0"  # pinned: the validator ships schemas per Kubernetes release
-MANIFESTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "manifests")
+MANIFESTS = os.path.join(ROOT, "manifests")
 
 # The MPIJob v2beta1 spec (kubeflow/mpi-operator pkg/apis/kubeflow/v2beta1/types.go): the only fields we may use.
 SPEC_FIELDS = {"slotsPerWorker", "runLauncherAsWorker", "sshAuthMountPath", "launcherCreationPolicy",

@@ -12,10 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import mpirun
+from conftest import ROOT, mpirun
 
 pytestmark = pytest.mark.mpi
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "rehearsal.py")
+SCRIPT = os.path.join(ROOT, "scripts", "rehearsal.py")
 
 
 def rehearse(*args: str) -> dict:

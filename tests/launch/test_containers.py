@@ -16,11 +16,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 REQUIRE = "MPI_INFER_REQUIRE_CONTAINERS"
 ECVL_BASE = "MPI_INFER_ECVL_BASE"
 pytestmark = [pytest.mark.slow]

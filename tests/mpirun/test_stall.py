@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import mpirun
+from conftest import HELPERS, mpirun
 
 from mpi_infer.mpi.watchdog import EXIT_STALLED, Watchdog
 
 pytestmark = pytest.mark.mpi
-HERE = Path(__file__).resolve().parent
 
 
 def run_stopped(dataset: str, out: str, n: int, fault: str, timeout: float = 3
@@ -59,7 +58,7 @@ def stuck_file(tmp_path, synth_small):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     source = next((Path(synth_small).parent / "images_segmentation").glob("*.jpg"))
-    server = subprocess.Popen([sys.executable, str(HERE / "helpers" / "stuck_fuse.py"), str(mnt), str(source)],
+    server = subprocess.Popen([sys.executable, str(HELPERS / "stuck_fuse.py"), str(mnt), str(source)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for _ in range(100):
         if (mnt / "stuck.jpg").exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import mpirun, read_rows, read_summary
+from conftest import ROOT, mpirun, read_rows, read_summary
 
 from mpi_infer.data.synth import SynthSpec, isic_sample, make_dataset
 from mpi_infer.data.worklist import WorkItem
@@ -21,8 +21,6 @@ from mpi_infer.loaders.imagefiles import read_header
 from mpi_infer.loaders.opencv import load_item, read_image, reduction
 from mpi_infer.models.files import demo_model
 from mpi_infer.profiles import get_profile
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_isic_preset_writes_photograph_like_jpegs_and_segmentation_pngs(tmp_path):
