@@ -10,7 +10,6 @@ import re
 from typing import Any
 
 from ..atomic import read_input
-from ..config import RunConfig
 from ..errors import ConfigError, clip
 from ..tasks.masks import MASK_DIR
 from .ledger import LEDGER_DIR
@@ -30,22 +29,21 @@ OUR_FOLDERS = {
 }
 
 
-def prepare_output(cfg: RunConfig) -> tuple[bool, bool]:
+def prepare_output(out: str, resume: bool, overwrite: bool) -> tuple[bool, bool]:
     """Refuse a non-empty folder unless --resume or --overwrite; check it can be written.
 
     Returns (fresh, created): whether the folder was absent or empty, and whether we made it (then a failure
     before inference clears what we wrote, and removes the folder we made)."""
-    out = cfg.out
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out}: exists and is not a folder")
-    if cfg.resume and cfg.overwrite:
+    if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pick one")
     created = not os.path.exists(out)
     try:
         busy = os.path.isdir(out) and any(True for _ in os.scandir(out))
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot list it: {exc.strerror or exc}") from exc
-    if busy and not (cfg.resume or cfg.overwrite):
+    if busy and not (resume or overwrite):
         raise ConfigError(f"--out {out}: folder is not empty; pass --resume to continue the run there, "
                           f"or --overwrite to replace its results")
     try:
@@ -56,7 +54,7 @@ def prepare_output(cfg: RunConfig) -> tuple[bool, bool]:
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there: {exc.strerror or exc}") from exc
-    if busy and cfg.overwrite:
+    if busy and overwrite:
         try:
             remove_outputs(out)
         except OSError as exc:

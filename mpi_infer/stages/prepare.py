@@ -129,7 +129,7 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepa
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
     splits = select_splits(dataset, cfg.splits)
     model_sha = "" if cfg.dry_run else model_sha256(cfg.model)  # a dry run never touches the model
-    fresh, created = (False, False) if cfg.dry_run else prepare_output(cfg)
+    fresh, created = (False, False) if cfg.dry_run else prepare_output(cfg.out, cfg.resume, cfg.overwrite)
     try:
         prepared, payloads = _prepare(cfg, world, engine, dataset, splits, model_sha, fresh, t0)
     except Exception:
