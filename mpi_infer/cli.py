@@ -87,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "per_image.csv gets each image's uncertainty (the spread across the four)")
     run.add_argument("--arch", default="auto", choices=("auto", "segnet", "segnet-bn", "vgg16", "lenet"),
                      help="architecture of a .bin (default: recognised from the record shapes)")
-    run.add_argument("--activation", default="none", choices=("none", "sigmoid", "softmax"),
-                     help="applied to an ONNX model's raw output (logits: sigmoid, or softmax for C classes)")
+    run.add_argument("--activation", action="append", default=None, metavar="[NAME=]none|sigmoid|softmax",
+                     help="applied to an ONNX model's raw output (logits: sigmoid, or softmax for C classes); "
+                          "NAME=... for one model of several (repeatable); an activation on outputs that already "
+                          "are probabilities is refused (exit 11)")
     run.add_argument("--class", dest="cls", type=int_range(0, 1 << 16), default=None,
                      help="foreground channel of a C-channel output (default 1 when C = 2)")
     run.add_argument("--output", default=None, type=nonempty, metavar="NAME",
@@ -207,16 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold: {exc}")
         if args.command == "run":
-            from .models.modelset import parse_models
+            from .models.modelset import parse_models, with_activations
 
             try:
-                args.models = parse_models(args.model, _model_path)
+                args.models = with_activations(parse_models(args.model, _model_path), args.activation)
             except UsageError as exc:
                 parser.error(str(exc).removeprefix("argument "))
-            bins = [m.path for m in args.models if m.path.endswith(".bin")]
-            if args.activation != "none" and bins:
-                parser.error(f"argument --activation: {bins[0]} is an EDDL .bin, whose network ends in its own "
-                             f"Sigmoid (SegNet) or Softmax (VGG16, LeNet); --activation is for ONNX models")
+            bins = [m for m in args.models if m.path.endswith(".bin") and m.activation != "none"]
+            if bins:
+                parser.error(f"argument --activation: {bins[0].path} is an EDDL .bin, whose network ends in its "
+                             f"own Sigmoid (SegNet) or Softmax (VGG16, LeNet); --activation is for ONNX models")
             if args.ensemble and len(args.models) < 2:
                 parser.error("argument --ensemble: needs two or more models (--model a=... --model b=...)")
     try:
@@ -235,7 +237,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             dataset=args.dataset, out=args.out, models=tuple(args.models), ensemble=args.ensemble, tta=args.tta,
             profile_name=args.profile, profile_overrides=_profile_overrides(args),
             splits=tuple(args.split or ["test"]), batch_size=args.batch_size, backend=args.backend, loader=args.loader,
-            engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, activation=args.activation, cls=args.cls,
+            engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, cls=args.cls,
             output=args.output,
             save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
             shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,

@@ -23,7 +23,6 @@ class RunConfig:
     engine: str = "auto"  # onnx | eddl
     eddl_mem: str = "full_mem"  # EDDL's memory mode (full_mem, mid_mem, low_mem)
     arch: str = "auto"  # a .bin's architecture; auto: from the record shapes
-    activation: str = "none"  # applied to the model's raw output: none | sigmoid | softmax
     cls: int | None = None  # foreground channel of a C-channel output (default 1 when C = 2)
     output: str | None = None  # the ONNX output tensor to score (None: the model's only output)
     decode: str = "exact"  # exact (ECVL's full decode) | reduced (JPEG DCT-domain scaling, then the resize)
@@ -58,6 +57,11 @@ class RunConfig:
     def model(self) -> str:
         """The first model's path (the run's model where there is one)."""
         return self.models[0].path
+
+    @property
+    def activation(self) -> str:
+        """The first model's activation (each model has its own: ``models[k].activation``)."""
+        return self.models[0].activation
 
     @property
     def outputs(self) -> list[str]:

@@ -27,10 +27,14 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FLIPS = ((), (-1,), (-2,), (-2, -1))  # none, horizontal, vertical, both (axes of [N, C, H, W])
 
 
+ACTIVATIONS = ("none", "sigmoid", "softmax")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     path: str
+    activation: str = "none"  # applied to this model's raw output (--activation [NAME=]none|sigmoid|softmax)
 
 
 def _expand(path: str) -> list[str]:
@@ -116,3 +120,25 @@ def uncertainty(mean: np.ndarray, spread: np.ndarray, threshold: float) -> list[
         return out
     top = np.argmax(mean, axis=1)
     return [float(spread[k, c]) for k, c in enumerate(top)]
+
+
+def with_activations(specs: list[ModelSpec], values: Sequence[str] | None) -> list[ModelSpec]:
+    """``--activation`` values: ``VALUE`` for every model, ``NAME=VALUE`` for one (which wins over the plain
+    form). Each model gets its own: a probability model and a logits model can run side by side, and the
+    start-up probe refuses an activation on outputs that already are probabilities."""
+    every, named = "none", {}
+    for value in values or ():
+        name, sep, act = value.rpartition("=")
+        if act not in ACTIVATIONS:
+            raise UsageError(f"argument --activation: {value!r}: expected none, sigmoid or softmax, or "
+                             f"NAME=none|sigmoid|softmax for one model")
+        if not sep:
+            every = act
+            continue
+        if name not in {s.name for s in specs}:
+            raise UsageError(f"argument --activation: {value!r} names no model; the models are "
+                             f"{', '.join(s.name for s in specs)}")
+        if named.get(name, act) != act:
+            raise UsageError(f"argument --activation: model {name} is given {named[name]} and {act}")
+        named[name] = act
+    return [ModelSpec(s.name, s.path, named.get(s.name, every)) for s in specs]

@@ -208,31 +208,34 @@ def _open(cfg: RunConfig, comm: Any, prepared: Prepared, stack: Stack, me: Topol
     opened = error = None
     threads = rank_threads(cfg.threads, me.local_size)
     try:
-        spec = OutputSpec(cfg.activation, cfg.cls)
-        head = task_for(prepared.task).head(spec, prepared.profile, prepared.classes)
+        task = task_for(prepared.task)
         fallback = stack.engine_why.startswith("auto") and pyeddl_available()
+        heads = []  # each model its own head: its own activation, its own warnings
 
-        def open_model(path: str, arch: str | None) -> Any:  # several models: one shared ONNX Runtime arena
-            return open_engine(stack.engine, path, prepared.profile, head, threads=threads, gpu=cfg.gpu,
+        def open_model(path: str, arch: str | None, activation: str) -> Any:
+            heads.append(task.head(OutputSpec(activation, cfg.cls), prepared.profile, prepared.classes))
+            return open_engine(stack.engine, path, prepared.profile, heads[-1], threads=threads, gpu=cfg.gpu,
                                device_id=me.gpu or 0, arch=arch, eddl_mem=cfg.eddl_mem, output=cfg.output,
-                               arena=not prepared.models, fallback=fallback)
+                               arena=not prepared.models, fallback=fallback)  # several models: one shared arena
 
-        engine = open_model(prepared.run_model, prepared.arch)
-        if engine.name != stack.engine:  # auto fell back to EDDL's importer
-            stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
         predictors = None
         if prepared.models:  # several models: each opened once per rank, all on every batch
-            engines = [engine]
-            for info in prepared.models[1:]:
+            engines = []
+            for info in prepared.models:
                 try:
-                    engines.append(open_model(info["run_model"], info["arch"]))
+                    engines.append(open_model(info["run_model"], info["arch"], info["activation"]))
                 except MpiInferError as exc:
                     raise type(exc)(f"model {info['name']} ({info['path']}): {exc}") from None
+            engine = engines[0]
             predictors = [(info["name"], e.predict) for info, e in zip(prepared.models, engines)]
+        else:
+            engine = open_model(prepared.run_model, prepared.arch, cfg.activation)
+        if engine.name != stack.engine:  # auto fell back to EDDL's importer
+            stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
         loader = open_loader(stack.loader, prepared.profile, prepared.classes or None)
         opened = Opened(stack, engine, predictors, loader, Ledger(cfg.out, prepared.attempt, rank), threads)
         if rank == 0:
-            for w in getattr(head, "warnings", []):
+            for w in (w for head in heads for w in getattr(head, "warnings", [])):
                 log(0, f"warning: {w}")
                 prepared.warnings.append(w)
     except Exception as exc:  # noqa: BLE001

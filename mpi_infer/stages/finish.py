@@ -57,7 +57,7 @@ def models_summary(by_model: dict[str, list[dict[str, Any]]], first: dict[str, A
         models[name] = {k: s[k] for k in ("images", "metrics", "per_split", "statistics") if k in s}
         if name in files:
             models[name].update(path=os.path.abspath(files[name]["path"]), sha256=files[name]["sha256"],
-                                arch=files[name]["arch"])
+                                arch=files[name]["arch"], activation=files[name]["activation"])
         else:
             models[name]["combines"] = {"how": cfg.ensemble, "models": [m["name"] for m in prepared.models]}
     return {"models": models, "best_model": best_models(models, prepared.task),

@@ -85,7 +85,9 @@ def run_identity(cfg: RunConfig, profile: Profile, model_sha: str, dataset_sha: 
     if cfg.decode != "exact":  # other pixels: records of the two modes never mix (absent: older run.json match)
         identity["decode"] = cfg.decode
     if models:  # several models: each one's name, hash and architecture, in order
-        identity["models"] = [{"name": m["name"], "sha256": m["sha256"], "arch": m["arch"]} for m in models]
+        identity["models"] = [{"name": m["name"], "sha256": m["sha256"], "arch": m["arch"],
+                               **({"activation": m["activation"]} if m["activation"] != "none" else {})}
+                              for m in models]
     if cfg.ensemble:
         identity["ensemble"] = cfg.ensemble
     if cfg.tta:
@@ -148,7 +150,8 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         raise ConfigError("--ensemble vote is for classification (a vote of class labels); a segmentation "
                           "ensemble averages probabilities: --ensemble mean")
     infos = [{"name": m.name, "path": m.path, "sha256": model_sha if k == 0 else
-              ("" if cfg.dry_run else model_sha256(m.path)), "arch": arch if k == 0 else resolve_arch(cfg, m.path)}
+              ("" if cfg.dry_run else model_sha256(m.path)), "arch": arch if k == 0 else resolve_arch(cfg, m.path),
+              "activation": m.activation}
              for k, m in enumerate(cfg.models)] if len(cfg.models) > 1 else []
     identity = run_identity(cfg, profile, model_sha, dataset.sha256, splits, arch, infos)
     previous: list[dict[str, Any]] = []

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
-from .output import OutputSpec, softmax
+from .output import OutputSpec, refuse_double_activation, softmax
 from .protocol import ScoreOptions
 
 SCORED = ("ok", "converted")
@@ -252,6 +252,7 @@ class ClassificationHead:
         if raw.ndim not in (2, 4) or (raw.ndim == 4 and raw.shape[2:] != (1, 1)) or flat != len(self.classes):
             raise ModelError(f"{source} has shape {list(raw.shape)} for two images; the dataset has "
                              f"{len(self.classes)} classes, so expected [N, {len(self.classes)}] class scores")
+        refuse_double_activation(np.asarray(raw).reshape(len(raw), -1), self.spec, source)
         probs = self(raw)
         if not (np.all(np.isfinite(probs)) and probs.min() >= 0 and probs.max() <= 1
                 and np.allclose(probs.sum(axis=1), 1, atol=1e-3)):

@@ -80,6 +80,24 @@ def foreground_channel(channels: int, spec: OutputSpec, source: str) -> int:
     return spec.cls
 
 
+def refuse_double_activation(raw: np.ndarray, spec: OutputSpec, source: str) -> None:
+    """The start-up probe, before the activation: a model whose raw output already lies in [0, 1] on the probe
+    images (a sigmoid or softmax inside the exported graph, as MONAI's and many UNet exports have) must not get
+    another one, which would squash every value into 0.5..0.73 (sigmoid) and mark every pixel as lesion, with
+    no error. Refused (ModelError: exit 11), naming the model and the fix."""
+    if spec.activation == "none":
+        return
+    y = np.asarray(raw, np.float32)
+    if y.size == 0 or not np.all(np.isfinite(y)) or y.min() < 0.0 or y.max() > 1.0:
+        return  # logits (or not finite: the later check says so)
+    inside = "sums to 1 over the channels, as a softmax's does" if (
+        y.ndim >= 2 and y.shape[1] > 1 and np.allclose(y.sum(axis=1), 1.0, atol=1e-3)) else "lies in [0, 1]"
+    raise ModelError(f"{source}: its raw output already {inside} on the probe images ({y.min():.3g}..{y.max():.3g}): "
+                     f"it is probabilities, and --activation {spec.activation} would apply a second "
+                     f"{spec.activation} (silently wrong scores); drop --activation for this model (several "
+                     f"models: --activation NAME={spec.activation} for the logits models only)")
+
+
 def check_probabilities(probe: np.ndarray, raw_channels: int, spec: OutputSpec, source: str) -> None:
     """The start-up probe: after the activation, the output must be probabilities; else name what fits."""
     if np.all(np.isfinite(probe)) and probe.min() >= 0.0 and probe.max() <= 1.0:

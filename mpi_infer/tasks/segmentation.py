@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..profiles import Profile
-from .output import OutputSpec, check_probabilities, foreground, foreground_channel
+from .output import OutputSpec, check_probabilities, foreground, foreground_channel, refuse_double_activation
 from .protocol import ScoreOptions
 from .stats import bootstrap_sums, describe, percentile_ci
 
@@ -356,6 +356,7 @@ class SegmentationHead:
         if spatial != (h, w):
             raise ModelError(f"{source} has shape {list(raw.shape)} for two images; expected [N, C, {h}, {w}] "
                              f"(segmentation at the network's input size)")
+        refuse_double_activation(raw, self.spec, source)
         probe = foreground(raw, self.spec, source)
         channels = raw.shape[1] if raw.ndim == 4 else 1
         check_probabilities(probe, channels, self.spec, source)

@@ -327,3 +327,63 @@ def test_sigmoid_on_a_two_channel_output_warns(synth_small, tmp_path):
     assert "usually meant for --activation softmax" in proc.stderr
     with open(os.path.join(out, "summary.json")) as fh:
         assert any("usually meant for --activation softmax" in w for w in json.load(fh)["warnings"])
+
+
+def monai_like_exports(folder) -> dict[str, str]:
+    """The three export kinds a MONAI user brings: a UNet with the sigmoid inside (one channel of
+    probabilities), a SegResNet with the softmax inside (two channels summing to 1) and an AttentionUnet with
+    raw logits (one channel)."""
+    return {"unet": write_model(str(folder / "unet.onnx"), 1, final="Sigmoid"),
+            "segresnet": write_model(str(folder / "segresnet.onnx"), 2, final="Softmax"),
+            "attunet": write_model(str(folder / "attunet.onnx"), 1)}
+
+
+@pytest.mark.parametrize("models,flags,refused", [
+    (["unet", "attunet"], ["--activation", "sigmoid"], "unet"),  # the issue's run: a second sigmoid on unet
+    (["segresnet", "attunet"], ["--activation", "segresnet=softmax", "--activation", "attunet=sigmoid"],
+     "segresnet"),  # a second softmax
+    (["unet"], ["--activation", "sigmoid"], "unet"),  # one probability model given --activation by mistake
+    (["segresnet"], ["--activation", "softmax"], "segresnet"),
+])
+def test_an_activation_on_probabilities_is_refused_naming_the_model(models, flags, refused, synth_small, tmp_path):
+    files = monai_like_exports(tmp_path)
+    given = [a for m in models for a in ("--model", f"{m}={files[m]}")]
+    proc = mpirun(2, "run", "--dataset", synth_small, *given, "--out", str(tmp_path / "o"), *flags)
+    assert proc.returncode == 11, proc.stderr
+    needle = "it is probabilities, and --activation"
+    assert needle in proc.stderr and proc.stderr.count(needle) == 1
+    line = next(ln for ln in proc.stderr.splitlines() if needle in ln)
+    assert f"{refused}.onnx" in line and not os.path.exists(tmp_path / "o" / "summary.json")
+
+
+def test_each_model_gets_its_own_activation(synth_small, tmp_path):
+    """Probabilities, softmax probabilities and logits side by side: only the logits model is activated, and
+    every model's per-image Dice equals the one computed here from its raw output."""
+    files = monai_like_exports(tmp_path)
+    want = {"unet": expected_scores(synth_small, files["unet"], lambda z: z, 0),
+            "segresnet": expected_scores(synth_small, files["segresnet"], lambda z: z, 1),
+            "attunet": expected_scores(synth_small, files["attunet"], sigmoid, 0)}
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", synth_small, "--out", out, "--split", "all",
+                  *[a for m in files for a in ("--model", f"{m}={files[m]}")], "--activation", "attunet=sigmoid")
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(out, "per_image.csv"), newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert len(got) == 3 * 13
+    for r in got:
+        assert abs(float(r["dice"]) - want[r["model"]][int(r["index"])][1]) <= 1e-6, r
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    assert {m: s["models"][m]["activation"] for m in files} == {"unet": "none", "segresnet": "none",
+                                                                "attunet": "sigmoid"}
+
+
+@pytest.mark.parametrize("value,says", [
+    ("nosuch=sigmoid", "names no model"),
+    ("attunet=tanh", "expected none, sigmoid or softmax"),
+])
+def test_a_per_model_activation_that_names_nothing_is_a_usage_error(value, says, synth_small, tmp_path):
+    files = monai_like_exports(tmp_path)
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", f"attunet={files['attunet']}",
+                  "--out", str(tmp_path / "o"), "--activation", value)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
