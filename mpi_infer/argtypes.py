@@ -8,13 +8,14 @@ so ``mpi_infer manifest`` never renders YAML that ``kubectl apply`` would reject
 from __future__ import annotations
 
 import argparse
+import contextvars
 import os
 import re
 import sys
 import time
 from collections.abc import Callable
 
-from .errors import clip
+from .errors import UsageError, clip
 
 MAX_PARTS = 100_000  # split -n: files written; more is a typo, not a plan
 MAX_RANKS_HINT = 1_000_000
@@ -138,10 +139,16 @@ def mpi_rank_from_env() -> int:
     return 0
 
 
+# Set by the Python API: a bad option raises UsageError in the caller's process instead of exiting it.
+RAISE_USAGE_ERRORS: contextvars.ContextVar[bool] = contextvars.ContextVar("raise_usage_errors", default=False)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are printed by rank 0 alone (every rank still exits 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if RAISE_USAGE_ERRORS.get():
+            raise UsageError(message)
         if mpi_rank_from_env() == 0:
             self.print_usage(sys.stderr)
             sys.stderr.write(f"{self.prog}: error: {clip(message, 600)}\n")

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .argtypes import (
@@ -19,6 +20,10 @@ from .argtypes import (
     split_names,
 )
 from .errors import EXIT_CODES, EXIT_OK, EXIT_USAGE, ConfigError, MpiInferError, UsageError, clip
+from .options import expand_argv
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 DEMO_MODELS = {"demo": ("demo_segnet", "bin"), "demo-bin": ("demo_segnet", "bin"),
                "demo-onnx": ("demo_segnet", "onnx"), "demo-classifier": ("demo_lenet", "bin"),
@@ -74,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run inference (under mpirun, or as one process)",
                          description="mpirun -n N python -m mpi_infer run --dataset D.yml --model M --out DIR")
+    run.add_argument("--config", default=None, metavar="RUN.yaml",
+                     help="a YAML file of run options, keys named like the flags (batch-size: 4, split: [test], "
+                          "model: {a: a.onnx}); flags given as well override it; recorded in run.json")
     run.add_argument("--dataset", required=True, type=nonempty, help="ECVL dataset YAML")
     run.add_argument("--model", required=True, type=nonempty, action="append", metavar="[NAME=]PATH",
                      help="ONNX model or EDDL .bin (with --arch); 'demo' / 'demo-onnx' = the shipped demo model; "
@@ -197,12 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write <DIR>/report.html from a finished run")
     rep.add_argument("dir")
     rep.add_argument("--worst", type=int_range(0, 1000), default=8, help="how many worst and best images to show")
+    parser.run_parser = run  # the run options' one checker (options.py, the Python API)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line (after ``@file`` and ``run --config`` expansion), checked: a bad one exits 2 with the
+    reason (raises UsageError under the Python API)."""
     parser = build_parser()
+    try:
+        argv, config_options = expand_argv(argv, parser.run_parser)
+    except (UsageError, ConfigError) as exc:
+        parser.error(str(exc).removeprefix("argument "))
     args = parser.parse_args(argv)
+    args.config_options = config_options
     if args.command in ("run", "convert"):  # the recipe is part of the command line: check it now, once
         try:
             args.profile_obj = _profile(args) if args.command == "run" else None
@@ -221,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"own Sigmoid (SegNet) or Softmax (VGG16, LeNet); --activation is for ONNX models")
             if args.ensemble and len(args.models) < 2:
                 parser.error("argument --ensemble: needs two or more models (--model a=... --model b=...)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(args)
     except MpiInferError as exc:
@@ -228,29 +249,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run's frozen settings from its checked command line (the CLI's and the Python API's)."""
+    from .config import RunConfig
+
+    return RunConfig(
+        dataset=args.dataset, out=args.out, models=tuple(args.models), ensemble=args.ensemble, tta=args.tta,
+        profile_name=args.profile, profile_overrides=_profile_overrides(args),
+        splits=tuple(args.split or ["test"]), batch_size=args.batch_size, backend=args.backend, loader=args.loader,
+        engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, cls=args.cls, output=args.output,
+        save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
+        shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
+        group_by=args.group_by, stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
+        fault_tolerant=args.fault_tolerant, score_at=args.score_at,
+        nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,
+        allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
+        threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
+        schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
+        verbose=args.verbose, progress_interval=args.progress_interval,
+        config=os.path.abspath(args.config) if args.config else None, config_options=args.config_options or {},
+    )
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from .config import RunConfig
         from .mpi.job import run_job
 
-        cfg = RunConfig(
-            dataset=args.dataset, out=args.out, models=tuple(args.models), ensemble=args.ensemble, tta=args.tta,
-            profile_name=args.profile, profile_overrides=_profile_overrides(args),
-            splits=tuple(args.split or ["test"]), batch_size=args.batch_size, backend=args.backend, loader=args.loader,
-            engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, cls=args.cls,
-            output=args.output,
-            save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
-            shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
-            group_by=args.group_by, stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
-            fault_tolerant=args.fault_tolerant,
-            score_at=args.score_at,
-            nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,
-            allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
-            threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
-            schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
-            verbose=args.verbose, progress_interval=args.progress_interval,
-        )
-        return run_job(cfg)
+        return run_job(run_config(args))
     if args.command == "split":
         return _split(args)
     if args.command == "synth":

@@ -52,6 +52,8 @@ class RunConfig:
     quiet: bool = False
     verbose: bool = False
     progress_interval: float = 5.0
+    config: str | None = None  # --config: the options file (absolute path), recorded in run.json
+    config_options: dict = field(default_factory=dict)  # what that file said, as loaded
 
     @property
     def model(self) -> str:

@@ -21,7 +21,7 @@ from ..data.worklist import WorkList
 from ..engines import open_engine
 from ..errors import EXIT_OK, LaunchError, MpiInferError, PeerLostError, clip, exit_code_for
 from ..loaders import open_loader
-from ..outputs.console import print_plan, problem_lines, summary_table
+from ..outputs.console import ConsoleRecord, print_plan, problem_lines, summary_table
 from ..outputs.folder import remove_outputs
 from ..outputs.ledger import Ledger
 from ..stages.finish import finish_run
@@ -71,8 +71,11 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
     except LaunchError as exc:
         print(f"mpi_infer: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+    record = ConsoleRecord() if comm.rank == 0 else None  # rank 0's console, for OUT/run.log
+    if record is not None:
+        record.start()
     try:
-        return _run(cfg, comm, MPI)
+        code = _run(cfg, comm, MPI, record)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
@@ -89,11 +92,19 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
                              + "".join(f"[rank {comm.rank}] {line}\n" for line in
                                        "".join(traceback.format_exception(exc)).rstrip().splitlines()))
         sys.stderr.flush()
+        if record is not None:
+            record.save(cfg.out, code)
         comm.Abort(code)
         return code  # not reached
+    finally:
+        if record is not None:
+            record.stop()
+    if record is not None:
+        record.save(cfg.out, code)
+    return code
 
 
-def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
+def _run(cfg: RunConfig, comm: Any, MPI: Any, record: ConsoleRecord | None) -> int:
     t_start = time.perf_counter()
     configure(cfg.quiet, cfg.verbose)
     me, topology = _topology(cfg, comm, MPI)
@@ -101,6 +112,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if "error" in header:
         return _fail_together(comm, header["error"] if comm.rank == 0 else None) or 1
     prepared: Prepared = header["prepared"]
+    if record is not None:
+        record.attempt = prepared.attempt
     if comm.rank == 0 and not cfg.quiet:
         _announce(cfg, prepared, header["stack"], topology)
     plan = _scatter(cfg, comm, payloads)  # 2.
@@ -118,6 +131,8 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any) -> int:
     if channel.shrink:
         # Everything is written. After a loss, Open MPI 5's MPI_Finalize can wait forever in a PMIx fence that
         # counts the lost rank (open-mpi/ompi#11404; 2 hangs in 10 here): the survivors leave without it.
+        if record is not None:
+            record.save(cfg.out, code)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

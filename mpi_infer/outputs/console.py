@@ -3,11 +3,14 @@ the exit line."""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import clip
+from ..errors import EXIT_CODES, clip
+from .folder import LOG_FILE, RUN_FILE
 
 
 def _num(v: Any, digits: int = 4) -> str:
@@ -140,3 +143,55 @@ def print_plan(prepared: Any, received: list[int], scatter_s: float, dynamic: bo
             print(f"  rank {row['rank']:>4}: {row['images']:>8} image(s)  ({per}){check}")
     print(f"timing: load+validate+plan {prepared.prepare_s:.3f} s, scatter {scatter_s:.3f} s")
     sys.stdout.flush()
+
+
+
+class _Tee:
+    """A text stream that also keeps what is written to it."""
+
+    def __init__(self, stream: Any, kept: list[str]):
+        self._stream, self._kept = stream, kept
+
+    def write(self, text: str) -> int:
+        self._kept.append(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding: the real stream's
+        return getattr(self._stream, name)
+
+
+class ConsoleRecord:
+    """What rank 0 prints (stdout and stderr: the plan, warnings, failed images, the summary, errors) kept
+    while the run lasts, to be appended to OUT/run.log with the exit line: a job's record outlives its pod's
+    log. Only a folder this run owns gets it (one with run.json)."""
+
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+        self.attempt: int | None = None  # set once the run has taken its output folder
+        self._saved: tuple[Any, Any] | None = None
+
+    def start(self) -> None:
+        self._saved = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self.kept), _Tee(sys.stderr, self.kept)
+
+    def stop(self) -> None:
+        if self._saved is not None:
+            sys.stdout, sys.stderr = self._saved
+            self._saved = None
+
+    def save(self, out: str, code: int) -> None:
+        """Append this attempt's record to ``out``/run.log (never fails the run: a log is not a result)."""
+        self.stop()
+        if self.attempt is None or not os.path.isfile(os.path.join(out, RUN_FILE)):
+            return  # the run never took the folder (refused before, or a dry run): it is not ours to write in
+        kept = "".join(self.kept).replace("\r\n", "\n")  # a terminal's progress bar: its last state a line
+        text = "\n".join(line.rsplit("\r", 1)[-1] for line in kept.split("\n")).rstrip("\n")
+        last = exit_line(code, EXIT_CODES.get(code, "unknown"))
+        head = f"=== {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, attempt {self.attempt} ==="
+        body = text if text.endswith(last) else f"{text}\n{last}".lstrip("\n")
+        try:
+            with open(os.path.join(out, LOG_FILE), "a", encoding="utf-8") as fh:
+                fh.write(f"{head}\n{body}\n")
+        except OSError as exc:
+            sys.stderr.write(f"mpi_infer: warning: cannot append to {os.path.join(out, LOG_FILE)}: "
+                             f"{exc.strerror or exc}\n")

@@ -15,9 +15,10 @@ from ..tasks.masks import MASK_DIR
 from .ledger import LEDGER_DIR
 
 RUN_FILE = "run.json"
+LOG_FILE = "run.log"  # what rank 0 printed, appended per attempt (console.ConsoleRecord)
 
 
-OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html")
+OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html", LOG_FILE)
 
 
 # Our folders and the names we write in them (plus atomic writes' ".tmp-*"): --overwrite and the clean-up

@@ -168,8 +168,10 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         previous = latest_records(read_ledgers(cfg.out), cfg.outputs if cfg.multi else None)
         attempt = next_attempt(cfg.out)
     if not cfg.dry_run:
+        config = {"config": {"file": cfg.config, "options": cfg.config_options}} if cfg.config else {}
         write_text(run_file, json.dumps({**identity, "dataset": os.path.abspath(cfg.dataset),
-                                         "model": os.path.abspath(cfg.model), "version": __version__}, indent=2))
+                                         "model": os.path.abspath(cfg.model), "version": __version__, **config},
+                                        indent=2, default=str))
     done = complete_images(previous, len(cfg.outputs), ok_only=True)  # every model's record, none failed
     previous = [r for r in previous if r["index"] in done]
     selected = selected_items(dataset, splits)
