@@ -32,7 +32,25 @@ def summary_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
     head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
-    return _render(rows, head, summary, [*ci_lines(summary), *model_lines(summary), *notes])
+    return _render(rows, head, summary, [*ci_lines(summary), *model_lines(summary), *group_lines(summary), *notes])
+
+
+def group_lines(summary: Mapping[str, Any], worst: int = 3) -> list[str]:
+    """--group-by: how many groups, and each model's (or the run's) worst groups by its headline metric."""
+    groups = summary.get("groups")
+    if not groups:
+        return []
+    metric = "accuracy" if summary.get("task") == "classification" else "mean_dice"
+    label = metric.replace("_", " ")
+    models = summary.get("models") or {"": {"groups": groups}}
+    lines = [f"groups (--group-by {groups['pattern']}): {groups['groups']}, {groups['unmatched_images']} "
+             f"image(s) matched none"]
+    for name, m in models.items():
+        rows = (m.get("groups") or {}).get("per_group", {})
+        ranked = sorted((g for g in rows if rows[g].get(metric) is not None), key=lambda g: rows[g][metric])
+        shown = "; ".join(f"{g} {_num(rows[g][metric])} (n {rows[g]['images']})" for g in ranked[:worst])
+        lines.append(f"  {name + ': ' if name else ''}lowest {label}: {shown or '-'}")
+    return lines
 
 
 def model_lines(summary: Mapping[str, Any]) -> list[str]:
@@ -127,7 +145,7 @@ def _classification_table(summary: Mapping[str, Any], notes: Iterable[str] = ())
             f"{summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}")
-    return _render(rows, head, summary, [*model_lines(summary), *notes])
+    return _render(rows, head, summary, [*model_lines(summary), *group_lines(summary), *notes])
 
 
 def print_plan(prepared: Any, received: list[int], scatter_s: float, dynamic: bool) -> None:

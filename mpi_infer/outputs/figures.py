@@ -14,11 +14,7 @@ import numpy as np
 from ..tasks.masks import MASK_DIR, mask_file_name
 
 GT_COLOUR = (0, 200, 0)  # RGB
-
-
 PRED_COLOUR = (230, 0, 230)
-
-
 TILE = 220
 
 
@@ -189,6 +185,7 @@ def scatter_figure(rows: list[dict[str, str]], a: str, b: str) -> str | None:
     ax.set_xlabel(f"{a} Dice")
     ax.set_ylabel(f"{b} Dice")
     ax.set_title(f"{len(both)} images; above the line: {b} better", fontsize=9)
+    fig.tight_layout()  # the axis labels inside the picture
     return _png(fig)
 
 
@@ -210,6 +207,7 @@ def classification_figures(summary: dict[str, Any], rows: list[dict[str, str]], 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (counts; colour: share of the true class)", fontsize=9)
+    fig.tight_layout()  # the rotated class names inside the picture
     figures = [("Confusion matrix", _png(fig), "confusion")]
     png = roc_and_reliability_figure(summary)
     if png:
@@ -223,6 +221,7 @@ def classification_figures(summary: dict[str, Any], rows: list[dict[str, str]], 
     ax.set_ylim(0, 1.3)
     ax.legend(fontsize=8, ncol=3, loc="upper center")
     ax.set_title("per class (support in brackets)", fontsize=9)
+    fig.tight_layout()
     figures.append(("Per-class precision, recall and F1", _png(fig), "per-class"))
     unsure = sorted((r for r in rows if r["true_probability"] != ""),
                     key=lambda r: (float(r["true_probability"]), int(r["index"])))[:k]

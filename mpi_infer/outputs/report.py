@@ -91,29 +91,38 @@ def write_report(run_dir: str, k: int = 8) -> str:
     """Write ``<run_dir>/report.html`` from summary.json and per_image.csv; return its path."""
     summary, rows = load_run(run_dir)
     all_rows = rows
-    if summary.get("models"):  # several models: the page is the first model's, plus a section comparing them
-        first = next(iter(summary["models"]))
-        rows = [r for r in rows if r.get("model") == first]
+    shown, view = shown_model(summary)
+    if shown is not None:  # several models: the tables and figures are the best model's; the models table all
+        rows = [r for r in rows if r.get("model") == shown]
     classification = summary.get("task", "segmentation") == "classification"
     per_rank = summary.get("timings", {}).get("per_rank", [])
     if classification:  # no masks to speak of
-        figures, has_masks = classification_figures(summary, rows, k), True
+        figures, has_masks = classification_figures(view, rows, k), True
     else:
-        figures, has_masks = segmentation_figures(summary, rows, run_dir, k)
+        figures, has_masks = segmentation_figures(view, rows, run_dir, k)
     if per_rank:
         figures.insert(1, ("Ranks", rank_chart(per_rank), "ranks"))
     failed = [r for r in rows if r["status"] == "failed"]
     prof = summary.get("profile", {})
-    norm = f"mean {prof.get('mean')}, std {prof.get('std')}" if prof.get("mean") else "RGB/255, no mean/std"
+    norm = (f"mean {number(prof.get('mean'))}, std {number(prof.get('std'))}" if prof.get("mean")
+            else "RGB/255, no mean/std")
     meta = [
-        ("dataset", summary.get("dataset")), ("model", summary.get("model")),
-        ("model sha256", summary.get("model_sha256", "")[:16]), ("backend", summary.get("backend", {}).get("backend")),
+        ("dataset", summary.get("dataset")),
+        *([("models", ", ".join(summary["models"]) + " (paths, hashes and activations in the models table)")]
+          if shown is not None else
+          [("model", summary.get("model")), ("model sha256", summary.get("model_sha256", "")[:16])]),
+        ("backend", summary.get("backend", {}).get("backend")),
         ("profile", f"{prof.get('name')}: {prof.get('height')}x{prof.get('width')} {prof.get('interpolation')}, "
                     f"{norm}"),
-        ("model output", ", ".join(f"{k} {v}" for k, v in (summary.get("output") or {}).items() if v is not None)),
+        ("model output", ", ".join(f"{k} {v}" for k, v in (summary.get("output") or {}).items()
+                                   if v is not None and not (shown is not None and k == "activation"))),
         ("arch", summary.get("arch") or "(from the ONNX file)"),
         *([("classes", ", ".join(summary.get("classes", [])))] if classification else
-          [("threshold", summary.get("threshold")), ("empty ground truth", summary.get("empty_gt_policy"))]),
+          [("threshold", number(summary.get("threshold"))), ("empty ground truth", summary.get("empty_gt_policy"))]),
+        *([("boundary metrics", boundary_text(summary["boundary"]))] if summary.get("boundary") else []),
+        *([("bootstrap", f"{summary['bootstrap'].get('replicates')} resamples of "
+                         f"{summary['bootstrap'].get('unit', 'image')}s, 95% percentile CIs, seed "
+                         f"{summary['bootstrap'].get('seed')}")] if summary.get("bootstrap") else []),
         ("ranks / hosts", f"{summary.get('world_size')} / {len(summary.get('hosts', []))}"),
         ("wall time", f"{summary.get('timings', {}).get('total_s', 0):.2f} s"),
         ("exit code", f"{summary.get('exit_code')}: {summary.get('exit_meaning')}"),
@@ -128,17 +137,21 @@ def write_report(run_dir: str, k: int = 8) -> str:
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}",
         "td:first-child,th:first-child{text-align:left}tr.total{font-weight:bold;background:#f4f4f4}",
         "dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:bold}",
-        "figure{margin:1.5em 0}img{max-width:100%}.note{color:#a33}",
+        "figure{margin:1.5em 0}img{max-width:100%}.note{color:#a33}.caption{font-style:italic}",
         "</style></head><body>",
         "<h1>mpi_infer report</h1>",
-        classification_table(summary) if classification else segmentation_table(summary),
+        *([f"<p class='caption'>{html.escape(shown_caption(summary, shown))}</p>"] if shown is not None else []),
+        classification_table(view) if classification else segmentation_table(view),
+        statistics_table(view, classification),
         "<dl>" + "".join(f"<dt>{html.escape(str(a))}</dt><dd>{html.escape(str(b))}</dd>" for a, b in meta) + "</dl>",
     ]
     parts.extend(models_section(summary, all_rows))
+    parts.extend(groups_section(summary))
     if not has_masks:
         parts.append("<p class='note'>Predicted masks were not saved (run with --save-masks or --report); "
                      "the contact sheets show ground truth only.</p>")
     for title, png, fid in figures:
+        title = title if shown is None or fid == "ranks" else f"{title} (model {shown})"
         parts.append(f"<figure id='{fid}'><figcaption><h2>{html.escape(title)}</h2></figcaption>"
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'></figure>")
     if summary.get("warnings"):
@@ -166,7 +179,96 @@ def write_report(run_dir: str, k: int = 8) -> str:
 
 
 def _cell(v: Any) -> str:
-    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
+    return html.escape(number(v))
+
+
+def number(v: Any, digits: int = 4) -> str:
+    """A value as the page shows it: floats at ``digits`` decimals (lists of them too), never 16 digits."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    if isinstance(v, list | tuple):
+        return "(" + ", ".join(number(x, digits) for x in v) + ")"
+    return str(v)
+
+
+def shown_model(summary: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """Several models: the one the page's tables and figures show (the best over all splits, else the first),
+    and the summary as that model's; one model: (None, the summary)."""
+    models = summary.get("models") or {}
+    if not models:
+        return None, summary
+    name = summary.get("best_model", {}).get("all")
+    name = name if name in models else next(iter(models))
+    return name, {**summary, **models[name]}
+
+
+def shown_caption(summary: dict[str, Any], shown: str) -> str:
+    metric = summary.get("best_model", {}).get("metric", "mean_dice").replace("_", " ")
+    why = (f"the best by {metric} over all splits" if shown == summary.get("best_model", {}).get("all")
+           else "the first model")
+    return (f"{len(summary['models'])} models ran. The results table, the confidence intervals and every figure "
+            f"below show model {shown} ({why}); the models table compares every model"
+            + (" and the ensemble" if summary.get("ensemble") else "") + ", and the groups table shows each.")
+
+
+def boundary_text(b: dict[str, Any]) -> str:
+    return (f"HD95, ASSD and NSD at {number(b.get('tolerance_px'), 2)} px tolerance, "
+            f"{b.get('resolution', '')}; one mask empty: {b.get('policy', b.get('empty_policy', ''))}")
+
+
+STATISTICS_ROWS = {  # summary.json statistics key: label
+    "segmentation": (("dice", "mean Dice"), ("iou", "mean IoU"), ("thresholded_jaccard", "ISIC score"),
+                     ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("global_dice", "global Dice"),
+                     ("hd95", "HD95 (px)"), ("assd", "ASSD (px)"), ("nsd", "NSD")),
+    "classification": (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                       ("macro_f1", "macro F1"), ("macro_auc", "macro ROC AUC")),
+}
+
+
+def statistics_table(view: dict[str, Any], classification: bool) -> str:
+    """Each headline metric with its bootstrap 95% CI (and, for boundary metrics, the images counted, at the
+    worst case, or excluded)."""
+    st = view.get("statistics") or {}
+    rows = []
+    for key, label in STATISTICS_ROWS["classification" if classification else "segmentation"]:
+        s = st.get(key)
+        if not s:
+            continue
+        value = view.get("metrics", {}).get(key) if classification else s.get("mean", s.get("value"))
+        lo, hi = s.get("ci95") or (None, None)
+        digits = 2 if key in ("hd95", "assd") else 4
+        extra = (f"n {s.get('n')}, worst case {s['worst_case_images']}, excluded {s['excluded_images']}"
+                 if "worst_case_images" in s else (f"n {s['n']}" if "n" in s else ""))
+        rows.append(f"<tr><td>{html.escape(label)}</td><td>{number(value, digits)}</td>"
+                    f"<td>{number(lo, digits)} to {number(hi, digits)}</td><td>{html.escape(extra)}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>95% confidence intervals</h2><table><thead><tr><th>metric</th><th>value</th><th>95% CI</th>"
+            "<th>images</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def groups_section(summary: dict[str, Any], limit: int = 500) -> list[str]:
+    """--group-by: every group (patient) with each model's headline metric (and the ensemble's)."""
+    groups = summary.get("groups")
+    if not groups:
+        return []
+    metric = "accuracy" if summary.get("task") == "classification" else "mean_dice"
+    models = {n: (m.get("groups") or {}).get("per_group", {}) for n, m in (summary.get("models") or {}).items()}
+    models = models or {"": groups.get("per_group", {})}
+    names = list(next(iter(models.values())))[:limit]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in
+                   ["group", "images", *(f"{n} {metric.replace('_', ' ')}" if n else metric.replace("_", " ")
+                                         for n in models)])
+    body = "".join(
+        f"<tr><td>{html.escape(g)}</td><td>{next(iter(models.values()))[g].get('images')}</td>"
+        + "".join(f"<td>{_cell(per.get(g, {}).get(metric))}</td>" for per in models.values()) + "</tr>"
+        for g in names)
+    more = f" (the first {limit} shown)" if groups["groups"] > limit else ""
+    return [f"<h2>Groups (--group-by {html.escape(groups['pattern'])})</h2><p>{groups['groups']} groups{more}; "
+            f"{groups['unmatched_images']} image(s) matched no group (each is a group of its own). The bootstrap "
+            f"resamples groups.</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
 
 
 def models_section(summary: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
@@ -179,12 +281,15 @@ def models_section(summary: dict[str, Any], rows: list[dict[str, str]]) -> list[
         best = summary.get("best_model", {})
         metric = best.get("metric", "mean_dice")
         splits = list(next(iter(models.values())).get("per_split", {}))
-        head = "".join(f"<th>{html.escape(s)}</th>" for s in ["model", "all", *splits])
+        head = "".join(f"<th>{html.escape(s)}</th>" for s in ["model", "all", *splits, "activation", "file"])
         body = "".join(
             f"<tr><td>{html.escape(n)}{' (best)' if n == best.get('all') else ''}</td>"
             f"<td>{_cell(m['metrics'].get(metric))}</td>"
             + "".join(f"<td>{_cell(m['per_split'].get(s, {}).get('metrics', {}).get(metric))}</td>" for s in splits)
-            + "</tr>" for n, m in models.items())
+            + f"<td>{_cell(m.get('activation', '-'))}</td><td>"
+            + (html.escape(f"{os.path.basename(m['path'])} ({m.get('sha256', '')[:12]})") if m.get("path") else
+               html.escape(f"{summary.get('ensemble')} of " + ", ".join((m.get("combines") or {}).get("models", []))))
+            + "</td></tr>" for n, m in models.items())
         parts.append(f"<h2>Models ({html.escape(metric.replace('_', ' '))})</h2><table><tr>{head}</tr>{body}"
                      "</table><ul>" + "".join(f"<li>{html.escape(c['verdict'])}</li>"
                                              for c in summary.get("comparison", [])) + "</ul>")

@@ -55,6 +55,8 @@ def models_summary(by_model: dict[str, list[dict[str, Any]]], first: dict[str, A
         s = first if k == 0 else task.summarise(recs, prepared.splits, prepared.classes, prepared.profile,
                                                 prepared.scoring, group_of)
         models[name] = {k: s[k] for k in ("images", "metrics", "per_split", "statistics") if k in s}
+        if group_of:  # every model's and the ensemble's groups, not the first model's alone
+            models[name]["groups"] = per_group(recs, group_of, cfg.group_by, task)
         if name in files:
             models[name].update(path=os.path.abspath(files[name]["path"]), sha256=files[name]["sha256"],
                                 arch=files[name]["arch"], activation=files[name]["activation"])

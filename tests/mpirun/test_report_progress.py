@@ -204,3 +204,48 @@ def test_report_shows_conversions_warnings_and_empty_ground_truth(troubled_run):
     assert "None" not in page.split("<h1>")[1].split("<figure")[0]  # the table and the run's facts
     figs = figures(out)
     assert {"worst", "histograms"} <= set(figs)
+
+
+def test_a_multi_model_grouped_boundary_run_shows_everything_it_computed(synth_small, tmp_path):
+    """Several models, an ensemble, --group-by and --boundary-metrics: every model's and the ensemble's groups
+    in summary.json and on the console, and a report that says which model its tables and figures show, with the
+    groups table, the boundary metrics' CIs, and no number at 16 digits."""
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "a=demo", "--model", "b=demo-onnx", "--ensemble",
+                  "mean", "--group-by", r"SYN_\d{8}(\d)\.jpg", "--boundary-metrics", "--split", "all", "--report",
+                  "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    for name in ("a", "b", "ensemble"):
+        groups = s["models"][name]["groups"]
+        assert groups["groups"] == s["groups"]["groups"] == 10
+        assert sum(g["images"] for g in groups["per_group"].values()) == 13
+    assert s["models"]["a"]["groups"] == s["groups"]  # the first model's are the run's
+    assert "groups (--group-by" in proc.stdout and all(f"  {n}: lowest mean dice" in proc.stdout
+                                                        for n in ("a", "b", "ensemble"))
+    with open(os.path.join(out, "report.html")) as fh:
+        page = fh.read()
+    shown = s["best_model"]["all"]
+    assert f"every figure below show model {shown}" in page and f"(model {shown})</h2>" in page
+    assert "<h2>Groups (--group-by" in page and page.count("<td>0.") > 20
+    for name in ("a mean dice", "b mean dice", "ensemble mean dice"):
+        assert f"<th>{name}</th>" in page
+    for label in ("HD95 (px)", "ASSD (px)", "NSD", "mean Dice"):
+        assert f"<td>{label}</td>" in page
+    assert not re.search(r"\d\.\d{8,}", page.split("<img")[0])  # text before the figures
+
+
+def test_classification_groups_and_cis_on_the_console_and_in_the_report(tmp_path):
+    from mpi_infer.data.synth import SynthSpec, make_classification_dataset
+
+    data = make_classification_dataset(str(tmp_path / "cls"), SynthSpec(n=24, seed=6))
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", data, "--model", "a=demo-classifier", "--model", "b=demo-classifier-onnx",
+                  "--out", out, "--split", "all", "--group-by", r"SYNC_\d{8}(\d)\.jpg", "--report")
+    assert proc.returncode == 0, proc.stderr
+    assert "groups (--group-by" in proc.stdout and "  b: lowest accuracy" in proc.stdout
+    with open(os.path.join(out, "report.html")) as fh:
+        page = fh.read()
+    assert "<h2>95% confidence intervals</h2>" in page and "<td>balanced accuracy</td>" in page
+    assert "<th>b accuracy</th>" in page
