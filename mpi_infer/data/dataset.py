@@ -188,8 +188,48 @@ def _strip_directive(text: str) -> str:
     return text
 
 
+MAX_NESTING = 64  # an ECVL dataset needs about 6 levels (images, an entry, its location list, ...)
+
+
+def yaml_nesting(text: str) -> int:
+    """The deepest nesting the text can make (block indentation, ``- `` items on one line, flow brackets), found
+    without parsing: a parser recurses per level, and a few kB of ``- - - x`` overflowed rank 0's stack."""
+    deepest, indents, flow, quote = 0, [], 0, ""
+    for line in text.splitlines():
+        body = line.lstrip(" ")
+        indent = len(line) - len(body)
+        if body and not body.startswith("#") and not flow:
+            while indents and indents[-1] >= indent:
+                indents.pop()
+            indents.append(indent)
+        dashes = 0
+        while body.startswith(("- ", "? ")) or body in ("-", "?"):
+            dashes, body = dashes + 1, body[2:].lstrip(" ")
+        line_flow = flow
+        for c in body:
+            if quote:
+                quote = "" if c == quote else quote
+            elif c in "'\"":
+                quote = c
+            elif c == "#":
+                break
+            elif c in "[{":
+                flow += 1
+                line_flow = max(line_flow, flow)
+            elif c in "]}":
+                flow = max(0, flow - 1)
+        quote = ""  # a quoted scalar rarely spans lines; a wrong guess only makes the estimate smaller
+        deepest = max(deepest, len(indents) + dashes + line_flow)
+    return deepest
+
+
 def parse_yaml_text(text: str, where: str) -> Any:
-    """Parse YAML 1.2 (yaml-rs): ``no``/``on`` stay strings as in yaml-cpp; no objects are built."""
+    """Parse YAML 1.2 (yaml-rs): ``no``/``on`` stay strings as in yaml-cpp; no objects are built. Nesting deeper
+    than any dataset needs is refused first (exit 10), naming the file."""
+    depth = yaml_nesting(text)
+    if depth > MAX_NESTING:
+        raise DatasetError(f"{where}: nested {depth} levels deep; an ECVL dataset needs a few (at most "
+                           f"{MAX_NESTING} are read): refused before parsing")
     try:
         return yaml_rs.loads(_strip_directive(text), parse_datetime=False)
     except Exception as exc:  # yaml_rs.YAMLDecodeError and friends

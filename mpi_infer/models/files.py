@@ -11,7 +11,7 @@ import os
 from importlib import resources
 
 from ..atomic import MAX_INPUT_BYTES, open_input, read_chunks
-from ..errors import ModelError
+from ..errors import ModelError, clip
 
 DEMO_MODEL = "demo_segnet"
 
@@ -55,16 +55,27 @@ def external_data_files(path: str) -> list[tuple[str, str]]:
         return []
     tensors = list(model.graph.initializer)
     tensors += [a.t for node in model.graph.node for a in node.attribute if a.HasField("t")]
-    folder = os.path.dirname(os.path.abspath(path))
     found = {e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
              for e in t.external_data if e.key == "location"}
-    files = []
-    for name in sorted(found):
-        full = os.path.normpath(os.path.join(folder, name))
-        if not os.path.isfile(full):
-            raise ModelError(f"{path}: its external data file {name!r} is missing (looked for {full})")
-        files.append((name, full))
-    return files
+    return [(name, external_data_path(path, name)) for name in sorted(found)]
+
+
+def external_data_path(model: str, name: str) -> str:
+    """Where an external data file named ``name`` lives, which must be inside the model's real folder: an
+    absolute path, a ``..`` or a symlink that leads out would let a colleague's model read any file you can (your
+    ssh key, say) into its weights and out through the masks. Refused before any byte is read (exit 11)."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(model)))
+    parts = name.replace("\\", "/").split("/")
+    if not name or os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+        raise ModelError(f"{model}: its external data location {clip(name, 200)!r} is not a plain path inside the "
+                         f"model's folder (no absolute path, no '..'); refused")
+    full = os.path.realpath(os.path.join(folder, name))
+    if os.path.commonpath([folder, full]) != folder:
+        raise ModelError(f"{model}: its external data location {clip(name, 200)!r} leads out of the model's folder "
+                         f"(a symlink to {clip(full, 200)}); refused")
+    if not os.path.isfile(full):
+        raise ModelError(f"{model}: its external data file {clip(name, 200)!r} is missing (looked for {full})")
+    return full
 
 
 def mentions(path: str, words: tuple[bytes, ...]) -> bool:

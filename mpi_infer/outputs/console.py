@@ -208,7 +208,9 @@ class ConsoleRecord:
         head = f"=== {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, attempt {self.attempt} ==="
         body = text if text.endswith(last) else f"{text}\n{last}".lstrip("\n")
         try:
-            with open(os.path.join(out, LOG_FILE), "a", encoding="utf-8") as fh:
+            fd = os.open(os.path.join(out, LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)  # never through a planted symlink
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
                 fh.write(f"{head}\n{body}\n")
         except OSError as exc:
             sys.stderr.write(f"mpi_infer: warning: cannot append to {os.path.join(out, LOG_FILE)}: "

@@ -31,6 +31,9 @@ def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    # Names come from the dataset and the command line (classes, splits, models, groups): a '$' in one must be
+    # drawn as it is, never parsed as mathtext (which raised and lost the report).
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

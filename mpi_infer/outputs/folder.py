@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from typing import Any
 
 from ..atomic import read_input
@@ -49,12 +50,15 @@ def prepare_output(out: str, resume: bool, overwrite: bool) -> tuple[bool, bool]
                           f"or --overwrite to replace its results")
     try:
         os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, ".write-test")
-        with open(probe, "w") as fh:
-            fh.write("ok")
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)  # O_EXCL: never a planted symlink
+        os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there: {exc.strerror or exc}") from exc
+    for folder in OUR_FOLDERS:  # nothing of ours is written through a link a colleague planted
+        if os.path.islink(os.path.join(out, folder)):
+            raise ConfigError(f"--out {out}: {folder}/ is a symlink; mpi_infer never writes through one (remove it, "
+                              f"or use a new --out)")
     if busy and overwrite:
         try:
             remove_outputs(out)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..atomic import with_path
+from ..errors import ConfigError
 
 LEDGER_DIR = "ledger"
 
@@ -18,9 +19,17 @@ class Ledger:
     """Append-only per-rank record log on the output volume (one attempt, one rank, one file)."""
 
     def __init__(self, out_dir: str, attempt: int, rank: int):
-        os.makedirs(os.path.join(out_dir, LEDGER_DIR), exist_ok=True)
+        folder = os.path.join(out_dir, LEDGER_DIR)
+        os.makedirs(folder, exist_ok=True)
+        if os.path.islink(folder):
+            raise ConfigError(f"--out {out_dir}: {LEDGER_DIR}/ is a symlink; mpi_infer never writes through one")
         self.path = ledger_path(out_dir, attempt, rank)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        try:  # never through a planted symlink: it would append our records to any file the link names
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"--out {out_dir}: cannot open the ledger {self.path}: {exc.strerror or exc}"
+                              + (" (a symlink: never followed)" if os.path.islink(self.path) else "")) from None
+        self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
         lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)

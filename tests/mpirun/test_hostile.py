@@ -318,3 +318,60 @@ def test_held_up_unicode_space_and_symlink_paths(data, tmp_path):
     got = rows(out)
     assert got[0]["status"] == got[1]["status"] == "ok" and "bild 1 ✓.jpg" in got[0]["location"]
     assert len(os.listdir(os.path.join(out, "masks"))) == 13
+
+
+@pytest.mark.parametrize("planted", ["write-test", "ledger", "masks", "run.log"])
+def test_nothing_in_out_is_written_through_a_planted_symlink(planted, synth_small, tmp_path):
+    """A colleague's symlinks in a shared --out (to a file of yours, or a folder) are never written through:
+    --resume and --overwrite (every rendered MPIJob passes --resume) leave the target as it was."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine\n")
+    out = tmp_path / "o"
+    first = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", str(out), "--save-masks")
+    assert first.returncode == 0, first.stderr
+    if planted == "write-test":
+        os.symlink(victim / "notes.txt", out / ".write-test")
+    elif planted == "run.log":
+        os.unlink(out / "run.log")
+        os.symlink(victim / "notes.txt", out / "run.log")
+    else:
+        shutil.rmtree(out / planted)
+        os.symlink(victim, out / planted)
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", str(out), "--resume",
+                  "--save-masks")
+    assert (victim / "notes.txt").read_text() == "mine\n" and sorted(os.listdir(victim)) == ["notes.txt"]
+    if planted in ("ledger", "masks"):
+        assert proc.returncode == 12 and f"{planted}/ is a symlink" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_a_dollar_in_a_split_name_is_drawn_not_parsed(synth_small, tmp_path):
+    """matplotlib parses '$...$' as mathtext: a name from the dataset or the command line must reach the
+    figures as plain text, or the report (written after the results) is lost."""
+    root = tmp_path / "data"
+    shutil.copytree(os.path.dirname(synth_small), root)
+    text = (root / "dataset.yml").read_text()
+    assert "\n  test:" in text
+    (root / "dataset.yml").write_text(text.replace("\n  test:", "\n  'te$t_{$x^2':"))
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", str(root / "dataset.yml"), "--model", "demo", "--split", "all", "--report",
+                  "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    page = Path(out, "report.html").read_text()
+    assert "te$t_{$x^2" in page and page.count("data:image/png;base64,") >= 5
+
+
+@pytest.mark.parametrize("text", ["images:\n" + "- " * 12000 + "x\n", "images: " + "[" * 3000 + "\n",
+                                  "".join(" " * i + f"k{i}:\n" for i in range(200))])
+def test_nesting_deeper_than_a_dataset_needs_is_refused_naming_the_file(text, tmp_path):
+    """A few kB of nesting overflowed rank 0's stack (exit 139, retried by Kubernetes): refused first, exit 10."""
+    path = tmp_path / "deep.yml"
+    path.write_text(text)
+    clean(cli("run", "--dataset", str(path), "--model", "demo", "--out", str(tmp_path / "o"), "--dry-run"), 10,
+          str(path), "levels deep")
+    config = tmp_path / "deep-run.yaml"
+    config.write_text("split:\n" + "- " * 5000 + "x\n")
+    clean(cli("run", "--config", str(config), "--dataset", str(path), "--model", "demo", "--out",
+              str(tmp_path / "o")), 2, str(config), "nested deeper")

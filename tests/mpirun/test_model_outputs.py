@@ -387,3 +387,32 @@ def test_a_per_model_activation_that_names_nothing_is_a_usage_error(value, says,
     proc = mpirun(1, "run", "--dataset", synth_small, "--model", f"attunet={files['attunet']}",
                   "--out", str(tmp_path / "o"), "--activation", value)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "symlink"])
+def test_external_data_outside_the_models_folder_is_refused_before_a_byte_is_read(where, synth_small, tmp_path):
+    """A colleague's model whose external data names a file outside its folder (your ssh key, say) is refused,
+    exit 11, naming the location: neither our hash nor ONNX Runtime reads that file."""
+    secret = tmp_path / "secret" / "id_rsa"
+    secret.parent.mkdir()
+    model = onnx.load(write_model(str(tmp_path / "plain.onnx"), 1, final="Sigmoid"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save_model(model, str(folder / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    os.replace(folder / "ext.onnx.data", secret)  # the weights' bytes now sit in the "secret" file
+    location = {"dotdot": "../secret/id_rsa", "absolute": str(secret), "symlink": "link.data"}[where]
+    if where == "symlink":
+        os.symlink(secret, folder / "link.data")
+    m = onnx.load(str(folder / "ext.onnx"), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(m, str(folder / "ext.onnx"))
+    os.chmod(secret, 0)  # were it opened by anyone running as non-root, the run would fail differently
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", str(folder / "ext.onnx"), "--out",
+                  str(tmp_path / "o"))
+    assert proc.returncode == 11, proc.stderr
+    assert "external data location" in proc.stderr and "refused" in proc.stderr
+    assert not os.path.exists(tmp_path / "o")
