@@ -38,7 +38,7 @@ import numpy as np
 from ..data.dataset import dump_document
 from ..data.worklist import WorkItem
 from ..profiles import Profile
-from .imagefiles import TRANSPOSING_ORIENTATIONS, ImageFault, exif_orientation, read_header
+from .imagefiles import TRANSPOSING_ORIENTATIONS, ImageFault, exif_orientation, read_header, truncation_notes
 from .opencv import Batch, Loaded, check_deep_mask, check_mask_size, conversion_notes, mask_notes, normalise
 
 NOLABEL = "--no-mask"
@@ -98,7 +98,7 @@ def precheck(item: WorkItem) -> list[str]:
     notes: list[str] = []
     if len(item.locations) == 1:
         head = read_header(item.locations[0], "image")
-        notes += conversion_notes("image", head.depth, head.alpha)
+        notes += conversion_notes("image", head.depth, head.alpha) + truncation_notes(item.locations[0], "image")
         if head.channels == 1:
             notes.append("image is grey; replicated to RGB")
     else:

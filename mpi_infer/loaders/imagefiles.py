@@ -118,6 +118,23 @@ def jpeg_header(data: bytes, what: str, path: str) -> Header:
 
 
 _STANDALONE = {0x01, *range(0xD0, 0xDA)}
+EOI_TAIL = 64 * 1024  # where a JPEG's end-of-image marker must be (a camera's trailer may follow it)
+
+
+def truncation_notes(path: str, what: str) -> list[str]:
+    """A JPEG with no end-of-image marker was cut short: libjpeg (so OpenCV's and ECVL's reads alike) decodes
+    its missing rows grey, with a warning on stderr only. Its record says so (status ``converted``), as both
+    loaders' other conversions do; the scores stay ECVL's."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\xff\xd8":
+            return []
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(max(2, size - EOI_TAIL))
+        tail = fh.read(EOI_TAIL)
+    if b"\xff\xd9" in tail:
+        return []
+    return [f"{what} is a JPEG cut short (no end-of-image marker); its missing rows decode grey, as ECVL decodes "
+            f"them"]
 
 
 HEAD_BYTES = 64 * 1024  # JPEG markers before the first scan (EXIF included) nearly always fit; else read on

@@ -30,6 +30,7 @@ from .imagefiles import (
     exif_orientation,
     png_depth_and_colour,
     read_header,
+    truncation_notes,
 )
 
 CV_INTERP = {
@@ -73,6 +74,8 @@ def decode_with_depth(path: str, what: str, notes: list[str]) -> tuple[np.ndarra
     img = cv2.imread(path, cv2.IMREAD_ANYCOLOR)
     if img is None:
         raise ImageFault(f"{what} cannot be decoded (not an image OpenCV reads): {path}")
+    if head[:2] == b"\xff\xd8":
+        notes += truncation_notes(path, what)
     header = png_depth_and_colour(head)
     if header is None:
         return img, None

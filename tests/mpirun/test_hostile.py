@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MPI_ENV, mpirun
+from conftest import MPI_ENV, mpirun, read_rows
 
 from mpi_infer.data.dataset import load_dataset
 
@@ -375,3 +375,20 @@ def test_nesting_deeper_than_a_dataset_needs_is_refused_naming_the_file(text, tm
     config.write_text("split:\n" + "- " * 5000 + "x\n")
     clean(cli("run", "--config", str(config), "--dataset", str(path), "--model", "demo", "--out",
               str(tmp_path / "o")), 2, str(config), "nested deeper")
+
+
+def test_a_jpeg_cut_short_is_converted_with_a_note_not_scored_ok(synth_small, tmp_path):
+    """libjpeg decodes a JPEG cut inside its scan (grey rows; a warning on stderr only), as ECVL does: its record
+    must say so."""
+    root = tmp_path / "data"
+    shutil.copytree(os.path.dirname(synth_small), root)
+    image = sorted((root / "images_segmentation").glob("*.jpg"))[0]
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) * 6 // 10])
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", str(root / "dataset.yml"), "--model", "demo", "--split", "all", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["location"]: r for r in read_rows(out)}
+    cut = rows[str(image)]
+    assert cut["status"] == "converted" and "cut short (no end-of-image marker)" in cut["error"]
+    assert sum(r["status"] == "ok" for r in rows.values()) == len(rows) - 1
