@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..data.worklist import WorkList
+from ..tasks.protocol import STATUSES
 from ..tasks.segmentation import BOUNDARY, CURVE
 
-STATUSES = ("ok", "converted", "unscored", "failed")
 _NO_CURVE = (-1,) * (3 * len(CURVE))
 _NAN = float("nan")
 _CODE = {s: k for k, s in enumerate(STATUSES)}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..atomic import with_path
-from ..errors import ConfigError
+from ..errors import ConfigError, clip
 
 LEDGER_DIR = "ledger"
 
@@ -49,24 +49,40 @@ def ledger_path(out_dir: str, attempt: int, rank: int) -> str:
     return os.path.join(out_dir, LEDGER_DIR, f"attempt-{attempt:03d}-rank-{rank:05d}.jsonl")
 
 
-def read_ledger_file(path: str) -> list[dict[str, Any]]:
-    """Every complete record of one ledger file (none if it is absent); a torn last line (a crash) is ignored."""
+def read_ledger_file(path: str, check: Callable[[dict[str, Any]], str | None] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Every complete record of one ledger file (none if it is absent); a torn last line (a crash) is ignored.
+
+    ``check`` (--resume) says what is wrong with a record, or None: a complete line that is not a record this run
+    could have written is then a ConfigError (exit 12) naming the file and the line, never a result. Without it
+    (a lost rank's ledger, written moments ago by this very run) nothing after such a line is trusted."""
     records: list[dict[str, Any]] = []
     if not os.path.isfile(path):
         return records
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
+        for number, line in enumerate(fh, start=1):
             if not line.endswith("\n"):
                 break  # torn write: the crash happened mid-line
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if not (isinstance(record, dict) and type(record.get("index")) is int
-                    and isinstance(record.get("status"), str)):
-                break  # not a record we wrote: trust nothing after it in this file
+                record = json.loads(line, parse_constant=_no_constant)
+                problem = (None if isinstance(record, dict) and type(record.get("index")) is int
+                           and isinstance(record.get("status"), str) else "not a record (index, status, ...)")
+            except (json.JSONDecodeError, ValueError) as exc:
+                record, problem = None, f"not JSON: {clip(str(exc), 80)}"
+            if problem is None and check is not None:
+                problem = check(record)
+            if problem is not None:
+                if check is None:
+                    break  # not a record we wrote: trust nothing after it in this file
+                raise ConfigError(f"--resume: {path}: line {number}: {problem}; not a record this run could have "
+                                  f"written. Move the file away (its images run again), or use a new --out or "
+                                  f"--overwrite")
             records.append(record)
     return records
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def complete_images(records: Iterable[Mapping[str, Any]], per_image: int, ok_only: bool = False) -> set[int]:
@@ -79,13 +95,14 @@ def complete_images(records: Iterable[Mapping[str, Any]], per_image: int, ok_onl
     return {i for i, n in seen.items() if n >= per_image}
 
 
-def read_ledgers(out_dir: str) -> list[dict[str, Any]]:
-    """Every complete record from every attempt's ledger, in attempt order."""
+def read_ledgers(out_dir: str, check: Callable[[dict[str, Any]], str | None] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Every complete record from every attempt's ledger, in attempt order (``check``: read_ledger_file's)."""
     folder = os.path.join(out_dir, LEDGER_DIR)
     if not os.path.isdir(folder):
         return []
     return [r for name in sorted(os.listdir(folder)) if name.endswith(".jsonl")
-            for r in read_ledger_file(os.path.join(folder, name))]
+            for r in read_ledger_file(os.path.join(folder, name), check)]
 
 
 def next_attempt(out_dir: str) -> int:

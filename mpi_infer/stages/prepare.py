@@ -17,13 +17,13 @@ from ..config import RunConfig
 from ..data.dataset import Dataset, check_single_labels, load_dataset, select_splits, selected_items
 from ..data.partition import describe, plan
 from ..data.worklist import WorkList
-from ..errors import ConfigError
+from ..errors import ConfigError, clip
 from ..models.convert import cached_onnx
 from ..models.files import DEMO_CLASSIFIER, model_format, model_sha256
 from ..outputs.folder import RUN_FILE, prepare_output, read_run_file, remove_outputs
 from ..outputs.ledger import complete_images, latest_records, next_attempt, read_ledgers
 from ..profiles import Profile, get_profile
-from ..tasks import ScoreOptions
+from ..tasks import ScoreOptions, task_for
 
 
 @dataclass
@@ -125,6 +125,29 @@ def score_options(cfg: RunConfig) -> ScoreOptions:
                         bootstrap=cfg.bootstrap, seed=cfg.seed)
 
 
+def record_check(dataset: Dataset, selected: dict[str, Any], outputs: list[str] | None) -> Any:
+    """--resume's test of a ledger record: an image of this plan (its index in its split, its location) and a
+    record its task could have written (tasks' check_record)."""
+    task = task_for(dataset.task)
+    members: dict[str, set[int]] = {}
+
+    def check(r: dict[str, Any]) -> str | None:
+        index, split = r["index"], r.get("split")
+        if split not in selected:
+            return f"split {clip(repr(split), 60)}: not a split this run selected"
+        if split not in members:
+            members[split] = {int(i) for i in selected[split]}
+        if index not in members[split]:
+            return f"index {index}: not an image of split {split} in {dataset.path}"
+        if r.get("location") != ";".join(dataset.sample(index).locations):
+            return f"location {clip(repr(r.get('location')), 120)}: not image {index}'s"
+        if outputs is not None and r.get("model") not in outputs:
+            return None  # a model this run does not have: dropped, never scored
+        return task.check_record(r, list(dataset.classes))
+
+    return check
+
+
 def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepared, list[WorkList]]:
     """Everything before inference; raises our errors (with exit codes) on bad input."""
     t0 = time.perf_counter()
@@ -165,7 +188,8 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         if differs:
             raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
                               f"use a new --out, or --overwrite")
-        previous = latest_records(read_ledgers(cfg.out), cfg.outputs if cfg.multi else None)
+        check = record_check(dataset, selected_items(dataset, splits), cfg.outputs if cfg.multi else None)
+        previous = latest_records(read_ledgers(cfg.out, check), cfg.outputs if cfg.multi else None)
         attempt = next_attempt(cfg.out)
     if not cfg.dry_run:
         config = {"config": {"file": cfg.config, "options": cfg.config_options}} if cfg.config else {}

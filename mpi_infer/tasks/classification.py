@@ -14,14 +14,15 @@ the same resamples as weights on the once-sorted scores (no re-sorting per repli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, clip
 from .output import OutputSpec, refuse_double_activation, softmax
-from .protocol import ScoreOptions
+from .protocol import STATUSES, ScoreOptions
 
 SCORED = ("ok", "converted")
 CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
@@ -296,6 +297,23 @@ class ClassificationTask:
         out = summarise_classification(records, splits, classes, options.bootstrap, options.seed, group_of)
         return {"task": "classification", "classes": list(classes), **out,
                 "accuracy_note": "upstream's categorical_accuracy is plain accuracy (top-1)"}
+
+    def check_record(self, record: Mapping[str, Any], classes: list[str]) -> str | None:
+        if record.get("status") not in STATUSES:
+            return f"status {clip(repr(record.get('status')), 40)}: not one mpi_infer writes"
+        target = record.get("target")
+        if target is not None and not (type(target) is int and 0 <= target < len(classes)):
+            return f"target {clip(repr(target), 40)}: expected a class number 0..{len(classes) - 1} or null"
+        if record["status"] == "failed":
+            return None
+        probs, predicted = record.get("probs"), record.get("predicted")
+        if not (isinstance(probs, list) and len(probs) == len(classes)
+                and all(type(p) in (int, float) and math.isfinite(p) and 0 <= p <= 1 for p in probs)
+                and abs(sum(probs) - 1) <= 1e-3):
+            return f"probs: expected {len(classes)} probabilities in [0, 1] summing to 1"
+        if predicted != int(np.argmax(probs)):
+            return f"predicted {clip(repr(predicted), 40)}: not the most probable class of its probs"
+        return None
 
     def group_row(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:
         scored = [r for r in records if r["status"] in SCORED]

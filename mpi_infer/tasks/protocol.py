@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+STATUSES = ("ok", "converted", "unscored", "failed")  # a record's status: scored (the first two) or not
+
 
 @dataclass(frozen=True)
 class ScoreOptions:
@@ -35,6 +37,10 @@ class Task(Protocol):
     def summarise(self, records: list[Mapping[str, Any]], splits: list[str], classes: list[str], profile: Any,
                   options: ScoreOptions, group_of: Any) -> dict[str, Any]:
         """summary.json's task part: counts, metrics, statistics, per split."""
+
+    def check_record(self, record: Mapping[str, Any], classes: list[str]) -> str | None:
+        """What is wrong with a record read back from a ledger (--resume), or None: types, finite values in
+        range, counts consistent with the scores. A forged or damaged line must not become a result."""
 
     def group_row(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:
         """One --group-by group's line."""

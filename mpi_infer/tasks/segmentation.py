@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, clip
 from ..profiles import Profile
 from .output import OutputSpec, check_probabilities, foreground, foreground_channel, refuse_double_activation
-from .protocol import ScoreOptions
+from .protocol import STATUSES, ScoreOptions
 from .stats import bootstrap_sums, describe, percentile_ci
 
 EPS = 1e-6
@@ -437,6 +437,32 @@ class SegmentationTask:
         out.update(threshold=profile.threshold, empty_gt_policy=EMPTY_GT_POLICY, score_at=options.score_at,
                    metric_resolution=resolution)
         return out
+
+    def check_record(self, record: Mapping[str, Any], classes: list[str]) -> str | None:
+        if record.get("status") not in STATUSES:
+            return f"status {clip(repr(record.get('status')), 40)}: expected one of {', '.join(STATUSES)}"
+        if record["status"] not in SCORED:
+            return None
+        counts = [record.get(k) for k in ("tp", "fp", "fn", "tn")]
+        if not all(type(c) is int and 0 <= c < 1 << 40 for c in counts):
+            return f"tp, fp, fn, tn {clip(repr(counts), 80)}: expected non-negative integers"
+        for key in ("iou", "dice"):
+            v = record.get(key)
+            if type(v) not in (int, float) or not math.isfinite(v) or not 0 <= v <= 1:
+                return f"{key} {clip(repr(v), 40)}: expected a number in [0, 1]"
+        iou, dice = (float(x) for x in iou_dice(*counts[:3]))
+        if abs(iou - record["iou"]) > 1e-9 or abs(dice - record["dice"]) > 1e-9:
+            return (f"iou {record['iou']} and dice {record['dice']} do not follow from its counts (tp {counts[0]}, "
+                    f"fp {counts[1]}, fn {counts[2]}: iou {iou:.9g}, dice {dice:.9g})")
+        for key in BOUNDARY:
+            v = record.get(key)
+            if v is not None and (type(v) not in (int, float) or not math.isfinite(v) or v < 0
+                                  or (key == "nsd" and v > 1)):
+                return f"{key} {clip(repr(v), 40)}: expected a finite non-negative number (nsd at most 1) or null"
+        curve = record.get("curve")
+        if curve is not None and not (isinstance(curve, list) and all(type(c) is int and c >= 0 for c in curve)):
+            return "curve: expected a list of non-negative integer counts"
+        return None
 
     def group_row(self, records: list[Mapping[str, Any]]) -> dict[str, Any]:
         m = aggregate(records)

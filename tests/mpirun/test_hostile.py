@@ -392,3 +392,31 @@ def test_a_jpeg_cut_short_is_converted_with_a_note_not_scored_ok(synth_small, tm
     cut = rows[str(image)]
     assert cut["status"] == "converted" and "cut short (no end-of-image marker)" in cut["error"]
     assert sum(r["status"] == "ok" for r in rows.values()) == len(rows) - 1
+
+
+@pytest.mark.parametrize("forge,says", [
+    (lambda r: {**r, "dice": 1.0}, "do not follow from its counts"),
+    (lambda r: {**r, "dice": 57}, "expected a number in [0, 1]"),
+    (lambda r: {**r, "iou": "NaN-marker"}, "expected a number in [0, 1]"),
+    (lambda r: {**r, "tp": -3}, "expected non-negative integers"),
+    (lambda r: {**r, "index": 10 ** 6}, "not an image of split"),
+    (lambda r: {**r, "location": "/etc/passwd"}, "not image"),
+    (lambda r: {**r, "status": "great"}, "expected one of"),
+    ("nan", "not JSON"),
+])
+def test_resume_refuses_a_forged_ledger_line_naming_it(forge, says, synth_small, tmp_path):
+    """--resume reads records a colleague could have written: each must be one this run could have written
+    (exit 12, naming the file and the line), never a result; a torn last line stays a crash's, ignored."""
+    out = tmp_path / "o"
+    assert mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", str(out)).returncode == 0
+    ledger = out / "ledger" / "attempt-000-rank-00001.jsonl"
+    lines = ledger.read_text().splitlines()
+    record = json.loads(lines[0])
+    forged = (json.dumps(record).replace(str(record["dice"]), "NaN", 1) if forge == "nan"
+              else json.dumps(forge(record)))
+    ledger.write_text("\n".join([forged, *lines[1:]]) + "\n")
+    (out / "summary.json").unlink()
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", str(out), "--resume")
+    assert proc.returncode == 12, proc.stderr
+    assert f"{ledger}: line 1: " in proc.stderr and says in proc.stderr, proc.stderr
+    assert not (out / "summary.json").exists()
