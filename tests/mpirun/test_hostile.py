@@ -420,3 +420,21 @@ def test_resume_refuses_a_forged_ledger_line_naming_it(forge, says, synth_small,
     assert proc.returncode == 12, proc.stderr
     assert f"{ledger}: line 1: " in proc.stderr and says in proc.stderr, proc.stderr
     assert not (out / "summary.json").exists()
+
+
+def test_a_planted_conversion_in_the_cache_never_runs(synth_small, tmp_path):
+    """OUT/.cache/ holds the .bin's ONNX conversion under a predictable name: a file planted there (another
+    model) must not run in its place while summary.json names the .bin."""
+    out = tmp_path / "o"
+    clean_run = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", str(out), "--split", "all")
+    assert clean_run.returncode == 0, clean_run.stderr
+    want = [(r["index"], r["dice"]) for r in read_rows(str(out))]
+    (cached,) = [p for p in (out / ".cache").iterdir() if p.suffix == ".onnx"]
+    from mpi_infer.models.files import demo_model
+
+    shutil.copy(demo_model("onnx", "demo_lenet"), cached)  # another model, under the conversion's name
+    shutil.rmtree(out / "ledger")  # every image runs again, on --resume (which keeps the cache)
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", str(out), "--split", "all",
+                  "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["index"], r["dice"]) for r in read_rows(str(out))] == want
