@@ -108,7 +108,15 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any, record: ConsoleRecord | None) -> i
     t_start = time.perf_counter()
     configure(cfg.quiet, cfg.verbose)
     me, topology = _topology(cfg, comm, MPI)
+    # Planning (a stat per file on a slow volume), model loading and the start-up probe are watched too: a hang
+    # there ends the job (exit 201, naming the phase) as one in inference does.
+    watchdog = Watchdog(comm.rank, cfg.stall_timeout, abort=comm.Abort)
+    if comm.rank == 0:
+        watchdog.arm(phase="planning (reading the dataset, checking the output folder, hashing the model)")
     header, payloads = _plan(cfg, comm, MPI, topology)  # 1.
+    watchdog.arm(False)
+    if "error" in header or cfg.dry_run:
+        watchdog.stop()
     if "error" in header:
         return _fail_together(comm, header["error"] if comm.rank == 0 else None) or 1
     prepared: Prepared = header["prepared"]
@@ -121,10 +129,13 @@ def _run(cfg: RunConfig, comm: Any, MPI: Any, record: ConsoleRecord | None) -> i
         if comm.rank == 0:
             print_plan(prepared, plan.received, plan.scatter_s, plan.dynamic)
         return EXIT_OK
+    watchdog.arm(phase="opening the model (loading it and the start-up probe)")
     opened = _open(cfg, comm, prepared, header["stack"], me)  # 3.
+    watchdog.arm(False)
     if isinstance(opened, int):
+        watchdog.stop()
         return opened
-    table, stats, channel = _infer(cfg, comm, prepared, plan, opened, me, topology)  # 4.
+    table, stats, channel = _infer(cfg, comm, prepared, plan, opened, me, topology, watchdog)  # 4.
     if channel.shrink:  # a rank was lost: the survivors go on in a communicator without it
         comm = comm.Shrink()
     code = _gather(cfg, comm, prepared, plan, opened, topology, table, stats, channel, t_start)  # 5.
@@ -265,16 +276,14 @@ def _open(cfg: RunConfig, comm: Any, prepared: Prepared, stack: Stack, me: Topol
 
 
 def _infer(cfg: RunConfig, comm: Any, prepared: Prepared, plan: Scattered, opened: Opened, me: Topology,
-           topology: list[Topology]) -> tuple[RecordTable, dict[str, Any], Channel]:
+           topology: list[Topology], watchdog: Watchdog) -> tuple[RecordTable, dict[str, Any], Channel]:
     """4. Inference. Exceptions here abort the job (run_job's handler): nothing may wait forever."""
     rank = comm.rank
     timings = RankTimings()
     channel = Channel(comm, prepared.selected - len(prepared.previous), ChannelOptions.of(cfg),
                       [t.host for t in topology], attempt=prepared.attempt)
     work = plan.work
-    watchdog = Watchdog(rank, cfg.stall_timeout, abort=comm.Abort,
-                        in_flight=lambda: in_flight(work if not plan.dynamic else None, timings.images,
-                                                    cfg.batch_size))
+    watchdog.in_flight = lambda: in_flight(work if not plan.dynamic else None, timings.images, cfg.batch_size)
     loader_threads = cfg.loader_threads or max(2, min(4, opened.threads))
     fault = Fault.from_env(rank)
     comm.Barrier()

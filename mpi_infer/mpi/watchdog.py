@@ -41,6 +41,7 @@ class Watchdog:
     def __init__(self, rank: int, timeout: float, abort: Callable[[int], None],
                  in_flight: Callable[[], str] = lambda: "", poll_s: float | None = None):
         self.rank, self.timeout, self.abort, self.in_flight = rank, timeout, abort, in_flight
+        self.phase = ""  # what the rank is doing before inference (planning, opening the model): named if it hangs
         self.last = time.monotonic()
         self.armed = False
         self._stop = threading.Event()
@@ -52,10 +53,11 @@ class Watchdog:
     def beat(self) -> None:
         self.last = time.monotonic()
 
-    def arm(self, armed: bool = True) -> None:
-        """Watch (while computing) or not (while waiting for others, which the job watches itself)."""
+    def arm(self, armed: bool = True, phase: str = "") -> None:
+        """Watch (while computing, or in ``phase`` before inference) or not (while waiting for others, which the
+        job watches itself)."""
         self.beat()
-        self.armed = armed
+        self.armed, self.phase = armed, phase
 
     def stop(self) -> None:
         self._stop.set()
@@ -68,9 +70,10 @@ class Watchdog:
                 return
 
     def _fire(self, idle: float) -> None:
-        where = self.in_flight()
+        where = "" if self.phase else self.in_flight()
+        what = f"still {self.phase} after" if self.phase else "no batch finished for"
         sys.stderr.write(
-            f"[rank {self.rank}] mpi_infer: stalled: no batch finished for {idle:.0f} s (--stall-timeout "
+            f"[rank {self.rank}] mpi_infer: stalled: {what} {idle:.0f} s (--stall-timeout "
             f"{self.timeout:g}) on host {socket.gethostname()}{f'; in flight: {where}' if where else ''}. "
             f"Every thread's stack follows; {ADVICE}\n")
         sys.stderr.flush()

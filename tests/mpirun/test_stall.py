@@ -98,3 +98,41 @@ def test_the_watchdog_fires_only_while_armed():
     time.sleep(0.5)
     assert fired == [EXIT_STALLED]
     dog.stop()
+
+
+def endless_loop_model(path: str) -> str:
+    """An ONNX model whose graph runs a Loop of 10^12 steps: loading succeeds, the start-up probe never ends."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])])
+    inits = [numpy_helper.from_array(np.array(10 ** 12, np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "go"), numpy_helper.from_array(np.array(0.5, np.float32), "v0")]
+    nodes = [helper.make_node("Loop", ["trips", "go", "v0"], ["v"], body=body),
+             helper.make_node("ReduceMean", ["input"], ["grey"], axes=[1], keepdims=1),
+             helper.make_node("Mul", ["grey", "v"], ["output"])]
+    graph = helper.make_graph(nodes, "endless", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                               ["batch", 3, 192, 192])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_model_that_never_finishes_its_probe_ends_the_job_naming_the_phase(synth_small, tmp_path):
+    """The watchdog covers model loading and the start-up probe, not only inference."""
+    model = endless_loop_model(str(tmp_path / "endless.onnx"))
+    t0 = time.monotonic()
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", model, "--out", str(tmp_path / "o"),
+                  "--stall-timeout", "4", timeout=90)
+    assert proc.returncode == EXIT_STALLED, proc.stderr[-2000:]
+    assert "stalled: still opening the model (loading it and the start-up probe) after" in proc.stderr
+    assert time.monotonic() - t0 < 4 + 25
