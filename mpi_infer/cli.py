@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fault-tolerant", action="store_true",
                      help="survive a lost rank (not rank 0): the survivors run its unfinished images and the job "
                           "ends normally; needs Open MPI 5 launched with `mpirun --with-ft ulfm` (docs/faults.md)")
+    run.add_argument("--max-megapixels", type=float_range(0.01, 1e5), default=None, metavar="MP",
+                     help="refuse (that image's record fails) a PNG or JPEG whose header declares more pixels, before "
+                          "decoding it (default 64: twice the largest ISIC photograph)")
     run.add_argument("--decode", choices=("exact", "reduced"), default="exact",
                      help="reduced: decode JPEGs at 1/2-1/8 scale in libjpeg (at least twice the network input), "
                           "then resize; much faster on multi-megapixel photographs, not bit-identical to ECVL")
@@ -252,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The run's frozen settings from its checked command line (the CLI's and the Python API's)."""
     from .config import RunConfig
+    from .loaders.imagefiles import DEFAULT_MAX_MEGAPIXELS
 
     return RunConfig(
         dataset=args.dataset, out=args.out, models=tuple(args.models), ensemble=args.ensemble, tta=args.tta,
@@ -267,6 +271,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
         schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
         verbose=args.verbose, progress_interval=args.progress_interval,
+        max_pixels=int((args.max_megapixels or DEFAULT_MAX_MEGAPIXELS) * 1e6),
         config=os.path.abspath(args.config) if args.config else None, config_options=args.config_options or {},
     )
 

@@ -25,6 +25,7 @@ class RunConfig:
     arch: str = "auto"  # a .bin's architecture; auto: from the record shapes
     cls: int | None = None  # foreground channel of a C-channel output (default 1 when C = 2)
     output: str | None = None  # the ONNX output tensor to score (None: the model's only output)
+    max_pixels: int = 64_000_000  # a PNG/JPEG declaring more is refused before decoding (--max-megapixels)
     decode: str = "exact"  # exact (ECVL's full decode) | reduced (JPEG DCT-domain scaling, then the resize)
     save_masks: bool = False
     bootstrap: int = 2000  # bootstrap replicates for the 95% CIs (0: none)

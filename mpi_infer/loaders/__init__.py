@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 
-def open_loader(kind: str, profile: Any, classes: list[str] | None = None) -> Any:
+def open_loader(kind: str, profile: Any, classes: list[str] | None = None, max_pixels: int | None = None) -> Any:
     """ECVL's DLDataset loader, or None for our OpenCV loader (the runner's default)."""
     if kind == "ecvl":
         from .ecvl import EcvlLoader
 
-        return EcvlLoader(profile, classes)
+        return EcvlLoader(profile, classes, **({"max_pixels": max_pixels} if max_pixels else {}))
     return None

@@ -38,7 +38,15 @@ import numpy as np
 from ..data.dataset import dump_document
 from ..data.worklist import WorkItem
 from ..profiles import Profile
-from .imagefiles import TRANSPOSING_ORIENTATIONS, ImageFault, exif_orientation, read_header, truncation_notes
+from .imagefiles import (
+    DEFAULT_MAX_PIXELS,
+    TRANSPOSING_ORIENTATIONS,
+    ImageFault,
+    check_pixels,
+    exif_orientation,
+    read_header,
+    truncation_notes,
+)
 from .opencv import Batch, Loaded, check_deep_mask, check_mask_size, conversion_notes, mask_notes, normalise
 
 NOLABEL = "--no-mask"
@@ -92,17 +100,20 @@ def batch_plan(count: int, batch_size: int) -> list[int]:
     return [batch_size] * full + ([rest] if rest else [])
 
 
-def precheck(item: WorkItem) -> list[str]:
+def precheck(item: WorkItem, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[str]:
     """The notes ECVL's conversions deserve (as the OpenCV loader words them); raises ImageFault for an
     item ECVL's loader thread would die on, or one the OpenCV loader would refuse too."""
     notes: list[str] = []
     if len(item.locations) == 1:
         head = read_header(item.locations[0], "image")
+        check_pixels(item.locations[0], "image", max_pixels)
         notes += conversion_notes("image", head.depth, head.alpha) + truncation_notes(item.locations[0], "image")
         if head.channels == 1:
             notes.append("image is grey; replicated to RGB")
     else:
         planes = [read_header(p, f"plane {k}") for k, p in enumerate(item.locations)]
+        for k, p in enumerate(item.locations):
+            check_pixels(p, f"plane {k}", max_pixels)
         if len(planes) != 3 or any(p.channels != 1 for p in planes):
             raise ImageFault(f"multi-plane image needs 3 grey planes for an RGB model, got "
                              f"{[(p.height, p.width, p.channels) for p in planes]}")
@@ -113,6 +124,7 @@ def precheck(item: WorkItem) -> list[str]:
         head = planes[0]
     if item.label_path:
         mask = read_header(item.label_path, "mask")
+        check_pixels(item.label_path, "mask", max_pixels)
         notes += conversion_notes("mask", mask.depth, mask.alpha)
         if mask.depth == 16:
             check_deep_mask(item.label_path)
@@ -130,12 +142,13 @@ class EcvlLoader:
 
     name = "ecvl"
 
-    def __init__(self, profile: Profile, classes: list[str] | None = None):
+    def __init__(self, profile: Profile, classes: list[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         from pyecvl import ecvl  # noqa: F401 - fail here, clearly, when missing
         from pyeddl import tensor  # noqa: F401 - GetBatch returns pyeddl Tensors: their type must be registered
 
         self.profile = profile
         self.classes = classes or None  # classification: one-hot labels come back; we keep our own targets
+        self.max_pixels = max_pixels
 
     def batches(self, items: Iterable[WorkItem], batch_size: int, threads: int) -> Iterator[Batch]:
         if isinstance(items, list | tuple):
@@ -152,7 +165,7 @@ class EcvlLoader:
         ready, notes = [], {}
         for it in items:
             try:
-                notes[it.index] = precheck(it)
+                notes[it.index] = precheck(it, self.max_pixels)
                 ready.append(it)
             except ImageFault as exc:
                 yield Batch([Loaded(it, status="failed", notes=[str(exc)])], None, [])

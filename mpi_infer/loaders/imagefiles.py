@@ -137,6 +137,24 @@ def truncation_notes(path: str, what: str) -> list[str]:
             f"them"]
 
 
+DEFAULT_MAX_MEGAPIXELS = 64.0  # twice the largest ISIC photograph (6688x4439, 29.7 MP)
+DEFAULT_MAX_PIXELS = int(DEFAULT_MAX_MEGAPIXELS * 1e6)
+
+
+def check_pixels(path: str, what: str, max_pixels: int) -> None:
+    """Refuse (ImageFault: the record fails, the run goes on) a PNG or JPEG whose header declares more than
+    ``max_pixels``, before a byte of pixels is decoded: a 631-byte JPEG can declare 30000x30000 (5.4 GB)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    if magic != PNG_MAGIC and magic[:2] != b"\xff\xd8":
+        return  # other formats: OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) applies
+    head = read_header(path, what)
+    if head.width * head.height > max_pixels:
+        raise ImageFault(f"{what} is {head.width}x{head.height} ({head.width * head.height / 1e6:.0f} megapixels), "
+                         f"over --max-megapixels {max_pixels / 1e6:g}: refused before decoding "
+                         f"({head.width * head.height * 3 / 1e9:.1f} GB as pixels): {path}")
+
+
 HEAD_BYTES = 64 * 1024  # JPEG markers before the first scan (EXIF included) nearly always fit; else read on
 
 

@@ -24,9 +24,11 @@ import numpy as np
 from ..data.worklist import WorkItem
 from ..profiles import Profile
 from .imagefiles import (
+    DEFAULT_MAX_PIXELS,
     TRANSPOSING_ORIENTATIONS,
     ImageFault,
     check_image_file,
+    check_pixels,
     exif_orientation,
     png_depth_and_colour,
     read_header,
@@ -57,18 +59,20 @@ class Loaded:
     preprocess_s: float = 0.0  # CPU seconds resizing and checking
 
 
-def decode(path: str, what: str, notes: list[str]) -> np.ndarray:
+def decode(path: str, what: str, notes: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """ECVL's ImRead (``decode_with_depth`` without the depth)."""
-    return decode_with_depth(path, what, notes)[0]
+    return decode_with_depth(path, what, notes, max_pixels)[0]
 
 
-def decode_with_depth(path: str, what: str, notes: list[str]) -> tuple[np.ndarray, int | None]:
+def decode_with_depth(path: str, what: str, notes: list[str], max_pixels: int = DEFAULT_MAX_PIXELS
+                      ) -> tuple[np.ndarray, int | None]:
     """ECVL's ImRead: ``cv2.imread(path, IMREAD_ANYCOLOR)`` (8-bit; alpha dropped). Notes what got converted.
 
     imread, as ECVL calls it, not imdecode on the bytes: libjpeg through imread decodes a JPEG cut short
     inside its scan (grey rows, "Premature end of JPEG file") where imdecode refuses it, and both loaders must
     agree. The file is checked first (a regular file within the bound), so a FIFO or a device never blocks."""
     check_image_file(path, what)
+    check_pixels(path, what, max_pixels)
     with open(path, "rb") as fh:
         head = fh.read(32)
     img = cv2.imread(path, cv2.IMREAD_ANYCOLOR)
@@ -95,8 +99,8 @@ REDUCED_FLAGS = {2: (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2)
                  8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8)}
 
 
-def read_image(path: str, notes: list[str], reduce_for: tuple[int, int] | None = None
-               ) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image(path: str, notes: list[str], reduce_for: tuple[int, int] | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """An image as decoded (BGR, or grey) and its full (H, W) as displayed; ``to_rgb`` makes it RGB once it is
     network-size.
 
@@ -109,8 +113,9 @@ def read_image(path: str, notes: list[str], reduce_for: tuple[int, int] | None =
         if head is not None and head.format == "jpeg":
             orientation = exif_orientation(path)
             factor = reduction((head.height, head.width), reduce_for, orientation)
+            check_pixels(path, "image", max_pixels)
     if factor == 1:
-        img = decode(path, "image", notes)
+        img = decode(path, "image", notes, max_pixels)
         full = (int(img.shape[0]), int(img.shape[1]))
     else:
         img = cv2.imread(path, REDUCED_FLAGS[factor][head.channels == 1])
@@ -140,9 +145,9 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB if img.ndim == 2 else cv2.COLOR_BGR2RGB)
 
 
-def read_planes(paths: Sequence[str], notes: list[str]) -> np.ndarray:
+def read_planes(paths: Sequence[str], notes: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Several same-size grey planes stacked into one image (ECVL's multi-location ``Stack``), in RGB order."""
-    planes = [decode(p, f"plane {k}", notes) for k, p in enumerate(paths)]
+    planes = [decode(p, f"plane {k}", notes, max_pixels) for k, p in enumerate(paths)]
     if any(p.ndim != 2 for p in planes) or len(planes) != 3:
         raise ImageFault(f"multi-plane image needs 3 grey planes for an RGB model, got "
                          f"{[p.shape for p in planes]}")
@@ -151,9 +156,10 @@ def read_planes(paths: Sequence[str], notes: list[str]) -> np.ndarray:
     return np.dstack(planes)
 
 
-def read_mask(path: str, image_hw: tuple[int, int], notes: list[str], image_path: str | None = None) -> np.ndarray:
+def read_mask(path: str, image_hw: tuple[int, int], notes: list[str], image_path: str | None = None,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A ground-truth mask as decoded (grey, or BGR), full size, checked against the image's size."""
-    mask, depth = decode_with_depth(path, "mask", notes)
+    mask, depth = decode_with_depth(path, "mask", notes, max_pixels)
     if depth == 16:
         check_deep_mask(path)
     check_mask_size((mask.shape[1], mask.shape[0]), (image_hw[1], image_hw[0]), path, image_path)
@@ -212,7 +218,8 @@ def mask_notes(mask: np.ndarray, path: str) -> list[str]:
     return [f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold"]
 
 
-def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep_full_mask: bool = False) -> Loaded:
+def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep_full_mask: bool = False,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
     """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``.
 
     Only decoding touches full-size pixels: everything else (colour order, the mask's grey conversion and value
@@ -223,11 +230,12 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
     try:
         if len(item.locations) == 1:
             reduce_for = profile.size if decode_mode == "reduced" else None
-            img, out.original_hw = read_image(item.locations[0], out.notes, reduce_for)
+            img, out.original_hw = read_image(item.locations[0], out.notes, reduce_for, max_pixels)
         else:
-            img = read_planes(item.locations, out.notes)
+            img = read_planes(item.locations, out.notes, max_pixels)
             out.original_hw = (int(img.shape[0]), int(img.shape[1]))
-        mask = read_mask(item.label_path, out.original_hw, out.notes, item.locations[0]) if item.label_path else None
+        mask = (read_mask(item.label_path, out.original_hw, out.notes, item.locations[0], max_pixels)
+                if item.label_path else None)
         decode_s = time.thread_time() - t0
         size = (profile.width, profile.height)
         rgb = len(item.locations) > 1  # stacked planes are in RGB order already
@@ -281,7 +289,7 @@ class Batch:
 
 def iter_batches(
     items: Iterable[WorkItem], profile: Profile, batch_size: int, threads: int = 2, prefetch: int = 2,
-    decode_mode: str = "exact", keep_full_mask: bool = False,
+    decode_mode: str = "exact", keep_full_mask: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Batch]:
     """Batches in order; the short last batch is yielded, never dropped.
 
@@ -301,7 +309,8 @@ def iter_batches(
                 if item is None:
                     exhausted = True
                 else:
-                    pending.append(pool.submit(load_item, item, profile, decode_mode, keep_full_mask))
+                    pending.append(pool.submit(load_item, item, profile, decode_mode, keep_full_mask,
+                                                   max_pixels))
             if not pending:
                 return
             loaded = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]

@@ -258,7 +258,7 @@ def _open(cfg: RunConfig, comm: Any, prepared: Prepared, stack: Stack, me: Topol
             engine = open_model(prepared.run_model, prepared.arch, cfg.activation)
         if engine.name != stack.engine:  # auto fell back to EDDL's importer
             stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
-        loader = open_loader(stack.loader, prepared.profile, prepared.classes or None)
+        loader = open_loader(stack.loader, prepared.profile, prepared.classes or None, cfg.max_pixels)
         opened = Opened(stack, engine, predictors, loader, Ledger(cfg.out, prepared.attempt, rank), threads)
         if rank == 0:
             for w in (w for head in heads for w in getattr(head, "warnings", [])):
@@ -312,7 +312,7 @@ def _infer(cfg: RunConfig, comm: Any, prepared: Prepared, plan: Scattered, opene
                   threads=loader_threads, ledger=opened.ledger,
                   on_batch=on_batch, fault=fault, timings=timings,
                   batch_source=loader.batches if loader is not None else None, keep=False,
-                  task=task, decode_mode=cfg.decode, options=prepared.scoring,
+                  task=task, decode_mode=cfg.decode, max_pixels=cfg.max_pixels, options=prepared.scoring,
                   predictors=opened.predictors, ensemble=cfg.ensemble, tta=cfg.tta)
         watchdog.arm(False)  # waiting for the others from here: the channel watches them
         source = channel.finish(plan.dynamic)

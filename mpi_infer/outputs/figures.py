@@ -11,6 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..loaders.imagefiles import DEFAULT_MAX_PIXELS, ImageFault, check_pixels
 from ..tasks.masks import MASK_DIR, mask_file_name
 
 GT_COLOUR = (0, 200, 0)  # RGB
@@ -119,7 +120,13 @@ def thumbnail_rgb(image_path: str) -> np.ndarray | None:
         with Image.open(image_path) as im:
             im.draft("RGB", (TILE, TILE))
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # displayed as OpenCV decodes it
-    except Exception:  # noqa: BLE001 - a format PIL does not read: OpenCV's full decode
+    except Exception as exc:  # noqa: BLE001 - a format PIL does not read: OpenCV's full decode, within budget
+        if type(exc).__name__ == "DecompressionBombError":
+            return None
+        try:
+            check_pixels(image_path, "image", DEFAULT_MAX_PIXELS)  # never a bomb's full decode for a thumbnail
+        except (ImageFault, OSError):
+            return None
         img = cv2.imread(image_path, cv2.IMREAD_COLOR)
         return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 

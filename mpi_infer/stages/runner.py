@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..data.worklist import WorkItem
+from ..loaders.imagefiles import DEFAULT_MAX_PIXELS
 from ..loaders.opencv import Batch, iter_batches
 from ..models.modelset import ENSEMBLE, combine, predict_tta, uncertainty
 from ..outputs.ledger import Ledger
@@ -94,6 +95,7 @@ def run_items(
     task: Task | None = None,
     options: ScoreOptions | None = None,
     decode_mode: str = "exact",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     predictors: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] | None = None,
     ensemble: str | None = None,
     tta: str | None = None,
@@ -118,7 +120,7 @@ def run_items(
         batches = batch_source(items, batch_size, threads)
     else:
         batches = iter_batches(items, profile, batch_size, threads=threads, decode_mode=decode_mode,
-                               keep_full_mask=options.score_at == "original")
+                               keep_full_mask=options.score_at == "original", max_pixels=max_pixels)
     for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait

@@ -438,3 +438,32 @@ def test_a_planted_conversion_in_the_cache_never_runs(synth_small, tmp_path):
                   "--resume")
     assert proc.returncode == 0, proc.stderr
     assert [(r["index"], r["dice"]) for r in read_rows(str(out))] == want
+
+
+def declared_size_bomb(src: Path, dst: Path, size: int = 30000) -> None:
+    """A small JPEG whose frame header (SOF0) declares ``size`` x ``size``: a few hundred bytes that would
+    decode to gigabytes."""
+    data = bytearray(src.read_bytes())
+    at = data.find(b"\xff\xc0")
+    assert at > 0
+    data[at + 5: at + 9] = size.to_bytes(2, "big") * 2
+    dst.write_bytes(bytes(data[:4096]))
+
+
+def test_a_pixel_bomb_is_refused_from_its_header_before_decoding(synth_small, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(os.path.dirname(synth_small), root)
+    image = sorted((root / "images_segmentation").glob("*.jpg"))[0]
+    declared_size_bomb(image, image)
+    out = str(tmp_path / "o")
+    proc = mpirun(2, "run", "--dataset", str(root / "dataset.yml"), "--model", "demo", "--split", "all", "--out", out,
+                  "--save-masks", "--report")
+    assert proc.returncode == 3, proc.stderr
+    bomb = {r["location"]: r for r in read_rows(out)}[str(image)]
+    assert bomb["status"] == "failed" and "30000x30000 (900 megapixels), over --max-megapixels 64" in bomb["error"]
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    assert max(r["peak_rss_mb"] for r in s["timings"]["per_rank"]) < 1000
+    small = mpirun(1, "run", "--dataset", str(root / "dataset.yml"), "--model", "demo", "--split", "all", "--out",
+                   str(tmp_path / "o2"), "--max-megapixels", "0.01")  # 100x100: every synthetic image is larger
+    assert small.returncode == 3 and all(r["status"] == "failed" for r in read_rows(str(tmp_path / "o2")))
