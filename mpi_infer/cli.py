@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-size", type=int_range(1, 1 << 30), default=0,
                      help="dynamic schedule: images per chunk (default: the batch size)")
     run.add_argument("--allow-overlap", action="store_true", help="accept images listed in two splits")
+    run.add_argument("--confine-to-dataset", action="store_true",
+                     help="refuse (exit 10) image and mask paths outside the dataset YAML's folder, symlinks "
+                          "resolved (without it they are counted in a warning)")
     run.add_argument("--resume", action="store_true", help="skip images finished by an earlier attempt")
     run.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     run.add_argument("--expect-hosts", type=int_range(0, MAX_RANKS_HINT), default=0,
@@ -267,7 +270,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         group_by=args.group_by, stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
         fault_tolerant=args.fault_tolerant, score_at=args.score_at,
         nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,
-        allow_overlap=args.allow_overlap, resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
+        allow_overlap=args.allow_overlap, confine_to_dataset=args.confine_to_dataset,
+        resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
         threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
         schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
         verbose=args.verbose, progress_interval=args.progress_interval,

@@ -39,6 +39,7 @@ class RunConfig:
     balance: bool = False
     shard_by: str = "bytes"  # bytes: balance each split's shards by file bytes; images: by count (upstream rule)
     allow_overlap: bool = False
+    confine_to_dataset: bool = False  # refuse image and mask paths outside the YAML's folder
     resume: bool = False
     overwrite: bool = False
     gpu: bool = False

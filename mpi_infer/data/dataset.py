@@ -449,6 +449,21 @@ def _check_splits(raw: dict, n: int, path: str, allow_overlap: bool, warnings: l
     return splits
 
 
+def outside_paths(dataset: Dataset, indices: Iterable[int], strict: bool = False) -> list[tuple[int, str]]:
+    """(index, path) of the selected images and masks that lie outside the dataset YAML's folder: a colleague's
+    YAML can name any file you can read (``../../``, an absolute path). ``strict`` also resolves symlinks (a
+    stat per path); otherwise the check is lexical, free on a million paths."""
+    root = os.path.realpath(dataset.root) if strict else os.path.normpath(os.path.abspath(dataset.root))
+    found = []
+    for i in indices:
+        sample = dataset.sample(int(i))
+        for path in (*sample.locations, *([sample.label_path] if sample.label_path else [])):
+            full = os.path.realpath(path) if strict else os.path.normpath(os.path.abspath(path))
+            if os.path.commonpath([root, full]) != root:
+                found.append((int(i), path))
+    return found
+
+
 def select_splits(dataset: Dataset, requested: Iterable[str] | None) -> list[str]:
     """Names of the splits to run, in file order. ``all`` (or nothing) -> every split."""
     wanted = [s for r in (requested or ["all"]) for s in r.split(",") if s]

@@ -14,10 +14,17 @@ from typing import Any
 from .. import __version__
 from ..atomic import write_text
 from ..config import RunConfig
-from ..data.dataset import Dataset, check_single_labels, load_dataset, select_splits, selected_items
+from ..data.dataset import (
+    Dataset,
+    check_single_labels,
+    load_dataset,
+    outside_paths,
+    select_splits,
+    selected_items,
+)
 from ..data.partition import describe, plan
 from ..data.worklist import WorkList
-from ..errors import ConfigError, clip
+from ..errors import ConfigError, DatasetError, clip
 from ..models.convert import cached_onnx
 from ..models.files import DEMO_CLASSIFIER, model_format, model_sha256
 from ..outputs.folder import RUN_FILE, prepare_output, read_run_file, remove_outputs
@@ -178,6 +185,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
              for k, m in enumerate(cfg.models)] if len(cfg.models) > 1 else []
     identity = run_identity(cfg, profile, model_sha, dataset.sha256, splits, arch, infos)
     previous: list[dict[str, Any]] = []
+    warnings: list[str] = []
     attempt = 0
     run_file = os.path.join(cfg.out, RUN_FILE)
     if cfg.resume and os.path.exists(run_file):
@@ -199,6 +207,15 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     done = complete_images(previous, len(cfg.outputs), ok_only=True)  # every model's record, none failed
     previous = [r for r in previous if r["index"] in done]
     selected = selected_items(dataset, splits)
+    outside = outside_paths(dataset, (i for idx in selected.values() for i in idx), strict=cfg.confine_to_dataset)
+    if outside and cfg.confine_to_dataset:
+        raise DatasetError(f"{dataset.path}: {len(outside)} selected image or mask path(s) lie outside the dataset's "
+                           f"folder {dataset.root} (first: image {outside[0][0]}, {clip(outside[0][1], 200)}); "
+                           f"refused by --confine-to-dataset")
+    if outside:
+        warnings.append(f"{len(outside)} selected image or mask path(s) lie outside the dataset's folder "
+                        f"{dataset.root} (first: image {outside[0][0]}, {clip(outside[0][1], 200)}); "
+                        f"--confine-to-dataset refuses them")
     if dataset.task == "classification":
         for idx in selected.values():
             check_single_labels(dataset, idx)
@@ -222,7 +239,8 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     prepared = Prepared(
         run_model=run_model, model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits,
         attempt=attempt, shard_sizes=describe(shards), selected=sum(len(v) for v in selected.values()),
-        previous=previous, warnings=list(dataset.warnings), prepare_s=time.perf_counter() - t0, sharding=sharding,
+        previous=previous, warnings=list(dataset.warnings) + warnings, prepare_s=time.perf_counter() - t0,
+        sharding=sharding,
         fresh_output=fresh, arch=arch, task=dataset.task, classes=list(dataset.classes), profile=profile,
         scoring=score_options(cfg),
         models=infos,

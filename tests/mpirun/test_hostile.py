@@ -467,3 +467,25 @@ def test_a_pixel_bomb_is_refused_from_its_header_before_decoding(synth_small, tm
     small = mpirun(1, "run", "--dataset", str(root / "dataset.yml"), "--model", "demo", "--split", "all", "--out",
                    str(tmp_path / "o2"), "--max-megapixels", "0.01")  # 100x100: every synthetic image is larger
     assert small.returncode == 3 and all(r["status"] == "failed" for r in read_rows(str(tmp_path / "o2")))
+
+
+def test_paths_outside_the_datasets_folder_are_counted_or_refused(synth_small, tmp_path):
+    """A colleague's YAML can name any file you can read: counted in a warning, refused (exit 10) with
+    --confine-to-dataset, symlinks included."""
+    root = tmp_path / "data"
+    shutil.copytree(os.path.dirname(synth_small), root)
+    images = sorted((root / "images_segmentation").glob("*.jpg"))
+    elsewhere = tmp_path / "elsewhere.jpg"
+    shutil.move(images[0], elsewhere)
+    os.symlink(elsewhere, images[0])  # inside by name, outside in fact
+    text = (root / "dataset.yml").read_text().replace(images[1].name, f"../../{images[1].name}")
+    shutil.copy(images[1], tmp_path / images[1].name)
+    (root / "dataset.yml").write_text(text)
+    args = ["run", "--dataset", str(root / "dataset.yml"), "--model", "demo", "--split", "all"]
+    warned = mpirun(1, *args, "--out", str(tmp_path / "o"))
+    assert warned.returncode == 0, warned.stderr
+    with open(tmp_path / "o" / "summary.json") as fh:
+        assert any("1 selected image or mask path(s) lie outside" in w for w in json.load(fh)["warnings"])
+    refused = mpirun(1, *args, "--out", str(tmp_path / "o2"), "--confine-to-dataset")
+    clean(refused, 10, "2 selected image or mask path(s) lie outside", "--confine-to-dataset")
+    assert not os.path.exists(tmp_path / "o2")
