@@ -11,6 +11,7 @@ from typing import Any
 
 from ..atomic import with_path
 from ..errors import ConfigError, clip
+from .results import strict_json
 
 LEDGER_DIR = "ledger"
 
@@ -32,7 +33,7 @@ class Ledger:
         self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        lines = "".join(strict_json(r, separators=(",", ":")) + "\n" for r in records)
         if lines:
             try:
                 self._fh.write(lines)

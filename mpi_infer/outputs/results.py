@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,8 +20,24 @@ from ..atomic import write_text
 
 def write_summary(out_dir: str, summary: Mapping[str, Any]) -> str:
     path = os.path.join(out_dir, "summary.json")
-    write_text(path, json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    write_text(path, strict_json(summary, indent=2) + "\n")
     return path
+
+
+def strict_json(value: Any, **kw: Any) -> str:
+    """JSON that every parser accepts: a NaN or an infinity (an undefined statistic) is written as null, never
+    as the ``NaN`` Python's json module writes by default, which is not JSON."""
+    return json.dumps(_finite(value), allow_nan=False, **kw)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fmt(value: Any) -> str:

@@ -29,6 +29,7 @@ from ..models.convert import cached_onnx
 from ..models.files import DEMO_CLASSIFIER, model_format, model_sha256
 from ..outputs.folder import RUN_FILE, prepare_output, read_run_file, remove_outputs
 from ..outputs.ledger import complete_images, latest_records, next_attempt, read_ledgers
+from ..outputs.results import strict_json
 from ..profiles import Profile, get_profile
 from ..tasks import ScoreOptions, task_for
 
@@ -201,7 +202,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         attempt = next_attempt(cfg.out)
     if not cfg.dry_run:
         config = {"config": {"file": cfg.config, "options": cfg.config_options}} if cfg.config else {}
-        write_text(run_file, json.dumps({**identity, "dataset": os.path.abspath(cfg.dataset),
+        write_text(run_file, strict_json({**identity, "dataset": os.path.abspath(cfg.dataset),
                                          "model": os.path.abspath(cfg.model), "version": __version__, **config},
                                         indent=2, default=str))
     done = complete_images(previous, len(cfg.outputs), ok_only=True)  # every model's record, none failed

@@ -294,3 +294,23 @@ def test_classification_group_by(tmp_path):
     assert sum(g["images"] for g in s["groups"]["per_group"].values()) == 24
     assert all(0 <= g["accuracy"] <= 1 for g in s["groups"]["per_group"].values())
     assert s["statistics"]["accuracy"]["ci95"][0] <= s["metrics"]["accuracy"] <= s["statistics"]["accuracy"]["ci95"][1]
+
+
+def test_every_json_written_is_strict(tmp_path):
+    """No NaN or Infinity in summary.json, run.json or a ledger line, even where a statistic is undefined (a
+    split without a scored image): strict parsers (jq, JavaScript, Go) read them."""
+    from mpi_infer.data.synth import SynthSpec, make_dataset
+
+    data = make_dataset(str(tmp_path / "d"), SynthSpec(n=5, seed=3))
+    out = tmp_path / "o"
+    assert mpirun(2, "run", "--dataset", data, "--model", "demo", "--out", str(out), "--split", "all",
+                  "--boundary-metrics", "--group-by", r"(\d)\.jpg").returncode == 0
+
+    def strict(text: str) -> None:
+        json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+
+    strict((out / "summary.json").read_text())
+    strict((out / "run.json").read_text())
+    for ledger in (out / "ledger").iterdir():
+        for line in ledger.read_text().splitlines():
+            strict(line)
