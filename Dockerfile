@@ -36,7 +36,8 @@ ARG DEBIAN_FRONTEND=noninteractive
 ARG UID=1000
 COPY docker/drop_rocm.sh /tmp/drop_rocm.sh
 # No man pages, translations or docs besides the copyright files (as Docker Hub's slim images do); one layer:
-# files removed by a later layer would still weigh in the image.
+# files removed by a later layer would still weigh in the image. A build machine's own CA certificates (its TLS
+# proxy's, which scripts/build_images.sh puts in the local base for pip) are not trusted by the image it ships.
 RUN printf 'path-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npath-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\n' \
       >/etc/dpkg/dpkg.cfg.d/mpi-infer-slim \
  && apt-get update \
@@ -44,6 +45,7 @@ RUN printf 'path-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npat
       $(command -v python3 >/dev/null || echo python3) \
  && sh /tmp/drop_rocm.sh \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /tmp/drop_rocm.sh \
+ && rm -f /usr/local/share/ca-certificates/*.crt && update-ca-certificates --fresh >/dev/null \
  && useradd --create-home --uid "${UID}" --shell /bin/bash mpiuser
 COPY --from=build /opt/venv /opt/venv
 COPY docker/check_image.sh /usr/local/bin/check_image.sh

@@ -236,6 +236,26 @@ def parse_yaml_text(text: str, where: str) -> Any:
         raise DatasetError(f"{where}: not valid YAML: {clip(str(exc), 400)}") from exc
 
 
+YAML_BYTES_OF_MEMORY = 16  # a parsed YAML holds about 15 bytes of Python objects per byte of text (measured)
+
+
+def yaml_byte_cap() -> int:
+    """The largest dataset YAML rank 0 will parse: its memory (the cgroup's limit in a pod, else the machine's)
+    over the parse's cost per byte, at most 4 GiB. A million-image YAML is about 100 MB."""
+    from ..atomic import MAX_INPUT_BYTES
+
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as fh:
+                text = fh.read().strip()
+            if text.isdigit():
+                memory = min(memory, int(text))
+        except OSError:
+            continue
+    return max(1 << 20, min(MAX_INPUT_BYTES, memory // YAML_BYTES_OF_MEMORY))
+
+
 def load_dataset(
     path: str | os.PathLike[str], *, allow_overlap: bool = False, allow_empty: bool = False
 ) -> Dataset:
@@ -243,7 +263,7 @@ def load_dataset(
     from ..atomic import read_input
 
     path = os.path.abspath(os.fspath(path))
-    blob = read_input(path, DatasetError, "dataset")
+    blob = read_input(path, DatasetError, "dataset", max_bytes=yaml_byte_cap())
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -222,9 +222,15 @@ def _split_run_args(text: str) -> list[str]:
     from ..errors import UsageError
 
     try:
-        return shlex.split(text)
+        args = shlex.split(text)
     except ValueError as exc:
         raise UsageError(f"--run-args {text[:200]!r}: {exc}") from None
+    owned = {"--out", "--dataset", "--model", "--config"}  # the manifest's own, given once: never twice
+    for arg in args:
+        if arg.split("=", 1)[0] in owned:
+            raise UsageError(f"--run-args: {arg.split('=', 1)[0]} is the manifest's own option (give it to "
+                             f"`manifest` itself); a second one would make the launcher and its guard disagree")
+    return args
 
 
 def manifest_from_args(args: argparse.Namespace) -> str:

@@ -23,13 +23,15 @@ from ..outputs.ledger import next_attempt
 
 
 def run_out_dir(command: Sequence[str]) -> str | None:
-    """The ``--out`` of the ``mpi_infer run`` inside the command (``--out X`` or ``--out=X``)."""
+    """The ``--out`` of the ``mpi_infer run`` inside the command (``--out X`` or ``--out=X``): the last one, as
+    argparse reads it, so the guard looks where the run wrote."""
+    found = None
     for k, arg in enumerate(command):
         if arg == "--out" and k + 1 < len(command):
-            return command[k + 1]
-        if arg.startswith("--out="):
-            return arg.split("=", 1)[1]
-    return None
+            found = command[k + 1]
+        elif arg.startswith("--out="):
+            found = arg.split("=", 1)[1]
+    return found
 
 
 def finished(out: str, attempt: int) -> bool:

@@ -8,6 +8,7 @@ whole records; whether they fit a network is the architecture builder's job (seg
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 
@@ -40,7 +41,7 @@ def parse_records(blob: bytes | memoryview, source: str = "<bytes>") -> list[np.
         if any(d <= 0 for d in shape):
             raise ModelError(f"{source}: not an EDDL .bin record stream: record {k} at byte {offset} "
                              f"has shape {shape}; every dimension must be positive")
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # Python's integers: a forged shape cannot overflow into a small count
         start = offset + 4 + 4 * ndim
         if size - start < 4 * count:
             raise ModelError(f"{source}: truncated: record {k} at byte {offset} has shape {shape} "

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ModelError, clip
 from .output import OutputSpec, refuse_double_activation, softmax
-from .protocol import STATUSES, ScoreOptions
+from .protocol import MAX_ERROR_CHARS, STATUSES, ScoreOptions
 
 SCORED = ("ok", "converted")
 CLASSIFICATION_COLUMNS = ("index", "split", "location", "label", "rank", "predicted", "probability",
@@ -281,7 +281,7 @@ class ClassificationTask:
         item = loaded.item
         return {"index": item.index, "split": item.split, "location": ";".join(item.locations), "rank": rank,
                 "target": item.target, "predicted": None, "probs": None, "status": loaded.status,
-                "error": "; ".join(loaded.notes)}
+                "error": clip("; ".join(loaded.notes), MAX_ERROR_CHARS)}
 
     def score_batch(self, batch: Any, probs: np.ndarray, records: list[dict[str, Any]], profile: Any,
                     options: Any) -> list[str]:

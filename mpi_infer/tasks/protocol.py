@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 STATUSES = ("ok", "converted", "unscored", "failed")  # a record's status: scored (the first two) or not
+MAX_ERROR_CHARS = 2000  # a record's error text (a 100 kB path in a note must not make a 200 kB CSV row)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import ModelError, clip
 from ..profiles import Profile
 from .output import OutputSpec, check_probabilities, foreground, foreground_channel, refuse_double_activation
-from .protocol import STATUSES, ScoreOptions
+from .protocol import MAX_ERROR_CHARS, STATUSES, ScoreOptions
 from .stats import bootstrap_sums, describe, percentile_ci
 
 EPS = 1e-6
@@ -394,7 +394,7 @@ class SegmentationTask:
         return {"index": item.index, "split": item.split, "location": ";".join(item.locations),
                 "label": item.label_path or "", "rank": rank, "iou": None, "dice": None, "tp": None, "fp": None,
                 "fn": None, "tn": None, "curve": None, "hd95": None, "assd": None, "nsd": None,
-                "status": loaded.status, "error": "; ".join(loaded.notes)}
+                "status": loaded.status, "error": clip("; ".join(loaded.notes), MAX_ERROR_CHARS)}
 
     def score_batch(self, batch: Any, probs: np.ndarray, records: list[dict[str, Any]], profile: Profile,
                     options: ScoreOptions) -> list[str]:

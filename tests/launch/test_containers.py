@@ -109,6 +109,11 @@ def test_cpu_image_is_self_checked_and_runs_as_uid_1000(images):
     who = subprocess.run(["podman", "run", "--rm", images["mpi-infer"]["tag"], "id", "-u"], capture_output=True,
                          text=True, timeout=120)
     assert who.stdout.strip() == "1000"
+    # the build machine's proxy CA is not trusted by the image it ships; sshd forwards nothing
+    ca = subprocess.run(["podman", "run", "--rm", images["mpi-infer"]["tag"], "sh", "-c",
+                         "ls /usr/local/share/ca-certificates | wc -l; grep -c 'Forwarding no' "
+                         "/home/mpiuser/.sshd_config"], capture_output=True, text=True, timeout=120)
+    assert ca.stdout.split() == ["0", "4"], ca
 
 
 def test_mpijob_rehearsal_on_three_workers_equals_a_local_run(images):

@@ -128,3 +128,15 @@ def test_convert_cli(tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].shape == ["batch", 3, 64, 64]
     assert main(["convert", str(src), "--arch", "segnet-bn", "--out", str(tmp_path / "x.onnx")]) == 11
+
+
+def test_a_shape_that_overflows_64_bits_is_a_model_error(tmp_path):
+    """Eight dims of 2^31 - 1 overflow an int64 product (to a small or negative count): named, exit 11."""
+    import struct
+
+    from mpi_infer.errors import ModelError
+    from mpi_infer.models.eddl_bin import parse_records
+
+    blob = struct.pack("<i", 8) + struct.pack("<8i", *([2**31 - 1] * 8)) + b"\0" * 64
+    with pytest.raises(ModelError, match="truncated: record 0"):
+        parse_records(blob, "forged.bin")
