@@ -137,6 +137,20 @@ def test_manifest_cli_prints_yaml(capsys):
     assert args[-3:] == ["--split", "all", "--balance"] and args[args.index("-n") + 1] == "6"
 
 
+@pytest.mark.parametrize("extra", ["--out /data/other", "--out=/data/other", "--model m2.onnx", "--dataset x.yml"])
+def test_manifest_refuses_its_own_options_in_run_args(extra, capsys):
+    """A second --out made the launcher write one folder and its guard (supervise) read another."""
+    code = main(["manifest", "--name", "j", "--workers", "2", "--image", "i:1", "--pvc", "c", "--dataset",
+                 "/data/d.yml", "--model", "/data/m.bin", "--out", "/data/o", f"--run-args={extra}"])
+    assert code == 2 and "is the manifest's own option" in capsys.readouterr().err
+
+
+def test_supervise_reads_the_out_that_run_reads():
+    from mpi_infer.launch.supervise import run_out_dir
+
+    assert run_out_dir(["mpirun", "python", "-m", "mpi_infer", "run", "--out", "a", "--out=b"]) == "b"
+
+
 def _read_manifests() -> dict[str, str]:
     out = {}
     for name in sorted(os.listdir(MANIFESTS)):
