@@ -222,8 +222,10 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False,
         with open(f"{work}/ssh/config", "w") as fh:
             for k, name in enumerate(names):
                 fh.write(f"Host {name}.rehearsal.default.svc\n  HostName {net.addr(k)}\n  User {user}\n"
-                         f"  IdentityFile {work}/ssh/id_rsa\n  Port 2222\n  StrictHostKeyChecking no\n"
-                         f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectionAttempts 10\n")
+                         f"  IdentityFile {work}/ssh/id_rsa\n  Port 2222\n  StrictHostKeyChecking yes\n"
+                         f"  UserKnownHostsFile /dev/null\n  KnownHostsCommand /usr/bin/awk \"{{print \\\"* \\\" $1 "
+                         f"\\\" \\\" $2}}\" {work}/ssh/id_rsa.pub\n"  # the one host key: as docker/ssh_config
+                         f"  LogLevel ERROR\n  ConnectionAttempts 10\n")
         with open(f"{work}/hostfile", "w") as fh:  # the operator's format for Open MPI
             fh.writelines(f"{name}.rehearsal.default.svc slots={slots}\n" for name in names)
         sh(f"chown -R {UID}:{UID} {work}")
