@@ -15,3 +15,9 @@ $M --name isic-infer-ft --namespace deephealth --workers 4 --slots 1 --image reg
   --pvc isic-data --dataset /data/isic/isic_segmentation.yml --model /data/models/isic_segm_segnet.onnx \
   --out /data/results/isic-ft-run1 --fault-tolerant --run-args "--split test --batch-size 8" \
   -o manifests/mpijob-cpu-fault-tolerant.yaml
+$M --name isic-compare --namespace deephealth --workers 2 --slots 2 --image registry.example.org/mpi-infer:0.4.0 \
+  --pvc isic-data --dataset /data/isic/isic_segmentation.yml --model segnet=/data/models/isic_segm_segnet.bin \
+  --model unet=/data/models/unet.onnx --out /data/results/isic-compare \
+  --image-pull-secret registry-creds --node-selector nodepool=cpu --toleration dedicated=imaging:NoSchedule \
+  --label team=imaging --annotation owner=imaging-lab --run-args "--split test --ensemble mean" \
+  -o manifests/mpijob-cpu-site.yaml

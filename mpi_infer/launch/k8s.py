@@ -22,6 +22,9 @@ v2beta1 MPIJob) is designed out here:
 from __future__ import annotations
 
 import argparse
+import os
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -51,7 +54,8 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pvc", required=True, type=k8s_subdomain,
                    help="ReadWriteMany claim holding dataset, model and output")
     p.add_argument("--dataset", required=True, type=nonempty, help="dataset YAML path inside the pods (under /data)")
-    p.add_argument("--model", required=True, type=nonempty, help="model path inside the pods")
+    p.add_argument("--model", required=True, type=nonempty, action="append", metavar="[NAME=]PATH",
+                   help="model path inside the pods; repeat it for several models in one pass")
     p.add_argument("--out", required=True, type=nonempty, help="output folder inside the pods")
     p.add_argument("--gpus-per-worker", type=int_range(0, 64), default=0)
     p.add_argument("--nfs-server", type=nonempty,
@@ -69,25 +73,79 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
                    help="a lost worker pod does not end the run: mpirun --with-ft ulfm, `run --fault-tolerant`, "
                         "workers restart in place (docs/kubernetes.md)")
     p.add_argument("--run-args", default="", help="extra arguments for `mpi_infer run` (one string)")
+    p.add_argument("--image-pull-secret", action="append", default=[], type=k8s_subdomain, metavar="NAME",
+                   help="a Secret for a private registry (repeatable)")
+    p.add_argument("--node-selector", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="schedule the pods on nodes with this label (repeatable)")
+    p.add_argument("--toleration", action="append", default=[], type=toleration, metavar="KEY[=VALUE]:EFFECT",
+                   help="tolerate a node taint (NoSchedule, PreferNoSchedule, NoExecute; repeatable)")
+    p.add_argument("--label", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="a label on the MPIJob and its pods (repeatable)")
+    p.add_argument("--annotation", action="append", default=[], type=key_value, metavar="KEY=VALUE",
+                   help="an annotation on the MPIJob and its pods (repeatable)")
     p.add_argument("-o", "--output", default=None, help="write the YAML here instead of stdout")
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (a label, annotation or node selector), both checked as the API server checks them."""
+    key, sep, value = text.partition("=")
+    if not sep or not LABEL_KEY.fullmatch(key) or len(value) > 63 or not LABEL_VALUE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a Kubernetes label key and value, got {text!r}")
+    return key, value
+
+
+def toleration(text: str) -> dict[str, str]:
+    """``KEY[=VALUE]:EFFECT`` as a toleration (Equal with a value, Exists without)."""
+    pair, sep, effect = text.rpartition(":")
+    key, eq, value = pair.partition("=")
+    if not sep or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute") or not LABEL_KEY.fullmatch(key):
+        raise argparse.ArgumentTypeError(f"expected KEY[=VALUE]:NoSchedule|PreferNoSchedule|NoExecute, got {text!r}")
+    return ({"key": key, "operator": "Equal", "value": value, "effect": effect} if eq else
+            {"key": key, "operator": "Exists", "effect": effect})
+
+
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a shared cluster asks of every pod: a registry secret, where it may run, how it is marked."""
+
+    image_pull_secrets: tuple[str, ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[dict[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
+
+    def pod(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if self.image_pull_secrets:
+            spec["imagePullSecrets"] = [{"name": n} for n in self.image_pull_secrets]
+        if self.node_selector:
+            spec["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            spec["tolerations"] = [dict(t) for t in self.tolerations]
+        return spec
+
+
 def _security() -> dict[str, Any]:
+    """Pod Security "restricted": non-root, no privilege escalation, every capability dropped, the runtime's
+    default seccomp profile."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-            "runAsUser": UID, "runAsGroup": UID}
+            "runAsUser": UID, "runAsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _pod_meta(name: str, role: str) -> dict[str, Any]:
-    return {"labels": {"app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name,
+def _pod_meta(name: str, role: str, site: Site) -> dict[str, Any]:
+    return {"labels": {**dict(site.labels), "app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name,
                        "mpi-infer/role": role},
-            "annotations": {"sidecar.istio.io/inject": "false"}}
+            "annotations": {**dict(site.annotations), "sidecar.istio.io/inject": "false"}}
 
 
 def _volumes(pvc: str) -> list[dict[str, Any]]:
     return [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}]
 
 
-def launcher_command(ranks: int, workers: int, dataset: str, model: str, out: str, gpu: bool,
+def launcher_command(ranks: int, workers: int, dataset: str, model: str | list[str], out: str, gpu: bool,
                      extra: list[str], fault_tolerant: bool = False) -> list[str]:
     """The launcher's full command line: mpirun under ``mpi_infer supervise`` (a lost host's silent exit 0 becomes
     the retryable 200), explicit hostfile, --expect-hosts, --resume for retries; with
@@ -95,7 +153,8 @@ def launcher_command(ranks: int, workers: int, dataset: str, model: str, out: st
     (``-m mpi4py``) aborts the job on an uncaught exception; under ULFM the survivors keep going."""
     cmd = [*SUPERVISE, "mpirun", *(["--with-ft", "ulfm"] if fault_tolerant else []), "--hostfile", HOSTFILE,
            "-n", str(ranks), "--map-by", "slot", "--bind-to", "none", "-x", "PATH", "-x", "PYTHONUNBUFFERED=1",
-           "python", "-m", "mpi4py", "-m", "mpi_infer", "run", "--dataset", dataset, "--model", model,
+           "python", "-m", "mpi4py", "-m", "mpi_infer", "run", "--dataset", dataset,
+           *(a for m in ([model] if isinstance(model, str) else model) for a in ("--model", m)),
            "--out", out, "--expect-hosts", str(workers), "--resume"]
     if gpu:
         cmd.append("--gpu")
@@ -105,12 +164,14 @@ def launcher_command(ranks: int, workers: int, dataset: str, model: str, out: st
 
 
 def render(
-    *, name: str, namespace: str, workers: int, slots: int, image: str, pvc: str, dataset: str, model: str,
+    *, name: str, namespace: str, workers: int, slots: int, image: str, pvc: str, dataset: str,
+    model: str | list[str],
     out: str, gpus_per_worker: int = 0, nfs_server: str | None = None, nfs_path: str | None = None,
     storage: str = "100Gi", cpu: str = "2", memory: str = "4Gi", deadline: int = 86400, backoff_limit: int = 3,
-    ttl: int = 86400, run_args: list[str] | None = None, fault_tolerant: bool = False,
+    ttl: int = 86400, run_args: list[str] | None = None, fault_tolerant: bool = False, site: Site | None = None,
 ) -> list[dict[str, Any]]:
     """The documents: [PV, PVC] (when an NFS server is given) + the MPIJob."""
+    site = site or Site()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if gpus_per_worker < 0:
@@ -147,9 +208,10 @@ def render(
         "replicas": 1,
         "restartPolicy": "ExitCode",
         "template": {
-            "metadata": _pod_meta(name, "launcher"),
-            "spec": {
+            "metadata": _pod_meta(name, "launcher", site),
+            "spec": site.pod({
                 "securityContext": pod_security,
+                "automountServiceAccountToken": False,
                 "containers": [{
                     "name": "launcher", "image": image, "imagePullPolicy": "IfNotPresent",
                     "command": command[:1],
@@ -160,7 +222,7 @@ def render(
                     "volumeMounts": mount,
                 }],
                 "volumes": _volumes(pvc),
-            },
+            }),
         },
     }
     worker = {
@@ -171,9 +233,10 @@ def render(
         # 200) finds every worker again; without it, ExitCode as the launcher (a dead worker ends mpirun).
         "restartPolicy": "OnFailure" if fault_tolerant else "ExitCode",
         "template": {
-            "metadata": _pod_meta(name, "worker"),
-            "spec": {
+            "metadata": _pod_meta(name, "worker", site),
+            "spec": site.pod({
                 "securityContext": pod_security,
+                "automountServiceAccountToken": False,
                 "containers": [{
                     "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",
                     "command": ["/usr/sbin/sshd"], "args": ["-De", "-f", f"{USER_HOME}/.sshd_config"],
@@ -185,13 +248,15 @@ def render(
                     "volumeMounts": mount,
                 }],
                 "volumes": _volumes(pvc),
-            },
+            }),
         },
     }
     docs.append({
         "apiVersion": API_VERSION, "kind": "MPIJob",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "mpi-infer",
-                                                                       "app.kubernetes.io/instance": name}},
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {**dict(site.labels), "app.kubernetes.io/name": "mpi-infer",
+                                "app.kubernetes.io/instance": name},
+                     **({"annotations": dict(site.annotations)} if site.annotations else {})},
         "spec": {
             "slotsPerWorker": slots,
             "runPolicy": {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": ttl,
@@ -233,12 +298,32 @@ def _split_run_args(text: str) -> list[str]:
     return args
 
 
+def on_the_volume(option: str, path: str) -> str:
+    """A path the pods can see: under the claim's mount (an absolute path elsewhere, or a relative one, names a
+    file of the image, or nothing)."""
+    from ..errors import UsageError
+
+    if not path.startswith("/") or os.path.commonpath([DATA_MOUNT, os.path.normpath(path)]) != DATA_MOUNT:
+        raise UsageError(f"{option} {path}: not on the shared volume; the pods mount the claim at {DATA_MOUNT}, so "
+                         f"give a path under {DATA_MOUNT}/")
+    return path
+
+
 def manifest_from_args(args: argparse.Namespace) -> str:
+    on_the_volume("--dataset", args.dataset)
+    on_the_volume("--out", args.out)
+    for value in args.model:
+        name, sep, path = value.partition("=")
+        path = path if sep and "/" not in name else value
+        if "/" in path or path.endswith((".onnx", ".bin")):  # else a shipped model's name (demo, demo-onnx)
+            on_the_volume("--model", path)
     docs = render(
         name=args.name, namespace=args.namespace, workers=args.workers, slots=args.slots, image=args.image,
         pvc=args.pvc, dataset=args.dataset, model=args.model, out=args.out, gpus_per_worker=args.gpus_per_worker,
         nfs_server=args.nfs_server, nfs_path=args.nfs_path, storage=args.storage, cpu=args.cpu,
         memory=args.memory, deadline=args.deadline, backoff_limit=args.backoff_limit, ttl=args.ttl,
         run_args=_split_run_args(args.run_args), fault_tolerant=args.fault_tolerant,
+        site=Site(tuple(args.image_pull_secret), tuple(args.node_selector), tuple(args.toleration),
+                  tuple(args.label), tuple(args.annotation)),
     )
     return dump(docs)

@@ -165,3 +165,45 @@ def test_committed_manifests_match_the_renderer():
     before = _read_manifests()
     subprocess.run(["bash", os.path.join(MANIFESTS, "render.sh")], check=True, env=env)
     assert _read_manifests() == before, "manifests/ is stale: run manifests/render.sh"
+
+
+@pytest.mark.parametrize(("label", "docs"), list(all_rendered()))
+def test_every_pod_meets_pod_security_restricted(label, docs):
+    """The "restricted" Pod Security Standard, field by field (kubernetes.io/docs/concepts/security/
+    pod-security-standards), for the launcher and the workers of every rendered variant."""
+    for replica in mpijob(list(docs))["spec"]["mpiReplicaSpecs"].values():
+        spec = replica["template"]["spec"]
+        assert spec["automountServiceAccountToken"] is False and spec["securityContext"]["runAsNonRoot"] is True
+        assert not any(k in spec for k in ("hostNetwork", "hostPID", "hostIPC"))
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+            assert "privileged" not in sc and not c.get("ports", [{}])[0].get("hostPort")
+        assert all("persistentVolumeClaim" in v for v in spec["volumes"])  # no hostPath
+
+
+def test_site_options_and_several_models_reach_every_pod():
+    with open(os.path.join(MANIFESTS, "mpijob-cpu-site.yaml")) as fh:
+        job = mpijob(list(yaml.safe_load_all(fh)))
+    assert job["metadata"]["labels"]["team"] == "imaging" and job["metadata"]["annotations"]["owner"] == "imaging-lab"
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        t = replica["template"]
+        assert t["metadata"]["labels"]["team"] == "imaging"
+        assert t["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
+        assert t["spec"]["nodeSelector"] == {"nodepool": "cpu"}
+        assert t["spec"]["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "imaging",
+                                             "effect": "NoSchedule"}]
+    args = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    models = [args[k + 1] for k, a in enumerate(args) if a == "--model"]
+    assert models == ["segnet=/data/models/isic_segm_segnet.bin", "unet=/data/models/unet.onnx"]
+
+
+@pytest.mark.parametrize("option,value", [("--dataset", "/etc/d.yml"), ("--out", "results"),
+                                          ("--model", "/data/../etc/m.onnx"), ("--model", "a=m.onnx")])
+def test_paths_off_the_volume_are_refused(option, value, capsys):
+    given = {"--dataset": "/data/d.yml", "--model": "/data/m.bin", "--out": "/data/o", option: value}
+    code = main(["manifest", "--name", "j", "--workers", "2", "--image", "i:1", "--pvc", "c",
+                 *(a for kv in given.items() for a in kv)])
+    assert code == 2 and "not on the shared volume" in capsys.readouterr().err
