@@ -17,6 +17,7 @@ EXIT_TOPOLOGY = 13  # ranks are not where the job expected them (e.g. all on the
 EXIT_LAUNCH = 14  # MPI's world is not what the launcher started (srun without PMI: N singletons)
 EXIT_SOFTWARE = 70  # an unexpected exception: a bug, which a retry will not fix
 EXIT_RETRYABLE = 200  # I/O trouble or an aborted peer: worth retrying (with --resume)
+EXIT_INTERRUPTED = 202  # SIGTERM or SIGINT (an eviction, a preemption, Ctrl-C): worth retrying (with --resume)
 
 EXIT_CODES = {
     EXIT_OK: "every selected image was scored (or predicted, where it has no mask)",
@@ -29,6 +30,7 @@ EXIT_CODES = {
     EXIT_LAUNCH: "MPI's world does not match what the launcher started (permanent)",
     EXIT_SOFTWARE: "unexpected internal error (permanent)",
     EXIT_RETRYABLE: "transient failure (I/O, a peer died); retry with --resume",
+    EXIT_INTERRUPTED: "interrupted (SIGTERM or SIGINT: an eviction, a preemption, Ctrl-C); retry with --resume",
 }
 
 
@@ -95,6 +97,12 @@ class RetryableError(MpiInferError):
     """A transient failure: the job may succeed if run again (with --resume)."""
 
     exit_code = EXIT_RETRYABLE
+
+
+class Interrupted(RetryableError):
+    """SIGTERM or SIGINT reached this rank: what finished is in the ledger; stopping is a retry, not a failure."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class PeerLostError(RetryableError):

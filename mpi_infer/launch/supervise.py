@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from ..errors import EXIT_RETRYABLE, EXIT_USAGE
+from ..errors import EXIT_INTERRUPTED, EXIT_RETRYABLE, EXIT_USAGE
 from ..outputs.ledger import next_attempt
 
 
@@ -50,13 +50,23 @@ def supervise(command: Sequence[str]) -> int:
     out = run_out_dir(command)
     attempt = next_attempt(out) if out else 0
     proc = subprocess.Popen(list(command))
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
         proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     code = proc.wait()
+    if received and not (code == 0 and out and finished(out, attempt)):
+        # Open MPI's mpirun exits 1 once it is signalled itself, whatever its ranks returned: the launcher's
+        # code comes from here, so that restartPolicy: ExitCode retries a preempted or evicted job.
+        print(f"mpi_infer supervise: interrupted by {signal.Signals(received[0]).name} ({command[0]} exited "
+              f"{code}): exit {EXIT_INTERRUPTED} (retryable); finished images are in "
+              f"{os.path.join(out or '--out', 'ledger')}, a retry with --resume continues", file=sys.stderr,
+              flush=True)
+        return EXIT_INTERRUPTED
     if code == 0 and out and not finished(out, attempt):
         print(f"mpi_infer supervise: {command[0]} exited 0, but {os.path.join(out, 'summary.json')} is not from "
               f"this attempt ({attempt}): the run did not finish (Open MPI's runtime ends a job with exit 0 when it "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -19,7 +20,7 @@ from typing import Any
 from ..config import RunConfig
 from ..data.worklist import WorkList
 from ..engines import open_engine
-from ..errors import EXIT_OK, LaunchError, MpiInferError, PeerLostError, clip, exit_code_for
+from ..errors import EXIT_OK, Interrupted, LaunchError, MpiInferError, PeerLostError, clip, exit_code_for
 from ..loaders import open_loader
 from ..outputs.console import ConsoleRecord, print_plan, problem_lines, summary_table
 from ..outputs.folder import remove_outputs
@@ -74,13 +75,18 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
     record = ConsoleRecord() if comm.rank == 0 else None  # rank 0's console, for OUT/run.log
     if record is not None:
         record.start()
+    previous_handlers = _stop_on_signals()
     try:
         code = _run(cfg, comm, MPI, record)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
         code = exit_code_for(exc)
-        if isinstance(exc, StallError | PeerLostError):
+        if isinstance(exc, Interrupted):
+            if comm.rank == 0:  # every rank got the signal; one line says it
+                sys.stderr.write(f"mpi_infer: {exc}; finished images are in {os.path.join(cfg.out, 'ledger')}: "
+                                 f"exit {code} (retryable), rerun with --resume\n")
+        elif isinstance(exc, StallError | PeerLostError):
             sys.stderr.write(f"[rank {comm.rank}] mpi_infer: {exc}\n")
         elif isinstance(exc, OSError | MemoryError):  # the volume or the machine, not a bug: no traceback
             where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
@@ -97,11 +103,34 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
         comm.Abort(code)
         return code  # not reached
     finally:
+        _restore(previous_handlers)
         if record is not None:
             record.stop()
     if record is not None:
         record.save(cfg.out, code)
     return code
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM (an eviction, a preemption, the launcher's grace period) and SIGINT (Ctrl-C; mpirun forwards both
+    to every rank) stop the run as a retry: Interrupted is raised in the main thread, which ends the job with
+    the retryable exit 202 after the ledger (written batch by batch) has every finished image. Returns the
+    handlers to restore (the Python API's caller keeps its own)."""
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, interrupt)
+        except ValueError:  # not the main thread (a caller's worker thread): the caller handles signals
+            break
+    return previous
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def _run(cfg: RunConfig, comm: Any, MPI: Any, record: ConsoleRecord | None) -> int:

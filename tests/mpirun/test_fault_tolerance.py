@@ -207,3 +207,44 @@ def test_recovery_reads_the_lost_ranks_ledger_and_splits_the_rest(tmp_path):
     assert WorkList.pending(book.queue, set()).indices == [17, 18, 19]
     s = book.summary(True)
     assert [x["rank"] for x in s["lost_ranks"]] == [1, 2] and s["recovery_rounds"] == 1
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stopped_job_is_a_retry_and_resume_equals_a_clean_run(synth40, clean, tmp_path, sig, guarded):
+    """An eviction or a preemption (SIGTERM to the launcher, then to every rank) or Ctrl-C: rank 0 says so, the
+    job ends with the retryable exit 202 (under supervise: mpirun itself exits 1 once signalled), the ledger
+    holds what finished, and --resume completes it equal to a clean run."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import MPI_ENV, mpirun_path
+
+    from mpi_infer.errors import EXIT_INTERRUPTED
+
+    out = tmp_path / "o"
+    cmd = [mpirun_path(), "-n", "2", sys.executable, "-m", "mpi_infer", "run", "--dataset", synth40, "--model",
+           "demo-onnx", "--out", str(out), "--split", "all", "--batch-size", "2"]
+    if guarded:
+        cmd = [sys.executable, "-m", "mpi_infer", "supervise", "--", *cmd]
+    proc = subprocess.Popen(cmd, env={**os.environ, **MPI_ENV, "MPI_INFER_FAULT": "slow:factor=40"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ledger = out / "ledger" / "attempt-000-rank-00000.jsonl"
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not (ledger.exists() and ledger.stat().st_size > 0):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    if guarded:  # mpirun's own code is 1 once signalled: the launcher's comes from supervise
+        assert proc.returncode == EXIT_INTERRUPTED, stderr[-2000:]
+        assert f"supervise: interrupted by {sig}" in stderr
+    log = (out / "run.log").read_text()  # rank 0's words: mpirun may drop its last output once signalled
+    # mpirun passes a SIGINT on to the ranks as SIGTERM
+    assert "mpi_infer: interrupted by SIG" in log and "; finished images are in" in log
+    assert "exit 202: interrupted" in log
+    assert not (out / "summary.json").exists()
+    again = run(synth40, str(out), 2, "--resume", ft=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_summary(str(out))["resumed_images"] > 0
+    same_results(read_rows(str(out)), clean)
