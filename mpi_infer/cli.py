@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fault-tolerant", action="store_true",
                      help="survive a lost rank (not rank 0): the survivors run its unfinished images and the job "
                           "ends normally; needs Open MPI 5 launched with `mpirun --with-ft ulfm` (docs/faults.md)")
+    run.add_argument("--metrics-file", default=None, type=nonempty, metavar="PATH",
+                     help="a Prometheus text file rank 0 rewrites every few seconds and at the end: images done and "
+                          "failed, ETA, images/s per rank, stalled and lost ranks, stage seconds, last success")
     run.add_argument("--max-megapixels", type=float_range(0.01, 1e5), default=None, metavar="MP",
                      help="refuse (that image's record fails) a PNG or JPEG whose header declares more pixels, before "
                           "decoding it (default 64: twice the largest ISIC photograph)")
@@ -274,7 +277,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         resume=args.resume, overwrite=args.overwrite, gpu=args.gpu,
         threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
         schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
-        verbose=args.verbose, progress_interval=args.progress_interval,
+        verbose=args.verbose, progress_interval=args.progress_interval, metrics_file=args.metrics_file,
         max_pixels=int((args.max_megapixels or DEFAULT_MAX_MEGAPIXELS) * 1e6),
         config=os.path.abspath(args.config) if args.config else None, config_options=args.config_options or {},
     )

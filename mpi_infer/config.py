@@ -54,6 +54,7 @@ class RunConfig:
     quiet: bool = False
     verbose: bool = False
     progress_interval: float = 5.0
+    metrics_file: str | None = None  # rank 0's Prometheus text file (--metrics-file)
     config: str | None = None  # --config: the options file (absolute path), recorded in run.json
     config_options: dict = field(default_factory=dict)  # what that file said, as loaded
 

@@ -11,6 +11,7 @@ from typing import Any
 from ..config import RunConfig
 from ..data.worklist import WorkList
 from ..errors import PeerLostError
+from ..outputs.metrics import MetricsFile
 from .progress import ProgressDisplay
 from .recovery import Recovery
 from .watchdog import ADVICE as STALL_ADVICE
@@ -32,11 +33,12 @@ class ChannelOptions:
     progress_interval: float  # seconds between progress lines on rank 0
     quiet: bool
     fault_tolerant: bool
+    metrics_file: str | None = None  # --metrics-file: rank 0's Prometheus text file
 
     @classmethod
     def of(cls, cfg: RunConfig) -> ChannelOptions:
         return cls(cfg.out, len(cfg.outputs), cfg.stall_timeout, cfg.progress_interval, cfg.quiet,
-                   cfg.fault_tolerant)
+                   cfg.fault_tolerant, cfg.metrics_file)
 
 
 class Channel:
@@ -64,6 +66,8 @@ class Channel:
         self.finished: set[int] = set()
         self.display = ProgressDisplay(total, interval=cfg.progress_interval,
                                        enabled=self.rank == 0 and not cfg.quiet)
+        self.metrics = (MetricsFile(cfg.metrics_file, total, self.size)
+                        if self.rank == 0 and cfg.metrics_file else None)
         self.cost_s = 0.0  # time this rank spent on progress and scheduling messages
         self.messages = 0
         # dynamic schedule state (rank 0 hands out chunks; others ask for them)
@@ -205,6 +209,12 @@ class Channel:
         done = sum(d for d, _ in self.rank_counts.values())
         failed = sum(f for _, f in self.rank_counts.values())
         self.display.update(done, failed)
+        if self.metrics is not None:
+            now = time.monotonic()
+            quiet_for = self.timeout / 2 if self.timeout > 0 else float("inf")
+            self.metrics.update(self.rank_counts, lost=len(self.lost),
+                                stalled=sum(1 for r in self.live_workers()
+                                            if r not in self.finished and now - self.last_heard[r] > quiet_for))
         self._heartbeat()
         self._check_silent()
 

@@ -373,6 +373,8 @@ def _gather(cfg: RunConfig, comm: Any, prepared: Prepared, plan: Scattered, open
                                    {**opened.stack.describe(), **opened.engine.describe()},
                                    time.perf_counter() - t_start,
                                    {"fault_tolerance": channel.recovery.summary(True)} if cfg.fault_tolerant else None)
+        if channel.metrics is not None:
+            channel.metrics.finish(summary, code)
         if cfg.report:
             from ..outputs.report import write_report
 

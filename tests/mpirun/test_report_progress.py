@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import cv2
 import numpy as np
@@ -249,3 +250,38 @@ def test_classification_groups_and_cis_on_the_console_and_in_the_report(tmp_path
         page = fh.read()
     assert "<h2>95% confidence intervals</h2>" in page and "<td>balanced accuracy</td>" in page
     assert "<th>b accuracy</th>" in page
+
+
+def test_metrics_file_parses_and_matches_the_summary(tmp_path, synth_small):
+    """--metrics-file: a Prometheus text file (parsed here with prometheus-client's own parser) whose counts
+    match summary.json; the last-success time only on exit 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def metrics(path):
+        with open(path) as fh:
+            return {s.name + (f"{{{','.join(f'{k}={v}' for k, v in s.labels.items())}}}" if s.labels else ""): s.value
+                    for fam in text_string_to_metric_families(fh.read()) for s in fam.samples}
+
+    out, path = str(tmp_path / "o"), str(tmp_path / "m.prom")
+    proc = mpirun(3, "run", "--dataset", synth_small, "--model", "demo", "--out", out, "--split", "all",
+                  "--metrics-file", path)
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(out, "summary.json")) as fh:
+        s = json.load(fh)
+    m = metrics(path)
+    assert m["mpi_infer_images_total"] == m["mpi_infer_images_done"] == s["images"]["selected"] == 13
+    assert m["mpi_infer_images_failed"] == 0 and m["mpi_infer_exit_code"] == 0 and m["mpi_infer_ranks_lost"] == 0
+    assert abs(m["mpi_infer_last_success_timestamp_seconds"] - time.time()) < 120
+    assert m["mpi_infer_stage_seconds{stage=total}"] == pytest.approx(s["timings"]["total_s"])
+    assert {k for k in m if k.startswith("mpi_infer_rank_images_per_second")} == {
+        f"mpi_infer_rank_images_per_second{{rank={r}}}" for r in range(3)}
+    broken = tmp_path / "broken"
+    shutil.copytree(os.path.dirname(synth_small), broken)
+    victim = sorted((broken / "images_segmentation").glob("*.jpg"))[0]
+    victim.write_bytes(b"\xff\xd8 not a jpeg")
+    path2 = str(tmp_path / "m2.prom")
+    assert mpirun(2, "run", "--dataset", str(broken / "dataset.yml"), "--model", "demo", "--out",
+                  str(tmp_path / "o2"), "--split", "all", "--metrics-file", path2).returncode == 3
+    m2 = metrics(path2)
+    assert m2["mpi_infer_images_failed"] == 1 and m2["mpi_infer_exit_code"] == 3
+    assert "mpi_infer_last_success_timestamp_seconds" not in m2
