@@ -47,7 +47,7 @@ def load_options(path: str) -> dict[str, Any]:
     """A ``--config`` file: a YAML mapping of run options."""
     import yaml
 
-    from .data.dataset import MAX_NESTING, yaml_nesting
+    from .data.yamltext import MAX_NESTING, yaml_nesting
 
     text = read_input(path, UsageError, "--config file", MAX_OPTIONS_BYTES)
     if yaml_nesting(text.decode("utf-8", "replace")) > MAX_NESTING:

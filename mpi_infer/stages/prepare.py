@@ -14,14 +14,7 @@ from typing import Any
 from .. import __version__
 from ..atomic import write_text
 from ..config import RunConfig
-from ..data.dataset import (
-    Dataset,
-    check_single_labels,
-    load_dataset,
-    outside_paths,
-    select_splits,
-    selected_items,
-)
+from ..data.dataset import Dataset, check_single_labels, load_dataset, outside_paths, select_splits, selected_items
 from ..data.partition import describe, plan
 from ..data.worklist import WorkList
 from ..errors import ConfigError, DatasetError, clip

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from mpi_infer.data.dataset import build_dataset, dump_document, load_dataset, parse_yaml_text
+from mpi_infer.data.dataset import build_dataset, dump_document, load_dataset
 from mpi_infer.data.worklist import WorkItem
+from mpi_infer.data.yamltext import parse_yaml_text
 from mpi_infer.engines.eddl import gpu_flags
 from mpi_infer.errors import ConfigError
 from mpi_infer.loaders.ecvl import NOLABEL, augmentation_spec, batch_plan, shard_document
