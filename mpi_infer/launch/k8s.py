@@ -313,6 +313,10 @@ def manifest_from_args(args: argparse.Namespace) -> str:
     on_the_volume("--dataset", args.dataset)
     on_the_volume("--out", args.out)
     for value in args.model:
+        if value.startswith("-"):
+            from ..errors import UsageError
+
+            raise UsageError(f"--model {value}: a value that starts with '-' would read as an option of `run`")
         name, sep, path = value.partition("=")
         path = path if sep and "/" not in name else value
         if "/" in path or path.endswith((".onnx", ".bin")):  # else a shipped model's name (demo, demo-onnx)

@@ -200,10 +200,13 @@ def test_site_options_and_several_models_reach_every_pod():
     assert models == ["segnet=/data/models/isic_segm_segnet.bin", "unet=/data/models/unet.onnx"]
 
 
-@pytest.mark.parametrize("option,value", [("--dataset", "/etc/d.yml"), ("--out", "results"),
-                                          ("--model", "/data/../etc/m.onnx"), ("--model", "a=m.onnx")])
-def test_paths_off_the_volume_are_refused(option, value, capsys):
+@pytest.mark.parametrize("option,value,says", [
+    ("--dataset", "/etc/d.yml", "not on the shared volume"), ("--out", "results", "not on the shared volume"),
+    ("--model", "/data/../etc/m.onnx", "not on the shared volume"), ("--model", "a=m.onnx", "not on the shared volume"),
+    ("--out", "-rf", "not on the shared volume"), ("--model", "-x", "starts with '-'"),
+])
+def test_paths_off_the_volume_and_option_like_values_are_refused(option, value, says, capsys):
     given = {"--dataset": "/data/d.yml", "--model": "/data/m.bin", "--out": "/data/o", option: value}
     code = main(["manifest", "--name", "j", "--workers", "2", "--image", "i:1", "--pvc", "c",
-                 *(a for kv in given.items() for a in kv)])
-    assert code == 2 and "not on the shared volume" in capsys.readouterr().err
+                 *(f"{k}={v}" for k, v in given.items())])
+    assert code == 2 and says in capsys.readouterr().err
