@@ -133,7 +133,7 @@ def write_report(run_dir: str, k: int = 8) -> str:
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
         "<title>mpi_infer report</title><style>",
-        "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}",
+        "body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}",
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}",
         "td:first-child,th:first-child{text-align:left}tr.total{font-weight:bold;background:#f4f4f4}",
         "dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px}dt{font-weight:bold}",
@@ -208,7 +208,9 @@ def shown_caption(summary: dict[str, Any], shown: str) -> str:
     metric = summary.get("best_model", {}).get("metric", "mean_dice").replace("_", " ")
     why = (f"the best by {metric} over all splits" if shown == summary.get("best_model", {}).get("all")
            else "the first model")
-    return (f"{len(summary['models'])} models ran. The results table, the confidence intervals and every figure "
+    ran = len(summary["models"]) - (1 if summary.get("ensemble") else 0)
+    return (f"{ran} models ran" + (" and their ensemble" if summary.get("ensemble") else "")
+            + ". The results table, the confidence intervals and every figure "
             f"below show model {shown} ({why}); the models table compares every model"
             + (" and the ensemble" if summary.get("ensemble") else "") + ", and the groups table shows each.")
 
