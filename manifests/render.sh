@@ -21,3 +21,10 @@ $M --name isic-compare --namespace deephealth --workers 2 --slots 2 --image regi
   --image-pull-secret registry-creds --node-selector nodepool=cpu --toleration dedicated=imaging:NoSchedule \
   --label team=imaging --annotation owner=imaging-lab --run-args "--split test --ensemble mean" \
   -o manifests/mpijob-cpu-site.yaml
+$M --name isic-queued --namespace deephealth --workers 4 --slots 2 --image registry.example.org/mpi-infer:0.4.0 \
+  --pvc isic-data --dataset /data/isic/isic_segmentation.yml --model /data/models/isic_segm_segnet.bin \
+  --out /data/results/isic-queued --queue kueue:imaging-queue --priority-class batch-low \
+  --run-args "--split test --metrics-file /data/results/isic-queued.prom" -o manifests/mpijob-cpu-kueue.yaml
+$M --name isic-gang --namespace deephealth --workers 4 --slots 2 --image registry.example.org/mpi-infer:0.4.0 \
+  --pvc isic-data --dataset /data/isic/isic_segmentation.yml --model /data/models/isic_segm_segnet.bin \
+  --out /data/results/isic-gang --queue volcano:imaging -o manifests/mpijob-cpu-volcano.yaml

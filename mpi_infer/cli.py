@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sup = sub.add_parser("supervise", help="run `-- mpirun ...` (the MPIJob launcher's command); its exit 0 "
                                            "without a finished run (a lost host) becomes exit 200, retryable")
+    sup.add_argument("--wait-for-workers", type=float_range(0, 86400), default=0, metavar="SECONDS",
+                     help="first wait (at most this long) until every --hostfile entry's sshd answers; past it, "
+                          "exit 200 (retryable) naming those that never did (a gang-scheduled launcher starts "
+                          "before its workers)")
+    sup.add_argument("--hostfile", default="/etc/mpi/hostfile", help="the hostfile the workers are read from")
+    sup.add_argument("--ssh-port", type=int_range(1, 65535), default=2222)
     sup.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                      help="mpirun ... python -m mpi_infer run ... --out DIR ...")
 
@@ -326,7 +332,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "supervise":
         from .launch.supervise import supervise
 
-        return supervise(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if args.wait_for_workers:
+            from .launch.supervise import wait_for_workers
+
+            code = wait_for_workers(args.hostfile, args.ssh_port, args.wait_for_workers)
+            if code:
+                return code
+        return supervise(command)
     if args.command == "report":
         from .outputs.report import write_report
 

@@ -73,6 +73,12 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
                    help="a lost worker pod does not end the run: mpirun --with-ft ulfm, `run --fault-tolerant`, "
                         "workers restart in place (docs/kubernetes.md)")
     p.add_argument("--run-args", default="", help="extra arguments for `mpi_infer run` (one string)")
+    p.add_argument("--queue", default=None, type=queue_spec, metavar="kueue:LOCALQUEUE|volcano:QUEUE|coscheduling",
+                   help="admit the job through Kueue's LocalQueue, or gang-schedule it with Volcano or "
+                        "scheduler-plugins' coscheduling; the launcher then starts with its workers and waits for "
+                        "their sshd itself (bounded: supervise --wait-for-workers)")
+    p.add_argument("--priority-class", default=None, type=k8s_subdomain, metavar="NAME",
+                   help="the pods' PriorityClass (and the gang's)")
     p.add_argument("--image-pull-secret", action="append", default=[], type=k8s_subdomain, metavar="NAME",
                    help="a Secret for a private registry (repeatable)")
     p.add_argument("--node-selector", action="append", default=[], type=key_value, metavar="KEY=VALUE",
@@ -84,6 +90,20 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotation", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                    help="an annotation on the MPIJob and its pods (repeatable)")
     p.add_argument("-o", "--output", default=None, help="write the YAML here instead of stdout")
+
+
+WAIT_FOR_WORKERS_S = 1500  # below Kueue's default waitForPodsReady timeout (30 min): our retry comes first
+GANG_TIMEOUT_S = 600  # coscheduling: how long the PodGroup may wait to be scheduled whole
+
+
+def queue_spec(text: str) -> tuple[str, str]:
+    """``kueue:LOCALQUEUE``, ``volcano:QUEUE`` or ``coscheduling``."""
+    kind, _, name = text.partition(":")
+    if kind == "coscheduling" and not name:
+        return kind, ""
+    if kind in ("kueue", "volcano") and name and LABEL_VALUE.fullmatch(name) and len(name) <= 63:
+        return kind, name
+    raise argparse.ArgumentTypeError(f"expected kueue:LOCALQUEUE, volcano:QUEUE or coscheduling, got {text!r}")
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -118,7 +138,11 @@ class Site:
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
 
+    priority_class: str | None = None
+
     def pod(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if self.priority_class:
+            spec["priorityClassName"] = self.priority_class
         if self.image_pull_secrets:
             spec["imagePullSecrets"] = [{"name": n} for n in self.image_pull_secrets]
         if self.node_selector:
@@ -139,6 +163,22 @@ def _pod_meta(name: str, role: str, site: Site) -> dict[str, Any]:
     return {"labels": {**dict(site.labels), "app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name,
                        "mpi-infer/role": role},
             "annotations": {**dict(site.annotations), "sidecar.istio.io/inject": "false"}}
+
+
+def _scheduling(queue: tuple[str, str] | None, priority_class: str | None, workers: int) -> dict[str, Any]:
+    """runPolicy.schedulingPolicy for a gang scheduler (the operator's --gang-scheduling=volcano or
+    scheduler-plugins makes the PodGroup from it): the whole job, launcher included, or nothing. Kueue admits
+    the job by its queue label and needs none."""
+    if not queue or queue[0] == "kueue":
+        return {}
+    policy: dict[str, Any] = {"minAvailable": workers + 1}
+    if queue[0] == "volcano":
+        policy["queue"] = queue[1]
+    else:
+        policy["scheduleTimeoutSeconds"] = GANG_TIMEOUT_S
+    if priority_class:
+        policy["priorityClass"] = priority_class
+    return {"schedulingPolicy": policy}
 
 
 def _volumes(pvc: str) -> list[dict[str, Any]]:
@@ -169,9 +209,13 @@ def render(
     out: str, gpus_per_worker: int = 0, nfs_server: str | None = None, nfs_path: str | None = None,
     storage: str = "100Gi", cpu: str = "2", memory: str = "4Gi", deadline: int = 86400, backoff_limit: int = 3,
     ttl: int = 86400, run_args: list[str] | None = None, fault_tolerant: bool = False, site: Site | None = None,
+    queue: tuple[str, str] | None = None, priority_class: str | None = None,
 ) -> list[dict[str, Any]]:
     """The documents: [PV, PVC] (when an NFS server is given) + the MPIJob."""
     site = site or Site()
+    if priority_class:
+        site = Site(site.image_pull_secrets, site.node_selector, site.tolerations, site.labels, site.annotations,
+                    priority_class)
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     if gpus_per_worker < 0:
@@ -198,6 +242,8 @@ def render(
     ranks = workers * slots
     command = launcher_command(ranks, workers, dataset, model, out, bool(gpus_per_worker), run_args or [],
                                fault_tolerant)
+    if queue:  # a gang (or Kueue) starts the launcher with its workers: it waits for their sshd itself, bounded
+        command[len(SUPERVISE) - 1:len(SUPERVISE) - 1] = ["--wait-for-workers", str(WAIT_FOR_WORKERS_S)]
     worker_resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory},
                                         "limits": {"cpu": cpu, "memory": memory}}
     if gpus_per_worker:
@@ -255,14 +301,19 @@ def render(
         "apiVersion": API_VERSION, "kind": "MPIJob",
         "metadata": {"name": name, "namespace": namespace,
                      "labels": {**dict(site.labels), "app.kubernetes.io/name": "mpi-infer",
-                                "app.kubernetes.io/instance": name},
+                                "app.kubernetes.io/instance": name,
+                                **({"kueue.x-k8s.io/queue-name": queue[1]} if queue and queue[0] == "kueue" else {})},
                      **({"annotations": dict(site.annotations)} if site.annotations else {})},
         "spec": {
             "slotsPerWorker": slots,
             "runPolicy": {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": ttl,
-                          "activeDeadlineSeconds": deadline, "backoffLimit": backoff_limit},
+                          "activeDeadlineSeconds": deadline, "backoffLimit": backoff_limit,
+                          **_scheduling(queue, priority_class, workers)},
             "sshAuthMountPath": f"{USER_HOME}/.ssh",
-            "launcherCreationPolicy": "WaitForWorkersReady",
+            # WaitForWorkersReady deadlocks under a gang (mpi-operator #608: the PodGroup waits for workers + 1
+            # pods, the operator creates the launcher only once the workers are ready) and is ineffective after
+            # Kueue suspends and resumes a job (#615): with a queue, AtStartup and our own bounded wait.
+            "launcherCreationPolicy": "AtStartup" if queue else "WaitForWorkersReady",
             "mpiImplementation": "OpenMPI",
             "mpiReplicaSpecs": {"Launcher": launcher, "Worker": worker},
         },
@@ -329,5 +380,6 @@ def manifest_from_args(args: argparse.Namespace) -> str:
         run_args=_split_run_args(args.run_args), fault_tolerant=args.fault_tolerant,
         site=Site(tuple(args.image_pull_secret), tuple(args.node_selector), tuple(args.toleration),
                   tuple(args.label), tuple(args.annotation)),
+        queue=args.queue, priority_class=args.priority_class,
     )
     return dump(docs)

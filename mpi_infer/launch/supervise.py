@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from ..errors import EXIT_INTERRUPTED, EXIT_RETRYABLE, EXIT_USAGE
@@ -32,6 +34,42 @@ def run_out_dir(command: Sequence[str]) -> str | None:
         elif arg.startswith("--out="):
             found = arg.split("=", 1)[1]
     return found
+
+
+def hostfile_hosts(path: str) -> list[str]:
+    """The host names of an Open MPI hostfile (``name slots=N``; comments and blank lines skipped)."""
+    with open(path, encoding="utf-8") as fh:
+        return [ln.split()[0] for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def wait_for_workers(hostfile: str, port: int, timeout_s: float, poll_s: float = 1.0) -> int:
+    """Wait until every worker's sshd accepts a connection, at most ``timeout_s`` (under a gang scheduler the
+    launcher starts with its workers, not after them: MPI Operator's WaitForWorkersReady deadlocks there).
+    0 when all answered; past the deadline, the retryable exit naming the workers that never did, so a retry
+    (or Kueue's own requeue) comes before Kueue's waitForPodsReady timeout."""
+    try:
+        hosts = hostfile_hosts(hostfile)
+    except OSError as exc:
+        print(f"mpi_infer supervise: cannot read the hostfile {hostfile}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RETRYABLE
+    waiting = set(hosts)
+    end = time.monotonic() + timeout_s
+    while waiting:
+        for host in sorted(waiting):
+            try:
+                with socket.create_connection((host, port), timeout=min(2.0, poll_s * 2)):
+                    waiting.discard(host)
+            except OSError:
+                pass
+        if not waiting or time.monotonic() >= end:
+            break
+        time.sleep(poll_s)
+    if waiting:
+        print(f"mpi_infer supervise: {len(waiting)} of {len(hosts)} worker(s) never answered on port {port} within "
+              f"{timeout_s:g} s: {', '.join(sorted(waiting)[:10])}. Exit {EXIT_RETRYABLE} (retryable)",
+              file=sys.stderr, flush=True)
+        return EXIT_RETRYABLE
+    return 0
 
 
 def finished(out: str, attempt: int) -> bool:

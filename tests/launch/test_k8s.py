@@ -45,6 +45,9 @@ def as_pod(template, namespace="ns"):
 
 def all_rendered():
     yield "cpu", docs_for()
+    yield "kueue", docs_for(queue=("kueue", "team-a"), priority_class="batch-low")
+    yield "volcano", docs_for(queue=("volcano", "imaging"))
+    yield "coscheduling", docs_for(queue=("coscheduling", ""), slots=0, gpus_per_worker=2)
     yield "gpu", docs_for(slots=0, gpus_per_worker=4, nfs_server=None, nfs_path=None)
     yield "ft", docs_for(fault_tolerant=True)
     for name in sorted(os.listdir(MANIFESTS)):
@@ -55,7 +58,7 @@ def all_rendered():
 
 @pytest.mark.parametrize(("label", "docs"), list(all_rendered()))
 def test_manifests_parse_and_validate(label, docs):
-    docs = yaml.safe_load_all(dump(docs)) if label in ("cpu", "gpu", "ft") else docs
+    docs = yaml.safe_load_all(dump(docs)) if not label.endswith(".yaml") else docs
     for doc in docs:
         if doc["kind"] == "MPIJob":
             job = doc
@@ -84,7 +87,9 @@ def test_mpijob_fields_follow_v2beta1_and_the_pitfalls(label, docs):
         assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
         assert "requests" in c["resources"] and "limits" in c["resources"]
         assert replica["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
-    assert spec["launcherCreationPolicy"] == "WaitForWorkersReady"
+    queued = "--wait-for-workers" in spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["args"]
+    # under a queue or a gang the launcher starts with its workers and waits for them itself (mpi-operator #608)
+    assert spec["launcherCreationPolicy"] == ("AtStartup" if queued else "WaitForWorkersReady")
     assert spec["sshAuthMountPath"] == "/home/mpiuser/.ssh"
     assert spec["runPolicy"]["cleanPodPolicy"] == "Running"
     assert spec["runPolicy"]["ttlSecondsAfterFinished"] >= 3600
@@ -92,6 +97,9 @@ def test_mpijob_fields_follow_v2beta1_and_the_pitfalls(label, docs):
     launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     worker = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     cmd = launcher["command"] + launcher["args"]
+    if queued:
+        assert cmd[4:7] == ["--wait-for-workers", "1500", "--"]  # below Kueue's 30-minute waitForPodsReady
+        cmd = [*cmd[:4], *cmd[6:]]
     assert cmd[:5] == ["python", "-m", "mpi_infer", "supervise", "--"]  # a lost host's exit 0 becomes 200
     cmd = cmd[5:]
     if ft:
@@ -210,3 +218,41 @@ def test_paths_off_the_volume_and_option_like_values_are_refused(option, value, 
     code = main(["manifest", "--name", "j", "--workers", "2", "--image", "i:1", "--pvc", "c",
                  *(f"{k}={v}" for k, v in given.items())])
     assert code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("queue,label,policy", [
+    ("kueue:team-a", {"kueue.x-k8s.io/queue-name": "team-a"}, None),
+    ("volcano:imaging", {}, {"minAvailable": 4, "queue": "imaging", "priorityClass": "batch-low"}),
+    ("coscheduling", {}, {"minAvailable": 4, "scheduleTimeoutSeconds": 600, "priorityClass": "batch-low"}),
+])
+def test_queues_and_gangs(queue, label, policy, capsys):
+    assert main(["manifest", "--name", "j", "--workers", "3", "--image", "i:1", "--pvc", "c", "--dataset",
+                 "/data/d.yml", "--model", "/data/m.bin", "--out", "/data/o", "--queue", queue,
+                 "--priority-class", "batch-low"]) == 0
+    job = mpijob(list(yaml.safe_load_all(capsys.readouterr().out)))
+    assert label.items() <= job["metadata"]["labels"].items()
+    assert job["spec"]["runPolicy"].get("schedulingPolicy") == policy
+    assert job["spec"]["launcherCreationPolicy"] == "AtStartup"
+    for replica in job["spec"]["mpiReplicaSpecs"].values():
+        assert replica["template"]["spec"]["priorityClassName"] == "batch-low"
+        assert "requests" in replica["template"]["spec"]["containers"][0]["resources"]  # Kueue needs them
+
+
+def test_supervise_waits_for_the_workers_then_names_those_that_never_answered(tmp_path):
+    import socket
+    import time
+
+    from mpi_infer.launch.supervise import wait_for_workers
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("127.0.0.1 slots=2\n")
+    assert wait_for_workers(str(hostfile), port, 5, poll_s=0.1) == 0
+    hostfile.write_text("127.0.0.1 slots=2\nnever-there.invalid slots=2\n")
+    t0 = time.monotonic()
+    assert wait_for_workers(str(hostfile), port, 1, poll_s=0.1) == 200
+    assert time.monotonic() - t0 < 10
+    listener.close()
