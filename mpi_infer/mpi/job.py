@@ -81,9 +81,11 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
+        stopped = _interrupted(exc)  # raised inside a library call, the signal may come wrapped in its error
+        exc = stopped or exc
         code = exit_code_for(exc)
-        if isinstance(exc, Interrupted):
-            if comm.rank == 0:  # every rank got the signal; one line says it
+        if stopped is not None:
+            if comm.rank == 0:  # every rank got the signal (mpirun's, or another rank's abort); one line says it
                 sys.stderr.write(f"mpi_infer: {exc}; finished images are in {os.path.join(cfg.out, 'ledger')}: "
                                  f"exit {code} (retryable), rerun with --resume\n")
         elif isinstance(exc, StallError | PeerLostError):
@@ -117,7 +119,8 @@ def _stop_on_signals() -> dict[int, Any]:
     the retryable exit 202 after the ledger (written batch by batch) has every finished image. Returns the
     handlers to restore (the Python API's caller keeps its own)."""
     def interrupt(signum: int, _frame: Any) -> None:
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name} (an eviction or a preemption, Ctrl-C, or "
+                          f"another rank's abort, whose own message says why)")
 
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,6 +129,17 @@ def _stop_on_signals() -> dict[int, Any]:
         except ValueError:  # not the main thread (a caller's worker thread): the caller handles signals
             break
     return previous
+
+
+def _interrupted(exc: BaseException) -> Interrupted | None:
+    """The Interrupted behind ``exc``: the signal handler's exception, or the cause of the error a library
+    (ONNX Runtime's run, say) raised when the handler interrupted it."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, Interrupted):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _restore(handlers: dict[int, Any]) -> None:

@@ -200,7 +200,8 @@ def test_report_shows_conversions_warnings_and_empty_ground_truth(troubled_run):
     with open(os.path.join(out, "report.html")) as fh:
         page = fh.read()
     assert "Converted images (1)" in page and "image is grey; replicated to RGB" in page
-    assert "Warnings (1)" in page and "no &#x27;split&#x27; mapping" in page
+    # the YAML lists images outside its folder: counted in a warning since --confine-to-dataset exists
+    assert "Warnings (2)" in page and "no &#x27;split&#x27; mapping" in page and "lie outside the dataset" in page
     assert "Failed images (1)" in page
     assert "None" not in page.split("<h1>")[1].split("<figure")[0]  # the table and the run's facts
     figs = figures(out)
