@@ -27,4 +27,4 @@ $M --name isic-queued --namespace deephealth --workers 4 --slots 2 --image regis
   --run-args "--split test --metrics-file /data/results/isic-queued.prom" -o manifests/mpijob-cpu-kueue.yaml
 $M --name isic-gang --namespace deephealth --workers 4 --slots 2 --image registry.example.org/mpi-infer:0.4.0 \
   --pvc isic-data --dataset /data/isic/isic_segmentation.yml --model /data/models/isic_segm_segnet.bin \
-  --out /data/results/isic-gang --queue volcano:imaging -o manifests/mpijob-cpu-volcano.yaml
+  --out /data/results/isic-gang --queue volcano:imaging --network-policy -o manifests/mpijob-cpu-volcano.yaml

@@ -79,6 +79,8 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
                         "their sshd itself (bounded: supervise --wait-for-workers)")
     p.add_argument("--priority-class", default=None, type=k8s_subdomain, metavar="NAME",
                    help="the pods' PriorityClass (and the gang's)")
+    p.add_argument("--network-policy", action="store_true",
+                   help="also render a NetworkPolicy: only this job's own pods reach its pods (sshd and MPI)")
     p.add_argument("--image-pull-secret", action="append", default=[], type=k8s_subdomain, metavar="NAME",
                    help="a Secret for a private registry (repeatable)")
     p.add_argument("--node-selector", action="append", default=[], type=key_value, metavar="KEY=VALUE",
@@ -209,7 +211,7 @@ def render(
     out: str, gpus_per_worker: int = 0, nfs_server: str | None = None, nfs_path: str | None = None,
     storage: str = "100Gi", cpu: str = "2", memory: str = "4Gi", deadline: int = 86400, backoff_limit: int = 3,
     ttl: int = 86400, run_args: list[str] | None = None, fault_tolerant: bool = False, site: Site | None = None,
-    queue: tuple[str, str] | None = None, priority_class: str | None = None,
+    queue: tuple[str, str] | None = None, priority_class: str | None = None, network_policy: bool = False,
 ) -> list[dict[str, Any]]:
     """The documents: [PV, PVC] (when an NFS server is given) + the MPIJob."""
     site = site or Site()
@@ -318,7 +320,19 @@ def render(
             "mpiReplicaSpecs": {"Launcher": launcher, "Worker": worker},
         },
     })
+    if network_policy:
+        docs.append(_network_policy(name, namespace))
     return docs
+
+
+def _network_policy(name: str, namespace: str) -> dict[str, Any]:
+    """Ingress to the job's pods only from the job's pods: the launcher's ssh and mpirun's daemons, the ranks'
+    TCP between workers (ephemeral ports, hence no port list). Egress stays open (DNS, the volume)."""
+    job = {"matchLabels": {"app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name}}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": f"{name}-pods", "namespace": namespace,
+                         "labels": {"app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name}},
+            "spec": {"podSelector": job, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": job}]}]}}
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -380,6 +394,6 @@ def manifest_from_args(args: argparse.Namespace) -> str:
         run_args=_split_run_args(args.run_args), fault_tolerant=args.fault_tolerant,
         site=Site(tuple(args.image_pull_secret), tuple(args.node_selector), tuple(args.toleration),
                   tuple(args.label), tuple(args.annotation)),
-        queue=args.queue, priority_class=args.priority_class,
+        queue=args.queue, priority_class=args.priority_class, network_policy=args.network_policy,
     )
     return dump(docs)

@@ -256,3 +256,13 @@ def test_supervise_waits_for_the_workers_then_names_those_that_never_answered(tm
     assert wait_for_workers(str(hostfile), port, 1, poll_s=0.1) == 200
     assert time.monotonic() - t0 < 10
     listener.close()
+
+
+def test_network_policy_lets_only_the_jobs_pods_in():
+    docs = docs_for(network_policy=True)
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    kubernetes_validate.validate(yaml.safe_load(dump([policy])), K8S_VERSION, strict=True)
+    job_pods = policy["spec"]["podSelector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": job_pods}}]}]
+    for replica in mpijob(docs)["spec"]["mpiReplicaSpecs"].values():  # the selector selects launcher and workers
+        assert job_pods.items() <= replica["template"]["metadata"]["labels"].items()
