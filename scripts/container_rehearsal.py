@@ -43,7 +43,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = 77
 UID = 1000
 JOB, NAMESPACE = "rehearsal", "default"
-SECURITY = ["--user", f"{UID}:{UID}", "--cap-drop=ALL", "--security-opt=no-new-privileges"]
+# As the rendered pods run: non-root, no capabilities, no privilege escalation, a read-only root file system
+# (podman mounts tmpfs on /tmp, /run and /var/tmp, as the pods' emptyDir on /tmp)
+SECURITY = ["--user", f"{UID}:{UID}", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only"]
 
 
 class Skip(Exception):
@@ -234,7 +236,7 @@ def wait_for_sshd(containers: list[str], timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     for cid in containers:
         while True:
-            probe = podman("exec", cid, "sh", "-c", "test -s /home/mpiuser/sshd.pid", check=False)
+            probe = podman("exec", cid, "sh", "-c", "test -s /tmp/sshd.pid", check=False)
             if probe.returncode == 0:
                 break
             if time.monotonic() > end:

@@ -152,7 +152,7 @@ def sshd_config(work: str, k: int, net: Net) -> str:
         text = fh.read()
     text = text.replace("/home/mpiuser/.ssh/id_rsa", f"{work}/ssh/id_rsa")
     text = text.replace("/home/mpiuser/.ssh/authorized_keys", f"{work}/ssh/authorized_keys")
-    text = text.replace("/home/mpiuser/sshd.pid", f"{work}/sshd-{k}.pid")
+    text = text.replace("/tmp/sshd.pid", f"{work}/sshd-{k}.pid")
     text = text.replace("SetEnv PATH=/opt/venv/bin", f"SetEnv PATH={VENV}/bin")
     text += f"ListenAddress {net.addr(k)}\n"
     path = os.path.join(work, f"sshd_config-{k}")

@@ -158,7 +158,8 @@ def _security() -> dict[str, Any]:
     """Pod Security "restricted": non-root, no privilege escalation, every capability dropped, the runtime's
     default seccomp profile."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-            "runAsUser": UID, "runAsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}}
+            "runAsUser": UID, "runAsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"},
+            "readOnlyRootFilesystem": True}  # writes go to /tmp (an emptyDir) and the claim
 
 
 def _pod_meta(name: str, role: str, site: Site) -> dict[str, Any]:
@@ -184,7 +185,7 @@ def _scheduling(queue: tuple[str, str] | None, priority_class: str | None, worke
 
 
 def _volumes(pvc: str) -> list[dict[str, Any]]:
-    return [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}]
+    return [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}, {"name": "tmp", "emptyDir": {}}]
 
 
 def launcher_command(ranks: int, workers: int, dataset: str, model: str | list[str], out: str, gpu: bool,
@@ -250,7 +251,7 @@ def render(
                                         "limits": {"cpu": cpu, "memory": memory}}
     if gpus_per_worker:
         worker_resources["limits"]["nvidia.com/gpu"] = gpus_per_worker
-    mount = [{"name": "data", "mountPath": DATA_MOUNT}]
+    mount = [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
     pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
     launcher = {
         "replicas": 1,

@@ -189,7 +189,10 @@ def test_every_pod_meets_pod_security_restricted(label, docs):
             assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
             assert "privileged" not in sc and not c.get("ports", [{}])[0].get("hostPort")
-        assert all("persistentVolumeClaim" in v for v in spec["volumes"])  # no hostPath
+        assert all("persistentVolumeClaim" in v or "emptyDir" in v for v in spec["volumes"])  # no hostPath
+        for c in spec["containers"]:  # a read-only root; the writable places are the claim and /tmp
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            assert {m["mountPath"] for m in c["volumeMounts"]} == {"/data", "/tmp"}
 
 
 def test_site_options_and_several_models_reach_every_pod():
