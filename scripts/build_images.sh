@@ -79,10 +79,11 @@ build() {  # NAME DOCKERFILE CONTEXT BASE HASH
       || { tail -40 "$STATE/build-$name.log" >&2; log "build of $name failed"; exit 1; }
   fi
   podman tag "$tag" "localhost/$name:latest"
-  # keep one build per image: older content hashes go. Untagged build-stage layers stay (they are the cache that
-  # makes the next build of a changed package take seconds instead of minutes) unless a week old.
-  podman images --format '{{.Repository}}:{{.Tag}}' "localhost/$name" | grep -v -e ":$hash\$" -e ':latest$' \
-    | xargs -r podman rmi >/dev/null 2>&1 || true
+  # older content hashes go once a day old: another checkout's suite running now (another hash) keeps its image.
+  # Untagged build-stage layers stay (they are the cache that makes the next build of a changed package take
+  # seconds instead of minutes) unless a week old.
+  podman images --filter reference="localhost/$name" --filter until=24h --format "{{.Repository}}:{{.Tag}}" \
+    | grep -v -e ":$hash\$" -e ':latest$' | xargs -r podman rmi >/dev/null 2>&1 || true
   podman image prune -f --filter until=168h >/dev/null 2>&1 || true
   local size
   size=$(podman image inspect "$tag" --format '{{.Size}}')
