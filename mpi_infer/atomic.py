@@ -9,7 +9,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 
 def _umask() -> int:
@@ -48,6 +48,13 @@ def with_path(exc: OSError, path: str) -> OSError:
     if exc.filename is None and exc.errno is not None:
         return type(exc)(exc.errno, exc.strerror, path)
     return exc
+
+
+def open_append(path: str) -> TextIO:
+    """``path`` opened for appending text, never through a symlink: in a shared output folder a planted link would
+    make us append to any file it names (OSError ELOOP instead)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def write_text(path: str, text: str, *, fsync: bool = True) -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..atomic import open_append
 from ..errors import EXIT_CODES, clip
 from .folder import LOG_FILE, RUN_FILE
 
@@ -208,9 +209,7 @@ class ConsoleRecord:
         head = f"=== {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, attempt {self.attempt} ==="
         body = text if text.endswith(last) else f"{text}\n{last}".lstrip("\n")
         try:
-            fd = os.open(os.path.join(out, LOG_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)  # never through a planted symlink
-            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            with open_append(os.path.join(out, LOG_FILE)) as fh:
                 fh.write(f"{head}\n{body}\n")
         except OSError as exc:
             sys.stderr.write(f"mpi_infer: warning: cannot append to {os.path.join(out, LOG_FILE)}: "

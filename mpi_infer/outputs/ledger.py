@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..atomic import with_path
+from ..atomic import open_append, with_path
 from ..errors import ConfigError, clip
 from .results import strict_json
 
@@ -25,12 +25,11 @@ class Ledger:
         if os.path.islink(folder):
             raise ConfigError(f"--out {out_dir}: {LEDGER_DIR}/ is a symlink; mpi_infer never writes through one")
         self.path = ledger_path(out_dir, attempt, rank)
-        try:  # never through a planted symlink: it would append our records to any file the link names
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            self._fh = open_append(self.path)
         except OSError as exc:
             raise ConfigError(f"--out {out_dir}: cannot open the ledger {self.path}: {exc.strerror or exc}"
                               + (" (a symlink: never followed)" if os.path.islink(self.path) else "")) from None
-        self._fh = os.fdopen(fd, "a", encoding="utf-8")
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
         lines = "".join(strict_json(r, separators=(",", ":")) + "\n" for r in records)

@@ -23,9 +23,6 @@ from .figures import classification_figures, rank_chart, scatter_figure, segment
 
 
 def segmentation_table(summary: dict[str, Any]) -> str:
-    def cell(v: Any) -> str:
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
     head = ("split", "selected", "scored", "unscored", "failed", "mean IoU", "mean Dice", "global IoU",
             "global Dice")
     body = []
@@ -34,7 +31,7 @@ def segmentation_table(summary: dict[str, Any]) -> str:
         vals = (name, im["selected"], im["scored"], im["unscored"], im["failed"], m["mean_iou"], m["mean_dice"],
                 m["global_iou"], m["global_dice"])
         cls = ' class="total"' if name == "all" else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in vals) + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(f"<td>{_cell(v)}</td>" for v in vals) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(body) + "</tbody></table>")
 
@@ -316,9 +313,6 @@ def models_section(summary: dict[str, Any], rows: list[dict[str, str]]) -> list[
 
 
 def classification_table(summary: dict[str, Any]) -> str:
-    def cell(v: Any) -> str:
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
     head = ("split", "selected", "scored", "unscored", "failed", "accuracy", "balanced accuracy", "macro F1",
             "weighted F1", "top-2")
     body = []
@@ -328,7 +322,7 @@ def classification_table(summary: dict[str, Any]) -> str:
                 m.get("balanced_accuracy"), m.get("macro_f1"), m.get("weighted_f1"),
                 (m.get("top_k_accuracy") or {}).get("2"))
         cls = ' class="total"' if name == "all" else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in vals) + "</tr>")
+        body.append(f"<tr{cls}>" + "".join(f"<td>{_cell(v)}</td>" for v in vals) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(body) + "</tbody></table>")
 
