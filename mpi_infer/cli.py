@@ -1,4 +1,5 @@
-"""Command line: ``mpi_infer run|split|synth|convert|manifest|supervise|report`` (also ``python -m mpi_infer``)."""
+"""Command line: ``mpi_infer run|merge|split|synth|convert|manifest|sbatch|supervise|report`` (``python -m
+mpi_infer``)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,11 @@ from .options import expand_argv
 if TYPE_CHECKING:
     from .config import RunConfig
 
-DEMO_MODELS = {"demo": ("demo_segnet", "bin"), "demo-bin": ("demo_segnet", "bin"),
-               "demo-onnx": ("demo_segnet", "onnx"), "demo-classifier": ("demo_lenet", "bin"),
-               "demo-classifier-onnx": ("demo_lenet", "onnx")}
-
 
 def _model_path(value: str) -> str:
-    if value in DEMO_MODELS:
-        from .models.files import demo_model
+    from .models.files import DEMO_MODELS, demo_model
 
+    if value in DEMO_MODELS:
         name, kind = DEMO_MODELS[value]
         return demo_model(kind, name)
     return value
@@ -64,6 +61,15 @@ def _profile(args: argparse.Namespace):
     from .profiles import get_profile
 
     return get_profile(args.profile, **_profile_overrides(args))
+
+
+def _part_spec(text: str) -> tuple[int, int]:
+    from .parts.layout import part_spec
+
+    try:
+        return part_spec(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("argument --part: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--confine-to-dataset", action="store_true",
                      help="refuse (exit 10) image and mask paths outside the dataset YAML's folder, symlinks "
                           "resolved (without it they are counted in a warning)")
+    run.add_argument("--part", type=_part_spec, default=None, metavar="K/N",
+                     help="run part K (from 0) of the exact N-way plan as one process, without MPI (a Slurm array "
+                          "task, an Indexed Job's pod), into OUT/parts/; then `mpi_infer merge OUT` (docs/slurm.md)")
     run.add_argument("--resume", action="store_true", help="skip images finished by an earlier attempt")
     run.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     run.add_argument("--expect-hosts", type=int_range(0, MAX_RANKS_HINT), default=0,
@@ -206,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_manifest_arguments(man)
 
+    sb = sub.add_parser("sbatch", help="render Slurm batch scripts: an array of `run --part` plus the merge, or "
+                                       "one MPI job (srun --mpi=pmix or mpirun); --submit submits them")
+    from .launch.slurm import add_sbatch_arguments
+
+    add_sbatch_arguments(sb)
+
     sup = sub.add_parser("supervise", help="run `-- mpirun ...` (the MPIJob launcher's command); its exit 0 "
                                            "without a finished run (a lost host) becomes exit 200, retryable")
     sup.add_argument("--wait-for-workers", type=float_range(0, 86400), default=0, metavar="SECONDS",
@@ -216,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     sup.add_argument("--ssh-port", type=int_range(1, 65535), default=2222)
     sup.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                      help="mpirun ... python -m mpi_infer run ... --out DIR ...")
+
+    mer = sub.add_parser("merge", help="check that every `run --part K/N` finished; write the one summary.json, "
+                                       "per_image.csv (and report) an MPI run writes")
+    mer.add_argument("dir", help="the --out every part ran with")
+    mer.add_argument("--report", action="store_true", default=None, help="also write report.html")
+    mer.add_argument("--quiet", action="store_true")
 
     rep = sub.add_parser("report", help="write <DIR>/report.html from a finished run")
     rep.add_argument("dir")
@@ -250,6 +271,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
             if bins:
                 parser.error(f"argument --activation: {bins[0].path} is an EDDL .bin, whose network ends in its "
                              f"own Sigmoid (SegNet) or Softmax (VGG16, LeNet); --activation is for ONNX models")
+            if args.part and (args.schedule == "dynamic" or args.fault_tolerant):
+                parser.error("argument --part: a part is one process with its own share of the plan; "
+                             "--schedule dynamic and --fault-tolerant are for an MPI run")
             if args.ensemble and len(args.models) < 2:
                 parser.error("argument --ensemble: needs two or more models (--model a=... --model b=...)")
     return args
@@ -291,9 +315,17 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        if args.part:
+            from .parts.run import run_part
+
+            return run_part(run_config(args), args.part)
         from .mpi.job import run_job
 
         return run_job(run_config(args))
+    if args.command == "merge":
+        from .parts.merge import merge_parts
+
+        return merge_parts(args.dir, report=args.report, quiet=args.quiet)[1]
     if args.command == "split":
         return _split(args)
     if args.command == "synth":
@@ -328,6 +360,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             from .atomic import write_text
 
             write_text(args.output, text)
+        return EXIT_OK
+    if args.command == "sbatch":
+        from .launch.slurm import submit, write_scripts
+
+        scripts = write_scripts(args)
+        for name in scripts.files:
+            print(f"wrote {os.path.join(os.path.abspath(args.output), name)}")
+        if args.submit:
+            ids = submit(scripts, args.output)
+            print("submitted: " + ", ".join(f"{name} as job {jid}" for name, jid in zip(scripts.files, ids)))
+        else:
+            print("submit with:\n  " + "\n  ".join(scripts.submit))
         return EXIT_OK
     if args.command == "supervise":
         from .launch.supervise import supervise

@@ -19,6 +19,12 @@ DEMO_MODEL = "demo_segnet"
 DEMO_CLASSIFIER = "demo_lenet"
 
 
+# The names --model takes for the shipped models (each a file name and format).
+DEMO_MODELS = {"demo": ("demo_segnet", "bin"), "demo-bin": ("demo_segnet", "bin"),
+               "demo-onnx": ("demo_segnet", "onnx"), "demo-classifier": ("demo_lenet", "bin"),
+               "demo-classifier-onnx": ("demo_lenet", "onnx")}
+
+
 def demo_model(kind: str = "bin", name: str = DEMO_MODEL) -> str:
     """Path of a shipped demo model (``bin`` or ``onnx``): the SegNet, or ``DEMO_CLASSIFIER``."""
     return str(resources.files("mpi_infer") / "models" / f"{name}.{kind}")

@@ -12,7 +12,7 @@ from ..config import RunConfig
 from ..data.worklist import WorkList
 from ..errors import PeerLostError
 from ..outputs.metrics import MetricsFile
-from .progress import ProgressDisplay
+from ..outputs.progress import ProgressDisplay
 from .recovery import Recovery
 from .watchdog import ADVICE as STALL_ADVICE
 from .watchdog import StallError

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import sys
 import time
 import traceback
@@ -19,21 +18,19 @@ from typing import Any
 
 from ..config import RunConfig
 from ..data.worklist import WorkList
-from ..engines import open_engine
-from ..errors import EXIT_OK, Interrupted, LaunchError, MpiInferError, PeerLostError, clip, exit_code_for
-from ..loaders import open_loader
+from ..errors import EXIT_OK, LaunchError, PeerLostError, clip, exit_code_for
 from ..outputs.console import ConsoleRecord, print_plan, problem_lines, summary_table
 from ..outputs.folder import remove_outputs
-from ..outputs.ledger import Ledger
+from ..outputs.progress import configure, log
 from ..stages.finish import finish_run
+from ..stages.interrupt import interrupted_by, restore_handlers, stop_on_signals
+from ..stages.opening import Opened, open_run
 from ..stages.prepare import Prepared, prepare_run
 from ..stages.runner import Fault, RankTimings, run_items
-from ..stages.stack import Stack, choose_stack, pyeddl_available, rank_threads
+from ..stages.stack import Stack, choose_stack, rank_threads
 from ..tasks import task_for
-from ..tasks.output import OutputSpec
 from .channel import Channel, ChannelOptions
 from .gather import DescriptorIndex, RecordTable, record_table
-from .progress import configure, log
 from .watchdog import StallError, Watchdog, in_flight
 from .world import (
     MPI_DEFAULTS,
@@ -75,13 +72,13 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
     record = ConsoleRecord() if comm.rank == 0 else None  # rank 0's console, for OUT/run.log
     if record is not None:
         record.start()
-    previous_handlers = _stop_on_signals()
+    previous_handlers = stop_on_signals()
     try:
         code = _run(cfg, comm, MPI, record)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - any escape must take the whole job down, not hang it
-        stopped = _interrupted(exc)  # raised inside a library call, the signal may come wrapped in its error
+        stopped = interrupted_by(exc)  # raised inside a library call, the signal may come wrapped in its error
         exc = stopped or exc
         code = exit_code_for(exc)
         if stopped is not None:
@@ -105,46 +102,12 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
         comm.Abort(code)
         return code  # not reached
     finally:
-        _restore(previous_handlers)
+        restore_handlers(previous_handlers)
         if record is not None:
             record.stop()
     if record is not None:
         record.save(cfg.out, code)
     return code
-
-
-def _stop_on_signals() -> dict[int, Any]:
-    """SIGTERM (an eviction, a preemption, the launcher's grace period) and SIGINT (Ctrl-C; mpirun forwards both
-    to every rank) stop the run as a retry: Interrupted is raised in the main thread, which ends the job with
-    the retryable exit 202 after the ledger (written batch by batch) has every finished image. Returns the
-    handlers to restore (the Python API's caller keeps its own)."""
-    def interrupt(signum: int, _frame: Any) -> None:
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name} (an eviction or a preemption, Ctrl-C, or "
-                          f"another rank's abort, whose own message says why)")
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, interrupt)
-        except ValueError:  # not the main thread (a caller's worker thread): the caller handles signals
-            break
-    return previous
-
-
-def _interrupted(exc: BaseException) -> Interrupted | None:
-    """The Interrupted behind ``exc``: the signal handler's exception, or the cause of the error a library
-    (ONNX Runtime's run, say) raised when the handler interrupted it."""
-    seen = 0
-    while exc is not None and seen < 20:
-        if isinstance(exc, Interrupted):
-            return exc
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
-
-
-def _restore(handlers: dict[int, Any]) -> None:
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
 
 
 def _run(cfg: RunConfig, comm: Any, MPI: Any, record: ConsoleRecord | None) -> int:
@@ -258,18 +221,6 @@ def _scatter(cfg: RunConfig, comm: Any, payloads: list[Any]) -> Scattered:
     return Scattered(work, dynamic, received, time.perf_counter() - t_scatter, planned, shards)
 
 
-@dataclass
-class Opened:
-    """3. What every rank opened before inference."""
-
-    stack: Stack
-    engine: Any
-    predictors: list[tuple[str, Any]] | None  # several models: each one's predict
-    loader: Any
-    ledger: Ledger
-    threads: int
-
-
 def _open(cfg: RunConfig, comm: Any, prepared: Prepared, stack: Stack, me: Topology) -> Opened | int:
     """3. Every rank opens the model(s), the loader and its ledger; any failure stops all before inference
     (returned as the exit code)."""
@@ -277,34 +228,10 @@ def _open(cfg: RunConfig, comm: Any, prepared: Prepared, stack: Stack, me: Topol
     opened = error = None
     threads = rank_threads(cfg.threads, me.local_size)
     try:
-        task = task_for(prepared.task)
-        fallback = stack.engine_why.startswith("auto") and pyeddl_available()
-        heads = []  # each model its own head: its own activation, its own warnings
-
-        def open_model(path: str, arch: str | None, activation: str) -> Any:
-            heads.append(task.head(OutputSpec(activation, cfg.cls), prepared.profile, prepared.classes))
-            return open_engine(stack.engine, path, prepared.profile, heads[-1], threads=threads, gpu=cfg.gpu,
-                               device_id=me.gpu or 0, arch=arch, eddl_mem=cfg.eddl_mem, output=cfg.output,
-                               arena=not prepared.models, fallback=fallback)  # several models: one shared arena
-
-        predictors = None
-        if prepared.models:  # several models: each opened once per rank, all on every batch
-            engines = []
-            for info in prepared.models:
-                try:
-                    engines.append(open_model(info["run_model"], info["arch"], info["activation"]))
-                except MpiInferError as exc:
-                    raise type(exc)(f"model {info['name']} ({info['path']}): {exc}") from None
-            engine = engines[0]
-            predictors = [(info["name"], e.predict) for info, e in zip(prepared.models, engines)]
-        else:
-            engine = open_model(prepared.run_model, prepared.arch, cfg.activation)
-        if engine.name != stack.engine:  # auto fell back to EDDL's importer
-            stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
-        loader = open_loader(stack.loader, prepared.profile, prepared.classes or None, cfg.max_pixels)
-        opened = Opened(stack, engine, predictors, loader, Ledger(cfg.out, prepared.attempt, rank), threads)
+        opened = open_run(cfg, prepared, stack, rank=rank, threads=threads, device_id=me.gpu or 0,
+                          ledger_dir=cfg.out)
         if rank == 0:
-            for w in (w for head in heads for w in getattr(head, "warnings", [])):
+            for w in opened.warnings:
                 log(0, f"warning: {w}")
                 prepared.warnings.append(w)
     except Exception as exc:  # noqa: BLE001

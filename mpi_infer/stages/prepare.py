@@ -5,17 +5,20 @@ previous attempt finished (--resume), plan the shards. What every rank needs tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .. import __version__
 from ..atomic import write_text
 from ..config import RunConfig
 from ..data.dataset import Dataset, check_single_labels, load_dataset, outside_paths, select_splits, selected_items
-from ..data.partition import describe, plan
+from ..data.partition import Shard, describe, plan
 from ..data.worklist import WorkList
 from ..errors import ConfigError, DatasetError, clip
 from ..models.convert import cached_onnx
@@ -50,6 +53,7 @@ class Prepared:
     scoring: ScoreOptions = field(default_factory=ScoreOptions)  # what the task is told about scoring
     sharding: str = "images"  # how the static shards were cut: bytes | images | images (balanced) | dynamic
     models: list[dict[str, Any]] = field(default_factory=list)  # several models: name, path, run_model, sha256, arch
+    plan_sha256: str = ""  # --part: the whole N-way plan's fingerprint (every part's must agree)
 
 
 COST_SHARDING_LIMIT = 200_000  # more images than this: stat'ing every file would cost more than it saves
@@ -119,6 +123,16 @@ def resolve_profile(cfg: RunConfig, task: str) -> Profile:
     return get_profile(name, **cfg.profile_overrides)
 
 
+def model_infos(cfg: RunConfig, model_sha: str, arch: str | None) -> list[dict[str, Any]]:
+    """Several models: each one's name, path, hash, architecture and activation (the first's already known);
+    one model: none."""
+    if len(cfg.models) < 2:
+        return []
+    return [{"name": m.name, "path": m.path, "sha256": model_sha if k == 0 else
+             ("" if cfg.dry_run else model_sha256(m.path)), "arch": arch if k == 0 else resolve_arch(cfg, m.path),
+             "activation": m.activation} for k, m in enumerate(cfg.models)]
+
+
 def score_options(cfg: RunConfig) -> ScoreOptions:
     """The run's options as the task needs them, and nothing else."""
     return ScoreOptions(masks_dir=cfg.out if cfg.save_masks else None, score_at=cfg.score_at,
@@ -149,15 +163,18 @@ def record_check(dataset: Dataset, selected: dict[str, Any], outputs: list[str] 
     return check
 
 
-def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepared, list[WorkList]]:
-    """Everything before inference; raises our errors (with exit codes) on bad input."""
+def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx", part: tuple[int, int] | None = None
+                ) -> tuple[Prepared, list[WorkList]]:
+    """Everything before inference; raises our errors (with exit codes) on bad input. ``part`` (K, N): one
+    process runs shard K of the N-way plan of the whole selection (``run --part K/N``); the one payload is what
+    K has left (without the images its own earlier attempts finished)."""
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
     splits = select_splits(dataset, cfg.splits)
     model_sha = "" if cfg.dry_run else model_sha256(cfg.model)  # a dry run never touches the model
     fresh, created = (False, False) if cfg.dry_run else prepare_output(cfg.out, cfg.resume, cfg.overwrite)
     try:
-        prepared, payloads = _prepare(cfg, world, engine, dataset, splits, model_sha, fresh, t0)
+        prepared, payloads = _prepare(cfg, world, engine, dataset, splits, model_sha, fresh, t0, part)
     except Exception:
         if fresh:
             remove_outputs(cfg.out, remove_folder=created)
@@ -167,16 +184,13 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx") -> tuple[Prepa
 
 
 def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
-             fresh: bool, t0: float) -> tuple[Prepared, list[WorkList]]:
+             fresh: bool, t0: float, part: tuple[int, int] | None = None) -> tuple[Prepared, list[WorkList]]:
     profile = resolve_profile(cfg, dataset.task)
     arch = resolve_arch(cfg)
     if cfg.ensemble == "vote" and dataset.task != "classification":
         raise ConfigError("--ensemble vote is for classification (a vote of class labels); a segmentation "
                           "ensemble averages probabilities: --ensemble mean")
-    infos = [{"name": m.name, "path": m.path, "sha256": model_sha if k == 0 else
-              ("" if cfg.dry_run else model_sha256(m.path)), "arch": arch if k == 0 else resolve_arch(cfg, m.path),
-              "activation": m.activation}
-             for k, m in enumerate(cfg.models)] if len(cfg.models) > 1 else []
+    infos = model_infos(cfg, model_sha, arch)
     identity = run_identity(cfg, profile, model_sha, dataset.sha256, splits, arch, infos)
     previous: list[dict[str, Any]] = []
     warnings: list[str] = []
@@ -213,13 +227,23 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     if dataset.task == "classification":
         for idx in selected.values():
             check_single_labels(dataset, idx)
-    todo = {s: [i for i in idx if int(i) not in done] for s, idx in selected.items()} if done else selected
-    # The dynamic schedule hands out chunks from one list on rank 0; the static one scatters N shards.
-    shards_n = 1 if cfg.schedule == "dynamic" else world
-    sharding = shard_rule(cfg, shards_n, sum(len(v) for v in todo.values()))
-    weights = ({int(i): dataset.file_bytes(int(i)) for idx in todo.values() for i in idx}
-               if sharding == "bytes" else None)
-    shards = plan(todo, shards_n, balance=cfg.balance, weights=weights)
+    if part is not None:  # the whole selection's plan, whatever is done: every part computes the same one
+        k, n = part
+        shards, sharding, fingerprint = part_plan(cfg, dataset, selected, n)
+        selected = {s: [int(i) for i in idx] for s, idx in shards[k].parts.items()}
+        previous = [r for r in previous if int(r["index"]) in {i for idx in selected.values() for i in idx}]
+        done = complete_images(previous, len(cfg.outputs), ok_only=True)
+        shards = [Shard(k, {s: np.asarray([i for i in idx if i not in done], np.int64)
+                            for s, idx in selected.items()})]
+    else:
+        todo = {s: [i for i in idx if int(i) not in done] for s, idx in selected.items()} if done else selected
+        # The dynamic schedule hands out chunks from one list on rank 0; the static one scatters N shards.
+        shards_n = 1 if cfg.schedule == "dynamic" else world
+        sharding = shard_rule(cfg, shards_n, sum(len(v) for v in todo.values()))
+        weights = ({int(i): dataset.file_bytes(int(i)) for idx in todo.values() for i in idx}
+                   if sharding == "bytes" else None)
+        shards = plan(todo, shards_n, balance=cfg.balance, weights=weights)
+        fingerprint = ""
     def engine_file(path: str, sha: str, arch: str | None) -> str:
         """The file the engine opens: the cached ONNX conversion of a .bin on the onnx engine, else the model."""
         if model_format(path) == "bin" and engine == "onnx" and not cfg.dry_run:
@@ -237,8 +261,21 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         sharding=sharding,
         fresh_output=fresh, arch=arch, task=dataset.task, classes=list(dataset.classes), profile=profile,
         scoring=score_options(cfg),
-        models=infos,
+        models=infos, plan_sha256=fingerprint,
     )
     return prepared, payloads
+
+
+def part_plan(cfg: RunConfig, dataset: Dataset, selected: dict[str, Any], parts: int
+              ) -> tuple[list[Shard], str, str]:
+    """The N-way static plan of the whole selection (``--part``, and ``merge`` checking it), its rule and its
+    fingerprint (sha256 of every shard's indices): every part, run whenever and wherever, must compute the same
+    plan, or an image could run twice or never."""
+    rule = shard_rule(cfg, parts, sum(len(v) for v in selected.values()))  # never dynamic: run --part refuses it
+    weights = ({int(i): dataset.file_bytes(int(i)) for idx in selected.values() for i in idx}
+               if rule == "bytes" else None)
+    shards = plan(selected, parts, balance=cfg.balance, weights=weights)
+    text = json.dumps([{s: [int(i) for i in idx] for s, idx in sh.parts.items()} for sh in shards])
+    return shards, rule, hashlib.sha256(text.encode()).hexdigest()
 
 

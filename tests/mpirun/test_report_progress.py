@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import mpirun
 
-from mpi_infer.mpi.progress import ProgressDisplay, format_eta, log, progress_line
 from mpi_infer.outputs.figures import GT_COLOUR, PRED_COLOUR, overlay
+from mpi_infer.outputs.progress import ProgressDisplay, format_eta, log, progress_line
 
 
 class FakeTTY(io.StringIO):
@@ -50,7 +50,7 @@ def test_terminal_mode_draws_a_live_bar():
 
 
 def test_quiet_and_verbose(capsys):
-    from mpi_infer.mpi.progress import configure
+    from mpi_infer.outputs.progress import configure
 
     configure(quiet=True)
     log(3, "hidden")
