@@ -28,3 +28,7 @@ $M --name isic-queued --namespace deephealth --workers 4 --slots 2 --image regis
 $M --name isic-gang --namespace deephealth --workers 4 --slots 2 --image registry.example.org/mpi-infer:0.4.0 \
   --pvc isic-data --dataset /data/isic/isic_segmentation.yml --model /data/models/isic_segm_segnet.bin \
   --out /data/results/isic-gang --queue volcano:imaging --network-policy -o manifests/mpijob-cpu-volcano.yaml
+$M --kind indexed-job --name isic-parts --namespace deephealth --workers 4 --parallel 2 \
+  --image registry.example.org/mpi-infer:0.4.0 --pvc isic-data --dataset /data/isic/isic_segmentation.yml \
+  --model /data/models/isic_segm_segnet.bin --out /data/results/isic-parts --queue kueue:imaging-queue \
+  --run-args "--split test --batch-size 8" -o manifests/indexed-job-cpu.yaml

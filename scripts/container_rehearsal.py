@@ -22,7 +22,13 @@ operator would run its pods.
   launcher exits with a retryable code; the rehearsal starts the container anew from the image (the kubelet's
   OnFailure restart) and runs the launcher again (the Job's retry, ``--resume``), which must complete.
 
+- ``--kind indexed-job`` rehearses the Indexed Job instead (no MPI, no ssh): the merge pod and one pod per part
+  start together, each part's command taken from the rendered Job with ``$(MPI_INFER_PART)`` expanded as the
+  kubelet expands it; ``--kill-worker K`` kills part K's container mid-run and starts it anew (the Job's retry of
+  that index, ``--resume``). The merge must wait for every part and equal the local run image for image.
+
     sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --workers 3
+    sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --kind indexed-job --workers 3
     # one JSON line; exit 0 on success, 77 (with the reason) where podman or the image is missing
 """
 
@@ -224,6 +230,75 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         shutil.rmtree(work, ignore_errors=True)
 
 
+def rehearse_indexed(image: str, parts: int, images: int, model: str, run_args: list[str], kill_part: int = -1
+                     ) -> dict:
+    """The Indexed Job and its merge Job in containers (see the module's docstring)."""
+    sys.path.insert(0, ROOT)
+    from mpi_infer.launch.k8s import PART_INDEX_ENV, render_indexed_job
+
+    preflight(image)
+    work = tempfile.mkdtemp(prefix="mi-irehearsal-", dir="/var/tmp")
+    os.chmod(work, 0o755)
+    result: dict = {"figure": "indexed_job_rehearsal", "image": image, "parts": parts}
+    containers: list[str] = []
+    try:
+        shared = os.path.join(work, "shared")
+        os.makedirs(shared)
+        os.chown(shared, UID, UID)
+        volume = ["-v", f"{shared}:/data"]
+        podman("run", "--rm", *SECURITY, "--network=none", *volume, image,
+               "mpi_infer", "synth", "/data/data", "--n", str(images), "--seed", "11")
+        docs = render_indexed_job(name=JOB, namespace=NAMESPACE, parts=parts, parallel=None, image="local",
+                                  pvc="local", dataset="/data/data/dataset.yml", model=[model], out="/data/out",
+                                  run_args=run_args, deadline=600)
+        pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0] for d in docs
+                if d["kind"] == "Job"}
+        part, merge = pods[f"{JOB}-parts"], pods[f"{JOB}-merge"]
+        t0 = time.monotonic()
+        merge_cid = podman("run", "-d", *SECURITY, "--network=none", *volume, image, *merge["command"],
+                           *merge["args"]).stdout.strip()
+        containers.append(merge_cid)
+
+        def start_part(k: int, slow: bool = False) -> str:  # the kubelet expands $(VAR) in args from the env
+            args = [a.replace(f"$({PART_INDEX_ENV})", str(k)) for a in part["args"]]
+            fault = ["-e", f"MPI_INFER_FAULT=slow:rank={k}:factor=20"] if slow else []  # still running when killed
+            return podman("run", "-d", *SECURITY, "--network=none", *volume, "-e", f"{PART_INDEX_ENV}={k}", *fault,
+                          image, *part["command"], *args).stdout.strip()
+
+        cids = [start_part(k, slow=k == kill_part) for k in range(parts)]
+        containers.extend(cids)
+        if kill_part >= 0:
+            ledger = os.path.join(shared, "out", "parts", f"part-{kill_part:03d}-of-{parts:03d}", "ledger",
+                                  f"attempt-000-rank-{kill_part:05d}.jsonl")
+            result.update(kill_when_busy(cids[kill_part], ledger, cids[kill_part], True))
+        codes = [int(podman("wait", c, timeout=420).stdout.strip().splitlines()[-1]) for c in cids]
+        result["part_exit_codes"] = list(codes)
+        if kill_part >= 0:  # the Job controller retries that index in a new pod; it resumes
+            retry = start_part(kill_part)
+            containers.append(retry)
+            codes[kill_part] = int(podman("wait", retry, timeout=420).stdout.strip().splitlines()[-1])
+            result["retried_part_exit_code"] = codes[kill_part]
+        code = int(podman("wait", merge_cid, timeout=420).stdout.strip().splitlines()[-1])
+        result.update(returncode=code, wall_s=round(time.monotonic() - t0, 2),
+                      command=shlex.join(part["command"] + part["args"]))
+        if code != 0:
+            logs = podman("logs", merge_cid, check=False)
+            result["stderr"] = (logs.stderr + logs.stdout)[-3000:]
+            return result
+        with open(os.path.join(shared, "out", "summary.json")) as fh:
+            summary = json.load(fh)
+        result.update(images=summary["images"], parts_summary=summary["parts"]["per_part"])
+        podman("run", "--rm", *SECURITY, "--network=none", *volume, image, "mpi_infer", "run", "--dataset",
+               "/data/data/dataset.yml", "--model", model, "--out", "/data/local", *run_args, "--quiet", timeout=420)
+        result["equal_to_local_run"] = same_records(rows(os.path.join(shared, "out")),
+                                                    rows(os.path.join(shared, "local")))
+        return result
+    finally:
+        for cid in containers:
+            podman("rm", "-f", "-t", "2", cid, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def operator_env(slots: int) -> list[str]:
     """What mpi-operator (v2beta1, OpenMPI) sets in the launcher: Open MPI 4's ORTE reads these (keeping the
     hostfile's FQDNs), Open MPI 5 ignores them, hence the explicit --hostfile in our command."""
@@ -248,6 +323,7 @@ def wait_for_sshd(containers: list[str], timeout: float = 60) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default="localhost/mpi-infer:latest")
+    ap.add_argument("--kind", choices=("mpijob", "indexed-job"), default="mpijob")
     ap.add_argument("--reference-image", default=None, help="run the local reference with this image instead")
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--slots", type=int, default=1)
@@ -261,6 +337,10 @@ def main() -> int:
     args = ap.parse_args()
     run_args = ["--split", "all", "--batch-size", "4"]
     try:
+        if args.kind == "indexed-job":
+            result = rehearse_indexed(args.image, args.workers, args.images, args.model, run_args, args.kill_worker)
+            print(json.dumps(result))
+            return 0 if result["returncode"] == 0 and result.get("equal_to_local_run") else 1
         result = rehearse(args.image, args.workers, args.slots, args.images, args.model, args.drop_hostfile,
                           args.reference_image, run_args, args.kill_rank, args.kill_worker)
     except Skip as why:

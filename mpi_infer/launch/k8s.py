@@ -1,4 +1,5 @@
-"""Kubernetes manifests for a run: an NFS PersistentVolume, a ReadWriteMany claim, and a Kubeflow MPIJob.
+"""Kubernetes manifests for a run: an NFS PersistentVolume, a ReadWriteMany claim, and a Kubeflow MPIJob (or,
+where no MPI Operator is installed, a batch/v1 Indexed Job of ``run --part`` pods and a merge Job).
 
 Every pitfall of Open MPI 5 under the MPI Operator (kubeflow/mpi-operator pkg/apis/kubeflow/v2beta1/types.go,
 v2beta1 MPIJob) is designed out here:
@@ -47,7 +48,13 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--name", required=True, type=k8s_job_name, help="MPIJob name (also names the PV)")
     p.add_argument("--namespace", default="default", type=k8s_label)
-    p.add_argument("--workers", type=int_range(1, 10_000), required=True, help="worker pods")
+    p.add_argument("--kind", choices=("mpijob", "indexed-job"), default="mpijob",
+                   help="mpijob (Kubeflow's MPI Operator) or indexed-job: a batch/v1 Indexed Job of --workers parts "
+                        "(`run --part`, no MPI, no operator) and a merge Job (docs/kubernetes.md)")
+    p.add_argument("--workers", type=int_range(1, 10_000), required=True,
+                   help="worker pods (indexed-job: parts, one pod each)")
+    p.add_argument("--parallel", type=int_range(1, 10_000), default=None, metavar="P",
+                   help="indexed-job: at most P part pods at once (default: all)")
     p.add_argument("--slots", type=int_range(0, 1024), default=0,
                    help="ranks per worker (default: GPUs per worker, else 1)")
     p.add_argument("--image", required=True, type=image_ref, help="container image (pin a tag or digest)")
@@ -326,6 +333,82 @@ def render(
     return docs
 
 
+# A part's permanent errors (bad usage, dataset, model, options, an internal bug) and a finished part with failed
+# images fail that index at once; a retry would not change them. Everything else (I/O, 200, 202, a kill) is
+# retried per index, and an eviction or a preemption (DisruptionTarget) does not count against the limit.
+PERMANENT_EXIT_CODES = [2, 3, 10, 11, 12, 13, 14, 70]
+PART_INDEX_ENV = "MPI_INFER_PART"
+
+
+def render_indexed_job(
+    *, name: str, namespace: str, parts: int, parallel: int | None, image: str, pvc: str, dataset: str,
+    model: str | list[str], out: str, gpus: int = 0, nfs_server: str | None = None, nfs_path: str | None = None,
+    storage: str = "100Gi", cpu: str = "2", memory: str = "4Gi", deadline: int = 86400, backoff_limit: int = 3,
+    ttl: int = 86400, run_args: list[str] | None = None, site: Site | None = None,
+    queue: tuple[str, str] | None = None, priority_class: str | None = None, network_policy: bool = False,
+) -> list[dict[str, Any]]:
+    """[PV, PVC] (with an NFS server) + an Indexed Job of ``parts`` pods, each ``run --part K/N`` (K from the
+    pod's completion index), + a merge Job whose pod waits (bounded by the deadline) until every part has
+    finished and then writes the one summary. No operator, no MPI, no ssh: each part retries on its own."""
+    if queue and queue[0] != "kueue":
+        raise ConfigError(f"--queue {queue[0]}: the parts of an Indexed Job run independently and need no gang; "
+                          f"use --queue kueue:LOCALQUEUE (Kueue admits batch/v1 Jobs) or none")
+    site = site or Site()
+    if priority_class:
+        site = Site(site.image_pull_secrets, site.node_selector, site.tolerations, site.labels, site.annotations,
+                    priority_class)
+    docs = render(name=name, namespace=namespace, workers=1, slots=1, image=image, pvc=pvc, dataset=dataset,
+                  model=model, out=out, nfs_server=nfs_server, nfs_path=nfs_path, storage=storage)[:-1]  # PV, PVC
+    models = [a for m in ([model] if isinstance(model, str) else model) for a in ("--model", m)]
+    part_args = ["-m", "mpi_infer", "run", "--part", f"$({PART_INDEX_ENV})/{parts}", "--dataset", dataset, *models,
+                 "--out", out, "--resume", *(["--gpu"] if gpus else []), *(run_args or [])]
+    resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
+    if gpus:
+        resources["limits"]["nvidia.com/gpu"] = gpus
+    mount = [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+    pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
+
+    def job(suffix: str, role: str, container: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+        labels = {**dict(site.labels), "app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name,
+                  **({"kueue.x-k8s.io/queue-name": queue[1]} if queue else {})}
+        return {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": f"{name}-{suffix}", "namespace": namespace, "labels": labels,
+                             **({"annotations": dict(site.annotations)} if site.annotations else {})},
+                "spec": {**spec, "activeDeadlineSeconds": deadline, "ttlSecondsAfterFinished": ttl,
+                         "template": {"metadata": _pod_meta(name, role, site),
+                                      "spec": site.pod({"restartPolicy": "Never", "securityContext": pod_security,
+                                                        "automountServiceAccountToken": False,
+                                                        "containers": [{
+                                                            "name": container["name"], "image": image,
+                                                            "imagePullPolicy": "IfNotPresent", **container,
+                                                            "securityContext": _security(), "volumeMounts": mount}],
+                                                        "volumes": _volumes(pvc)})}}}
+
+    part_container = {
+        "name": "part", "command": ["python"], "args": part_args,
+        # the pod's completion index, by name: the args expand $(MPI_INFER_PART)
+        "env": [{"name": PART_INDEX_ENV, "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+                {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": resources}
+    docs.append(job("parts", "part", part_container, {
+        "completionMode": "Indexed", "completions": parts, "parallelism": min(parallel or parts, parts),
+        "backoffLimitPerIndex": backoff_limit,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailIndex", "onExitCodes": {"containerName": "part", "operator": "In",
+                                                    "values": PERMANENT_EXIT_CODES}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}}))
+    merge_container = {
+        "name": "merge", "command": ["python"],
+        "args": ["-m", "mpi_infer", "merge", out, "--parts", str(parts), "--wait", str(deadline)],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}}
+    docs.append(job("merge", "merge", merge_container, {"backoffLimit": backoff_limit}))
+    if network_policy:
+        docs.append(_network_policy(name, namespace))
+    return docs
+
+
 def _network_policy(name: str, namespace: str) -> dict[str, Any]:
     """Ingress to the job's pods only from the job's pods: the launcher's ssh and mpirun's daemons, the ranks'
     TCP between workers (ephemeral ports, hence no port list). Egress stays open (DNS, the volume)."""
@@ -356,7 +439,7 @@ def _split_run_args(text: str) -> list[str]:
         args = shlex.split(text)
     except ValueError as exc:
         raise UsageError(f"--run-args {text[:200]!r}: {exc}") from None
-    owned = {"--out", "--dataset", "--model", "--config"}  # the manifest's own, given once: never twice
+    owned = {"--out", "--dataset", "--model", "--config", "--part"}  # the manifest's own, given once: never twice
     for arg in args:
         if arg.split("=", 1)[0] in owned:
             raise UsageError(f"--run-args: {arg.split('=', 1)[0]} is the manifest's own option (give it to "
@@ -387,14 +470,27 @@ def manifest_from_args(args: argparse.Namespace) -> str:
         path = path if sep and "/" not in name else value
         if "/" in path or path.endswith((".onnx", ".bin")):  # else a shipped model's name (demo, demo-onnx)
             on_the_volume("--model", path)
+    site = Site(tuple(args.image_pull_secret), tuple(args.node_selector), tuple(args.toleration),
+                tuple(args.label), tuple(args.annotation))
+    if args.kind == "indexed-job":
+        if args.fault_tolerant or args.slots:
+            from ..errors import UsageError
+
+            raise UsageError("--fault-tolerant and --slots are for an MPIJob; an Indexed Job's parts retry on their "
+                             "own, one process a pod")
+        return dump(render_indexed_job(
+            name=args.name, namespace=args.namespace, parts=args.workers, parallel=args.parallel, image=args.image,
+            pvc=args.pvc, dataset=args.dataset, model=args.model, out=args.out, gpus=args.gpus_per_worker,
+            nfs_server=args.nfs_server, nfs_path=args.nfs_path, storage=args.storage, cpu=args.cpu,
+            memory=args.memory, deadline=args.deadline, backoff_limit=args.backoff_limit, ttl=args.ttl,
+            run_args=_split_run_args(args.run_args), site=site, queue=args.queue,
+            priority_class=args.priority_class, network_policy=args.network_policy))
     docs = render(
         name=args.name, namespace=args.namespace, workers=args.workers, slots=args.slots, image=args.image,
         pvc=args.pvc, dataset=args.dataset, model=args.model, out=args.out, gpus_per_worker=args.gpus_per_worker,
         nfs_server=args.nfs_server, nfs_path=args.nfs_path, storage=args.storage, cpu=args.cpu,
         memory=args.memory, deadline=args.deadline, backoff_limit=args.backoff_limit, ttl=args.ttl,
         run_args=_split_run_args(args.run_args), fault_tolerant=args.fault_tolerant,
-        site=Site(tuple(args.image_pull_secret), tuple(args.node_selector), tuple(args.toleration),
-                  tuple(args.label), tuple(args.annotation)),
-        queue=args.queue, priority_class=args.priority_class, network_policy=args.network_policy,
+        site=site, queue=args.queue, priority_class=args.priority_class, network_policy=args.network_policy,
     )
     return dump(docs)

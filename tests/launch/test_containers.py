@@ -155,3 +155,15 @@ def test_ecvl_image_on_two_workers_loads_with_ecvl_and_equals_the_cpu_image(imag
     assert r["loader"] == "ecvl" and r["engine"] == "onnx"  # auto's picks in the DeepHealth image
     assert r["hosts"] == ["rehearsal-worker-0", "rehearsal-worker-1"]
     assert r["equal_to_local_run"] is True, r
+
+
+def test_indexed_job_rehearsal_with_a_killed_part_equals_a_local_run(images):
+    """The Indexed Job in containers, as rendered: three part pods and the merge pod start together; part 1's
+    container is killed mid-run and started anew (the Job's retry of that index, --resume); the merge waits for
+    every part and equals one local process image for image."""
+    r = rehearse("--image", images["mpi-infer"]["tag"], "--kind", "indexed-job", "--workers", "3", "--images", "48",
+                 "--kill-worker", "1")
+    assert r["returncode"] == 0, r
+    assert r["part_exit_codes"][1] == 137 and r["retried_part_exit_code"] == 0, r
+    assert [p["attempts"] for p in r["parts_summary"]] == [1, 2, 1]
+    assert r["images"]["selected"] == 48 and r["equal_to_local_run"] is True, r

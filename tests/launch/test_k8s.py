@@ -14,7 +14,7 @@ from conftest import ROOT
 
 from mpi_infer.cli import main
 from mpi_infer.errors import ConfigError
-from mpi_infer.launch.k8s import HOSTFILE, dump, render
+from mpi_infer.launch.k8s import HOSTFILE, Site, dump, render, render_indexed_job
 
 K8S_VERSION = "1.31.0"  # pinned: the validator ships schemas per Kubernetes release
 MANIFESTS = os.path.join(ROOT, "manifests")
@@ -51,7 +51,7 @@ def all_rendered():
     yield "gpu", docs_for(slots=0, gpus_per_worker=4, nfs_server=None, nfs_path=None)
     yield "ft", docs_for(fault_tolerant=True)
     for name in sorted(os.listdir(MANIFESTS)):
-        if name.endswith(".yaml"):
+        if name.startswith("mpijob-") and name.endswith(".yaml"):
             with open(os.path.join(MANIFESTS, name)) as fh:
                 yield name, list(yaml.safe_load_all(fh))
 
@@ -162,7 +162,7 @@ def test_supervise_reads_the_out_that_run_reads():
 def _read_manifests() -> dict[str, str]:
     out = {}
     for name in sorted(os.listdir(MANIFESTS)):
-        if name.endswith(".yaml"):
+        if name.startswith("mpijob-") and name.endswith(".yaml"):
             with open(os.path.join(MANIFESTS, name)) as fh:
                 out[name] = fh.read()
     return out
@@ -269,3 +269,62 @@ def test_network_policy_lets_only_the_jobs_pods_in():
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": job_pods}}]}]
     for replica in mpijob(docs)["spec"]["mpiReplicaSpecs"].values():  # the selector selects launcher and workers
         assert job_pods.items() <= replica["template"]["metadata"]["labels"].items()
+
+
+def indexed(**overrides):
+    kw = dict(name="job", namespace="ns", parts=4, parallel=2, image="img:1", pvc="claim", dataset="/data/d.yml",
+              model=["/data/m.onnx"], out="/data/out", nfs_server="nfs", nfs_path="/export")
+    kw.update(overrides)
+    return render_indexed_job(**kw)
+
+
+def indexed_variants():
+    yield "plain", indexed()
+    yield "kueue-gpu-site", indexed(queue=("kueue", "team-a"), priority_class="low", gpus=1,
+                                    site=Site(("creds",), (("pool", "gpu"),), (), (("team", "x"),), ()))
+    for name in sorted(os.listdir(MANIFESTS)):
+        if name.startswith("indexed-job-") and name.endswith(".yaml"):
+            with open(os.path.join(MANIFESTS, name)) as fh:
+                yield name, list(yaml.safe_load_all(fh))
+
+
+@pytest.mark.parametrize(("label", "docs"), list(indexed_variants()))
+def test_indexed_job_validates_runs_every_part_once_and_is_restricted(label, docs):
+    docs = list(yaml.safe_load_all(dump(docs)))
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    jobs = {d["metadata"]["name"].rsplit("-", 1)[1]: d for d in docs if d["kind"] == "Job"}
+    parts, merge = jobs["parts"]["spec"], jobs["merge"]["spec"]
+    n = parts["completions"]
+    assert parts["completionMode"] == "Indexed" and parts["parallelism"] <= n
+    assert parts["backoffLimitPerIndex"] >= 1  # each part retries on its own
+    part = parts["template"]["spec"]["containers"][0]
+    assert part["args"][part["args"].index("--part") + 1] == f"$(MPI_INFER_PART)/{n}" and "--resume" in part["args"]
+    index = next(e for e in part["env"] if e["name"] == "MPI_INFER_PART")
+    assert "job-completion-index" in index["valueFrom"]["fieldRef"]["fieldPath"]
+    rules = parts["podFailurePolicy"]["rules"]
+    permanent = set(rules[0]["onExitCodes"]["values"])
+    assert {2, 10, 11, 12, 70} <= permanent and not permanent & {200, 201, 202}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    m = merge["template"]["spec"]["containers"][0]["args"]
+    assert m[:3] == ["-m", "mpi_infer", "merge"] and m[m.index("--parts") + 1] == str(n) and "--wait" in m
+    for job in jobs.values():
+        spec = job["spec"]["template"]["spec"]
+        assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    if "kueue" in label:
+        assert all(j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" for j in jobs.values())
+        assert parts["template"]["spec"]["priorityClassName"] == "low"
+        assert part["resources"]["limits"]["nvidia.com/gpu"] == 1 and "--gpu" in part["args"]
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--queue", "volcano:q"], "need no gang"), (["--fault-tolerant"], "are for an MPIJob"),
+    (["--run-args", "--part 1/2"], "manifest's own option")])
+def test_indexed_job_refuses_what_parts_cannot_use(extra, says, capsys):
+    code = main(["manifest", "--kind", "indexed-job", "--name", "j", "--workers", "2", "--image", "i:1", "--pvc",
+                 "c", "--dataset", "/data/d.yml", "--model", "/data/m.onnx", "--out", "/data/o", *extra])
+    assert code != 0 and says in capsys.readouterr().err

@@ -13,9 +13,9 @@ import sys
 import time
 
 import pytest
-from conftest import HELPERS, MPI_ENV, mpirun, read_rows, read_summary
+from conftest import MPI_ENV, ROOT, mpirun, read_rows, read_summary
 
-sys.path.insert(0, str(HELPERS))
+sys.path.insert(0, str(ROOT / "scripts"))
 from slurm_cluster import SlurmCluster, missing  # noqa: E402
 
 REQUIRE = "MPI_INFER_REQUIRE_SLURM"

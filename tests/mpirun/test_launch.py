@@ -12,7 +12,7 @@ import pytest
 from conftest import mpirun
 
 from mpi_infer.errors import EXIT_LAUNCH, LaunchError
-from mpi_infer.mpi.world import check_launch
+from mpi_infer.mpi.world import check_launch, check_one_process, check_pmi_clash, name_launcher
 
 
 def plain(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -60,3 +60,33 @@ def test_check_launch_rules(env, ok):
     else:
         with pytest.raises(LaunchError, match="MPI started a world of 1"):
             check_launch(1, 0, env)
+
+
+@pytest.mark.parametrize("env, says", [
+    ({}, "no launcher"),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, "Open MPI's mpirun (prterun), 4"),
+    ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2", "PMIX_NAMESPACE": "slurm.pmix.7.0"}, "srun (pmix), 2"),
+    ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "2"}, "srun (no MPI plugin)"),
+    ({"PMI_SIZE": "3"}, "MPICH's Hydra"),
+    ({"SLURM_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "2"}, "array task 2"),
+    ({"JOB_COMPLETION_INDEX": "5"}, "Indexed Job's pod (index 5)"),
+])
+def test_the_launcher_is_named(env, says):
+    assert says in name_launcher(env)
+
+
+def test_mpich_pmi_and_pmix_clash_is_refused_before_mpi_starts():
+    both = {"PMI_SIZE": "2", "PMIX_NAMESPACE": "x"}
+    with pytest.raises(LaunchError, match="mpich#7957"):
+        check_pmi_clash(both, "mpich")
+    check_pmi_clash(both, "openmpi")  # Open MPI speaks PMIx and ignores PMI_*
+    check_pmi_clash({"PMI_SIZE": "2"}, "mpich")
+
+
+def test_a_part_under_a_launcher_of_several_processes_is_refused(synth_small, tmp_path):
+    with pytest.raises(LaunchError, match="--part runs one process"):
+        check_one_process({"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0"})
+    check_one_process({"SLURM_NTASKS": "4", "SLURM_JOB_ID": "3"})  # an array task's batch script: one process
+    proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo-onnx", "--out", str(tmp_path / "o"),
+                  "--part", "0/2")
+    assert proc.returncode == EXIT_LAUNCH and "each would run the same part" in proc.stderr

@@ -1,6 +1,7 @@
-"""A real one-node Slurm for the tests: munged, slurmctld and slurmd from Debian's packages (slurm-wlm, munge,
-libpmix-dev for srun --mpi=pmix), every key, state, spool, socket and log file in one temporary folder, free
-ports, and only the daemons it started stopped, by their pids. Needs root (slurmd starts jobs as their user)."""
+"""A real one-node Slurm on this machine (for the tests and scripts/bench_parts.py): munged, slurmctld and slurmd
+from Debian's packages (slurm-wlm, munge, libpmix-dev for srun --mpi=pmix), every key, state, spool, socket and
+log file in one temporary folder, free ports, and only the daemons it started stopped, by their pids. Needs root
+(slurmd starts jobs as their user)."""
 
 from __future__ import annotations
 
