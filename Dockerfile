@@ -22,10 +22,12 @@ COPY mpi_infer /src/mpi_infer
 RUN pip install /src && rm -rf /src \
  && { pip uninstall -y pip setuptools >/dev/null 2>&1 || true; }
 # What the runtime never loads: the packages' own test suites (ONNX's backend test data, numpy's and matplotlib's
-# tests), and the debug symbols of the one extension compiled here (mpi4py; the wheels' libraries are already
-# stripped, and stripping a patchelf'd library can break it). docs/containers.md quotes the size.
+# tests, pydicom's and nibabel's test files), and the debug symbols of the one extension compiled here (mpi4py;
+# the wheels' libraries are already stripped, and stripping a patchelf'd library can break it).
+# docs/containers.md quotes the size.
 RUN site=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
  && rm -rf "$site"/onnx/backend/test "$site"/matplotlib/tests "$site"/numpy/tests "$site"/numpy/*/tests \
+    "$site"/pydicom/data/test_files "$site"/nibabel/tests "$site"/nibabel/*/tests \
  && find "$site"/mpi4py -name '*.so' -exec strip --strip-unneeded {} +
 COPY docker/check_image.sh /usr/local/bin/check_image.sh
 # Fails the build unless mpi4py is linked to the system Open MPI (not a pip wheel's MPI).

@@ -77,6 +77,20 @@ def group_pattern(text: str) -> str:
     return text
 
 
+def patient_pattern(text: str) -> str:
+    """--patient-by: ``dicom:KEYWORD`` (a DICOM data element, e.g. PatientID), or a regular expression over the
+    whole path (its first capture group, else the whole match, names the patient)."""
+    if text.startswith("dicom:"):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,63}", text[6:]):
+            raise argparse.ArgumentTypeError(f"expected dicom:KEYWORD (e.g. dicom:PatientID), got {clip(text, 80)!r}")
+        return text
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression ({exc}): {clip(text, 80)!r}") from None
+    return text
+
+
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

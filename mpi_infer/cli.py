@@ -18,6 +18,7 @@ from .argtypes import (
     group_pattern,
     int_range,
     nonempty,
+    patient_pattern,
     split_names,
 )
 from .errors import EXIT_CODES, EXIT_OK, EXIT_USAGE, ConfigError, MpiInferError, UsageError, clip
@@ -44,17 +45,21 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", nargs=2, type=int_range(1, 65536), metavar=("H", "W"),
                    help="network input height and width")
     g.add_argument("--interp", choices=INTERPOLATIONS, help="image resize interpolation (masks: nearest)")
-    g.add_argument("--mean", nargs=3, type=float_range(-1e6, 1e6), metavar=("R", "G", "B"),
-                   help="per-channel mean, [0,1] units")
-    g.add_argument("--std", nargs=3, type=float_range(0, 1e6, lo_open=True), metavar=("R", "G", "B"),
-                   help="per-channel std, [0,1] units")
+    g.add_argument("--mean", nargs="+", type=float_range(-1e6, 1e6), metavar="M",
+                   help="per-channel mean (R G B, or one value for a grey model), in the units after the intensity "
+                        "step ([0,1] after /255)")
+    g.add_argument("--std", nargs="+", type=float_range(0, 1e6, lo_open=True), metavar="S",
+                   help="per-channel std (R G B, or one value)")
+    g.add_argument("--intensity", choices=("255", "minmax", "raw"), default=None,
+                   help="255: /255 (ECVL's AugToFloat32(255)); minmax: each image's min-max to 0..255 first; raw: the "
+                        "values as read (a CT's Hounsfield units), as the volume pipelines feed them")
     g.add_argument("--threshold", type=float_range(0, 1, lo_open=True),
                    help="binarisation threshold in (0, 1] (prediction and ground truth)")
 
 
 def _profile_overrides(args: argparse.Namespace) -> dict:
     return {"size": args.size, "interpolation": args.interp, "mean": args.mean, "std": args.std,
-            "threshold": args.threshold}
+            "threshold": args.threshold, "intensity": args.intensity}
 
 
 def _profile(args: argparse.Namespace):
@@ -145,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--group-by", type=group_pattern, default=None, metavar="REGEX",
                      help="one capture group over each image's location (e.g. a patient ID): per-group results, "
                           "and the bootstrap resamples groups")
+    run.add_argument("--patient-by", type=patient_pattern, default=None, metavar="REGEX|dicom:PatientID",
+                     help="each image's patient: the first capture group (else the match) of REGEX over the whole "
+                          "path, or a DICOM tag; per-patient results in summary.json and patients.csv")
+    run.add_argument("--patient-vote", choices=("majority", "mean"), default="majority",
+                     help="classification: a patient's prediction is its images' majority class (UC11's rule; a tie "
+                          "to the higher class) or the argmax of their mean probabilities")
     run.add_argument("--stall-timeout", type=float_range(0, 7 * 86400), default=600.0, metavar="S",
                      help="end the job (exit 201, retryable) when a rank finishes no batch for S seconds or falls "
                           "silent; 0: never (default 600)")
@@ -263,7 +274,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         try:
             args.profile_obj = _profile(args) if args.command == "run" else None
         except ConfigError as exc:
-            parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold: {exc}")
+            parser.error(f"argument --profile/--size/--interp/--mean/--std/--threshold/--intensity: {exc}")
         if args.command == "run":
             from .models.modelset import parse_models, with_activations
 
@@ -304,7 +315,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         engine=args.engine, eddl_mem=args.eddl_mem, arch=args.arch, cls=args.cls, output=args.output,
         save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
         shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
-        group_by=args.group_by, stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
+        group_by=args.group_by, patient_by=args.patient_by, patient_vote=args.patient_vote,
+        stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
         fault_tolerant=args.fault_tolerant, score_at=args.score_at,
         nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,
         allow_overlap=args.allow_overlap, confine_to_dataset=args.confine_to_dataset,

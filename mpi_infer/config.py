@@ -35,6 +35,8 @@ class RunConfig:
     nsd_tolerance: float = 2.0  # pixels at the scoring resolution
     empty_boundary: str = "worst"  # one mask empty: worst case (diagonal, 0) | exclude (and count)
     group_by: str | None = None  # regex with one capture group over location: per-group results, group bootstrap
+    patient_by: str | None = None  # REGEX over the whole path, or dicom:PatientID: per-patient results
+    patient_vote: str = "majority"  # classification: a patient's prediction, majority (UC11's rule) | mean
     dry_run: bool = False
     balance: bool = False
     shard_by: str = "bytes"  # bytes: balance each split's shards by file bytes; images: by count (upstream rule)

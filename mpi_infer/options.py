@@ -81,7 +81,7 @@ def options_argv(run: argparse.ArgumentParser, options: Mapping[str, Any], where
         elif isinstance(action, argparse._AppendAction):
             for v in value if isinstance(value, list | tuple) else [value]:
                 argv += [flag, _scalar(key, v, where)]
-        elif isinstance(action.nargs, int):  # several values at once: --size H W, --mean R G B
+        elif isinstance(action.nargs, int) or action.nargs == "+":  # several values: --size H W, --mean R G B
             values = value if isinstance(value, list | tuple) else [value]
             argv += [flag, *(_scalar(key, v, where) for v in values)]
         else:

@@ -2,8 +2,11 @@
 recipes: deephealthproject/use-case-pipelines python/skin_lesion_*_training.py).
 
 A profile fixes everything between the file and the tensor, so the same model gives the same scores
-whatever backend runs it: RGB order, resize on uint8 with this interpolation (masks always nearest),
-float32 / 255, then (x - mean) / std per channel when mean and std are set, CHW.
+whatever backend runs it: the channels (3: RGB order, grey replicated; 1: grey, colour converted, ECVL's
+ColorType::GRAY), the intensity step (``255``: /255, ECVL's AugToFloat32(255); ``minmax``: each image's own
+min-max to 0..255 (uint8) before the resize, then /255; ``raw``: the values as read, a CT's Hounsfield units),
+the resize on the read type with this interpolation (masks always nearest), then (x - mean) / std per channel
+when mean and std are set, CHW. The channels follow the model's input (stages/prepare.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from .errors import ConfigError
 
 INTERPOLATIONS = ("nearest", "linear", "area", "cubic", "lanczos4")
+INTENSITIES = ("255", "minmax", "raw")
 
 
 @dataclass(frozen=True)
@@ -22,10 +26,13 @@ class Profile:
     height: int
     width: int
     interpolation: str = "linear"
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
+    mean: tuple[float, ...] | None = None  # one value per channel (or one for every channel)
+    std: tuple[float, ...] | None = None
     threshold: float = 0.5
     description: str = ""
+    channels: int = 3  # 3: RGB, 1: grey (from the model's input)
+    intensity: str = "255"  # 255 | minmax | raw
+    source: str = ""  # the upstream file the recipe comes from
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -37,6 +44,15 @@ class Profile:
             raise ConfigError(f"profile {self.name}: give both mean and std, or neither")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ConfigError(f"profile {self.name}: std must be positive, got {self.std}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"profile {self.name}: a model takes 1 (grey) or 3 (RGB) channels, got {self.channels}")
+        if self.intensity not in INTENSITIES:
+            raise ConfigError(f"profile {self.name}: intensity must be one of {INTENSITIES}, got {self.intensity!r}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and len(values) not in (1, self.channels):
+                raise ConfigError(f"profile {self.name}: {key} has {len(values)} values for {self.channels} "
+                                  f"channel(s)")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"profile {self.name}: threshold must be in (0, 1], got {self.threshold}")
 
@@ -47,6 +63,9 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         """The full recipe, as summary.json records it."""
         d = asdict(self)
+        for key, default in (("channels", 3), ("intensity", "255"), ("source", "")):
+            if d[key] == default:  # absent at their defaults: run.json files written before them still match
+                del d[key]
         d["size"] = [self.height, self.width]
         for key in ("mean", "std"):  # lists, as JSON holds them
             d[key] = None if d[key] is None else list(d[key])
@@ -67,6 +86,20 @@ PROFILES: dict[str, Profile] = {
                 "classification, the use case's VGG16 (examples/use_case_pipeline): 224x224 linear, RGB/255"),
         Profile("lenet-64", 64, 64, "linear", None, None, 0.5,
                 "classification, the shipped demo LeNet: 64x64 linear, RGB/255"),
+        Profile("pneumothorax", 512, 512, "cubic", None, None, 0.5,
+                "SIIM pneumothorax segmentation: one 2D DICOM per entry, grey, 512x512 cubic, /255; Dice per image "
+                "at 0.5 (eps 1e-6) at the network's resolution", 1, "255",
+                "deephealthproject/use-case-pipelines cpp/pneumothorax_segmentation.cpp"),
+        Profile("kidney-cls", 224, 224, "cubic", None, None, 0.5,
+                "UC11 kidney classification: one 2D DICOM slice per entry, each image's min-max to 0..255, "
+                "224x224 cubic, /255, grey; slice accuracy, and per patient (--patient-by)", 1, "minmax",
+                "deephealthproject/use-case-pipelines cpp/kidney_classification.cpp"),
+        Profile("uc4-lung", 512, 512, "cubic", (0.3266,), (0.3551,), 0.5,
+                "UC4 lung nodules: PNG (HU windowed offline), grey, 512x512, /255, mean 0.3266 std 0.3551; "
+                "Dice with smooth 1 and IoU per image", 1, "255", "deephealthproject/UC4_pipeline eddl/src"),
+        Profile("uc15-cxr", 256, 256, "cubic", None, None, 0.5,
+                "UC15 COVID chest X-ray: PNG (MONOCHROME1 inverted offline), grey, 256x256 cubic, /255; "
+                "accuracy and balanced accuracy", 1, "255", "deephealthproject/UC15_pipeline pyeddl_pipeline"),
     )
 }
 DEFAULT_PROFILE = "segnet-192"
@@ -80,6 +113,8 @@ def get_profile(
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
     threshold: float | None = None,
+    channels: int | None = None,
+    intensity: str | None = None,
 ) -> Profile:
     """A named profile (default segnet-192), with any field overridden by explicit options."""
     base_name = name or DEFAULT_PROFILE
@@ -97,6 +132,10 @@ def get_profile(
         changes["std"] = tuple(float(x) for x in std)
     if threshold is not None:
         changes["threshold"] = float(threshold)
+    if intensity is not None:
+        changes["intensity"] = intensity
+    if channels is not None and channels != profile.channels:  # from the model: not a custom recipe
+        profile = replace(profile, channels=int(channels))
     if changes:
         profile = replace(profile, name=profile.name + "+custom", **changes)
     return profile

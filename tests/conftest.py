@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from mpi_infer.data.synth import SynthSpec, make_dataset
 
@@ -92,3 +95,17 @@ def need_ecvl() -> None:
 @pytest.fixture()
 def ecvl_stack() -> None:
     need_ecvl()
+
+
+def one_channel_model(path: str, size: int) -> str:
+    """A real one-channel ONNX segmentation model of ``size``² inputs (a 3x3 mean filter, then a sigmoid of
+    (x - 0.5) * 8): the usual CT/MR network's input, for the DICOM, NIfTI and volume tests."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], np.full(9, 1 / 9, np.float32))
+    c = helper.make_tensor("c", TensorProto.FLOAT, [], [0.5])
+    k = helper.make_tensor("k", TensorProto.FLOAT, [], [8.0])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Sub", ["y", "c"], ["z"]),
+             helper.make_node("Mul", ["z", "k"], ["s"]), helper.make_node("Sigmoid", ["s"], ["p"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, size, size])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1, size, size])], [w, c, k])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

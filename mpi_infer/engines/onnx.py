@@ -121,12 +121,12 @@ class OnnxEngine:
         if len(shape) != 4:
             raise ModelError(f"{self.path}: input '{inputs[0].name}' has shape {shape}, expected [N, C, H, W]")
         channels, h, w = shape[1], shape[2], shape[3]
-        if shape[3] == 3 and channels != 3:
+        if shape[3] in (1, 3) and channels not in (1, 3):
             raise ModelError(f"{self.path}: input '{inputs[0].name}' has shape {shape}: channels last (NHWC); "
-                             f"mpi_infer feeds [N, 3, H, W] (NCHW) as ECVL does: export the model channels-first")
-        if isinstance(channels, int) and channels != 3:
-            raise ModelError(f"{self.path}: input '{inputs[0].name}' takes {channels} channels, "
-                             f"the profile gives 3 (RGB)")
+                             f"mpi_infer feeds [N, C, H, W] (NCHW) as ECVL does: export the model channels-first")
+        if isinstance(channels, int) and channels != profile.channels:
+            raise ModelError(f"{self.path}: input '{inputs[0].name}' takes {channels} channels, the profile gives "
+                             f"{profile.channels} ({'grey' if profile.channels == 1 else 'RGB'})")
         for got, want, what in ((h, profile.height, "height"), (w, profile.width, "width")):
             if isinstance(got, int) and got != want:
                 raise ModelError(f"{self.path}: input '{inputs[0].name}' {what} is {got}, but profile "

@@ -14,7 +14,12 @@ from typing import Any
 def open_loader(kind: str, profile: Any, classes: list[str] | None = None, max_pixels: int | None = None) -> Any:
     """ECVL's DLDataset loader, or None for our OpenCV loader (the runner's default)."""
     if kind == "ecvl":
+        from ..errors import ConfigError
         from .ecvl import EcvlLoader
+
+        if profile.intensity != "255":  # ECVL's AugToFloat32(255) is the only step its loader path has here
+            raise ConfigError(f"--intensity {profile.intensity} (profile {profile.name}) is read by the OpenCV "
+                              f"loader; ECVL's DLDataset path divides by 255: use --loader opencv")
 
         return EcvlLoader(profile, classes, **({"max_pixels": max_pixels} if max_pixels else {}))
     return None

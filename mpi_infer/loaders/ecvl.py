@@ -178,7 +178,8 @@ class EcvlLoader:
             with open(path, "w", encoding="utf-8") as fh:
                 fh.write(dump_document(doc))
             augs = ecvl.DatasetAugmentations([self._container(ecvl)] * len(split_names))
-            dataset = ecvl.DLDataset(path, batch_size, augs, ecvl.ColorType.RGB, ecvl.ColorType.GRAY,
+            ctype = ecvl.ColorType.GRAY if self.profile.channels == 1 else ecvl.ColorType.RGB  # the model's
+            dataset = ecvl.DLDataset(path, batch_size, augs, ctype, ecvl.ColorType.GRAY,
                                      num_workers=max(1, threads), queue_ratio_size=2,
                                      drop_last={s: False for s in split_names})
             by_key: dict[tuple[str, str], deque[WorkItem]] = defaultdict(deque)

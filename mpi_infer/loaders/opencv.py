@@ -34,6 +34,7 @@ from .imagefiles import (
     read_header,
     truncation_notes,
 )
+from .medical import read_dicom, read_nifti, sniff
 
 CV_INTERP = {
     "nearest": cv2.INTER_NEAREST,
@@ -49,7 +50,7 @@ class Loaded:
     """A work item after loading: network-size pixels, or the reason it failed."""
 
     item: WorkItem
-    image: np.ndarray | None = None  # uint8 H x W x 3, RGB, resized
+    image: np.ndarray | None = None  # resized, the profile's channels (H x W x 3 RGB, or H x W grey), as read
     mask: np.ndarray | None = None  # uint8 H x W, 0..255, resized (nearest)
     original_hw: tuple[int, int] | None = None
     status: str = "ok"  # ok | converted | unscored | failed
@@ -124,8 +125,6 @@ def read_image(path: str, notes: list[str], reduce_for: tuple[int, int] | None =
         full = (head.height, head.width)  # as displayed: the decode applies the EXIF rotation, as imread does
         if orientation in TRANSPOSING_ORIENTATIONS:
             full = full[::-1]
-    if img.ndim == 2:
-        notes.append("image is grey; replicated to RGB")
     return img, full
 
 
@@ -218,6 +217,39 @@ def mask_notes(mask: np.ndarray, path: str) -> list[str]:
     return [f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold"]
 
 
+def read_any(path: str, notes: list[str], reduce_for: tuple[int, int] | None, max_pixels: int
+             ) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """An image by its content: DICOM or NIfTI (loaders/medical.py: values as ECVL reads them, RGB when colour),
+    else OpenCV's formats (BGR when colour). Returns (pixels, (H, W), whether a colour image is BGR)."""
+    check_image_file(path, "image")
+    kind = sniff(path)
+    if kind == "dicom":
+        img = read_dicom(path, notes, max_pixels)
+    elif kind == "nifti":
+        img = read_nifti(path, notes)
+    else:
+        img, full = read_image(path, notes, reduce_for, max_pixels)
+        return img, full, True
+    return img, (int(img.shape[0]), int(img.shape[1])), False
+
+
+def to_channels(img: np.ndarray, channels: int, bgr: bool, notes: list[str]) -> tuple[np.ndarray, bool]:
+    """Full-size pixels with the model's channels, as ECVL's ColorType: a one-channel model gets grey (colour
+    converted with ECVL's 0.299R+0.587G+0.114B, noted), a three-channel model RGB (grey replicated, noted, on
+    the full-size image: OpenCV's one-channel cubic path rounds a few upscaled pixels differently). Returns the
+    pixels and whether they are still BGR (swapped after the resize, on the small image)."""
+    if channels == 1:
+        if img.ndim == 3:
+            notes.append("image is colour; converted to grey (ECVL's 0.299R+0.587G+0.114B) for a one-channel model")
+            b, g, r = (img[..., k].astype(np.float64) for k in ((0, 1, 2) if bgr else (2, 1, 0)))
+            img = np.rint(0.299 * r + 0.587 * g + 0.114 * b).astype(img.dtype)
+        return img, False
+    if img.ndim == 2:
+        notes.append("image is grey; replicated to RGB")
+        return (to_rgb(img) if img.dtype == np.uint8 else np.repeat(img[..., None], 3, axis=2)), False
+    return img, bgr
+
+
 def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep_full_mask: bool = False,
               max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
     """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``.
@@ -230,20 +262,20 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
     try:
         if len(item.locations) == 1:
             reduce_for = profile.size if decode_mode == "reduced" else None
-            img, out.original_hw = read_image(item.locations[0], out.notes, reduce_for, max_pixels)
+            img, out.original_hw, bgr = read_any(item.locations[0], out.notes, reduce_for, max_pixels)
         else:
-            img = read_planes(item.locations, out.notes, max_pixels)
+            img, bgr = read_planes(item.locations, out.notes, max_pixels), False  # RGB order already
             out.original_hw = (int(img.shape[0]), int(img.shape[1]))
         mask = (read_mask(item.label_path, out.original_hw, out.notes, item.locations[0], max_pixels)
                 if item.label_path else None)
         decode_s = time.thread_time() - t0
         size = (profile.width, profile.height)
-        rgb = len(item.locations) > 1  # stacked planes are in RGB order already
-        if img.ndim == 2:
-            img, rgb = to_rgb(img), True
+        img, bgr = to_channels(img, profile.channels, bgr, out.notes)
+        if profile.intensity == "minmax":  # each image's own range to 0..255, before the resize (kidney-cls)
+            img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
         small = cv2.resize(img, size, interpolation=CV_INTERP[profile.interpolation])
         del img
-        out.image = small if rgb else to_rgb(small)
+        out.image = cv2.cvtColor(small, cv2.COLOR_BGR2RGB) if bgr else small
         if mask is not None:
             out.mask = grey_mask(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST), out.notes)
             out.notes += mask_notes(out.mask, item.label_path or "")
@@ -263,15 +295,19 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
 
 
 def to_tensor(images: Sequence[np.ndarray], profile: Profile) -> np.ndarray:
-    """uint8 RGB HWC images -> float32 NCHW, /255 then (x - mean) / std, as ECVL's augmentations."""
-    return normalise(np.stack(images).astype(np.float32).transpose(0, 3, 1, 2), profile)
+    """Network-size images (H x W x C, or H x W for grey) -> float32 NCHW, then the profile's intensity scale
+    and (x - mean) / std, as ECVL's augmentations."""
+    batch = np.stack([im if im.ndim == 3 else im[..., None] for im in images]).astype(np.float32)
+    return normalise(batch.transpose(0, 3, 1, 2), profile)
 
 
 def normalise(batch: np.ndarray, profile: Profile) -> np.ndarray:
-    """float32 NCHW holding 0..255 values -> /255, then (x - mean) / std per channel; C-contiguous.
-    One arithmetic for both loaders, so they give the same tensor for the same pixels."""
+    """float32 NCHW holding the read values -> /255 (``255`` and ``minmax``; ``raw`` keeps them), then
+    (x - mean) / std per channel; C-contiguous. One arithmetic for both loaders, so they give the same tensor for
+    the same pixels."""
     batch = np.ascontiguousarray(batch, np.float32)
-    batch *= np.float32(1.0 / 255.0)
+    if profile.intensity != "raw":
+        batch *= np.float32(1.0 / 255.0)
     if profile.mean is not None and profile.std is not None:
         batch -= np.asarray(profile.mean, np.float32)[:, None, None]
         batch /= np.asarray(profile.std, np.float32)[:, None, None]

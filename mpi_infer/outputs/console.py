@@ -33,7 +33,8 @@ def summary_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
     head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
-    return _render(rows, head, summary, [*ci_lines(summary), *model_lines(summary), *group_lines(summary), *notes])
+    return _render(rows, head, summary, [*ci_lines(summary), *model_lines(summary), *group_lines(summary),
+                                         *patient_lines(summary), *notes])
 
 
 def group_lines(summary: Mapping[str, Any], worst: int = 3) -> list[str]:
@@ -52,6 +53,21 @@ def group_lines(summary: Mapping[str, Any], worst: int = 3) -> list[str]:
         shown = "; ".join(f"{g} {_num(rows[g][metric])} (n {rows[g]['images']})" for g in ranked[:worst])
         lines.append(f"  {name + ': ' if name else ''}lowest {label}: {shown or '-'}")
     return lines
+
+
+def patient_lines(summary: Mapping[str, Any]) -> list[str]:
+    """--patient-by: the patient-level headline with its CI (patients.csv has every patient)."""
+    p = summary.get("patients")
+    if not p:
+        return []
+    keys = ("accuracy", "balanced_accuracy") if summary.get("task") == "classification" else ("mean_dice", "mean_iou")
+    shown = ", ".join(f"{k.replace('_', ' ')} {_num(p['metrics'].get(k))}"
+                      + (" [{}, {}]".format(*(_num(x) for x in ci)) if (ci := p.get("statistics", {}).get(k, {})
+                                                                        .get("ci95")) else "") for k in keys)
+    extra = (f", {p['vote']} vote; slice accuracy after the vote {_num(p.get('slice_accuracy_after_vote'))}"
+             if "vote" in p else "")
+    return [f"patients (--patient-by {p['by']}): {p['scored_patients']} scored of {p['patients']}; {shown}{extra}"
+            + (f"; {p['unmatched_images']} image(s) matched no patient" if p["unmatched_images"] else "")]
 
 
 def model_lines(summary: Mapping[str, Any]) -> list[str]:
@@ -146,7 +162,8 @@ def _classification_table(summary: Mapping[str, Any], notes: Iterable[str] = ())
             f"{summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}")
-    return _render(rows, head, summary, [*model_lines(summary), *group_lines(summary), *notes])
+    return _render(rows, head, summary, [*model_lines(summary), *group_lines(summary), *patient_lines(summary),
+                                         *notes])
 
 
 def print_plan(prepared: Any, received: list[int], scatter_s: float, dynamic: bool) -> None:

@@ -70,6 +70,23 @@ def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]], task
     return path
 
 
+PATIENTS_FILE = "patients.csv"
+
+
+def write_rows(path: str, rows: list[Mapping[str, Any]]) -> str:
+    """A CSV of dict rows (patients.csv), columns in first-seen order."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow([_fmt(r.get(c)) for c in columns])
+    write_text(path, buf.getvalue())
+    return path
+
+
 def read_per_image_csv(path: str) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

@@ -11,7 +11,7 @@ from typing import Any
 from .. import __version__
 from ..config import RunConfig
 from ..errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL
-from ..outputs.results import write_per_image_csv, write_summary
+from ..outputs.results import PATIENTS_FILE, write_per_image_csv, write_rows, write_summary
 from ..tasks import task_for
 from .prepare import Prepared
 
@@ -65,6 +65,20 @@ def models_summary(by_model: dict[str, list[dict[str, Any]]], first: dict[str, A
     return {"models": models, "best_model": best_models(models, prepared.task),
             "comparison": comparisons(by_model, prepared.task, cfg.bootstrap, cfg.seed),
             "tta": cfg.tta, "ensemble": cfg.ensemble}
+
+
+def patient_results(cfg: RunConfig, prepared: Prepared, records: list[dict[str, Any]]
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """--patient-by: summary.json's ``patients`` and patients.csv's rows (tasks/patients.py)."""
+    from ..tasks.patients import classification_patients, patient_namer, segmentation_patients
+
+    patient_of = patient_namer(cfg.patient_by)
+    if prepared.task == "classification":
+        block, rows = classification_patients(records, prepared.classes, patient_of, cfg.patient_vote,
+                                              cfg.bootstrap, cfg.seed)
+    else:
+        block, rows = segmentation_patients(records, patient_of, cfg.bootstrap, cfg.seed)
+    return {"by": cfg.patient_by, **block}, rows
 
 
 def finish_run(
@@ -137,6 +151,9 @@ def finish_run(
         "launcher_host": socket.gethostname(),
         **(extra or {}),
     })
+    if cfg.patient_by:
+        summary["patients"], rows = patient_results(cfg, prepared, primary)
+        write_rows(os.path.join(cfg.out, PATIENTS_FILE), rows)
     write_per_image_csv(cfg.out, all_records, task, prepared.classes)
     write_summary(cfg.out, summary)
     return summary, exit_code

@@ -22,7 +22,7 @@ from ..data.partition import Shard, describe, plan
 from ..data.worklist import WorkList
 from ..errors import ConfigError, DatasetError, clip
 from ..models.convert import cached_onnx
-from ..models.files import DEMO_CLASSIFIER, model_format, model_sha256
+from ..models.files import DEMO_CLASSIFIER, input_channels, model_format, model_sha256
 from ..outputs.folder import RUN_FILE, prepare_output, read_run_file, remove_outputs
 from ..outputs.ledger import complete_images, latest_records, next_attempt, read_ledgers
 from ..outputs.results import strict_json
@@ -114,13 +114,30 @@ def resolve_arch(cfg: RunConfig, path: str | None = None) -> str | None:
     return detect_arch(read_records(path), path)
 
 
-def resolve_profile(cfg: RunConfig, task: str) -> Profile:
+def resolve_profile(cfg: RunConfig, task: str, warnings: list[str] | None = None) -> Profile:
     """The recipe every rank uses: --profile (and its overrides), else the task's default: segnet-192 for
-    segmentation, vgg16-224 for classification (lenet-64 for the shipped demo classifier)."""
+    segmentation, vgg16-224 for classification (lenet-64 for the shipped demo classifier); its channels are the
+    model's input's (ECVL's ColorType: 1 grey, 3 RGB), said in ``warnings`` where they differ from the recipe's."""
     name = cfg.profile_name
     if name is None and task == "classification":
         name = "lenet-64" if os.path.basename(cfg.model).startswith(DEMO_CLASSIFIER) else "vgg16-224"
-    return get_profile(name, **cfg.profile_overrides)
+    profile = get_profile(name, **cfg.profile_overrides)
+    found = {m.path: input_channels(m.path) for m in cfg.models} if not cfg.dry_run else {}
+    wanted = {c for c in found.values() if c is not None}
+    if len(wanted) > 1:
+        raise ConfigError(f"the models take different channels ({', '.join(f'{p}: {c}' for p, c in found.items())}); "
+                          f"one run reads its images one way: run them separately")
+    if wanted and (channels := wanted.pop()) != profile.channels and channels in (1, 3):  # else the engine says
+        try:
+            profile = get_profile(name, **cfg.profile_overrides, channels=channels)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (the model takes {channels} channel(s)): give --mean/--std one value each, "
+                              f"or {channels}") from None
+        if warnings is not None:
+            read = "grey" if channels == 1 else "RGB"
+            warnings.append(f"the model takes {channels} channel(s): images are read {read} (profile {profile.name} "
+                            f"says {3 if channels == 1 else 1})")
+    return profile
 
 
 def model_infos(cfg: RunConfig, model_sha: str, arch: str | None) -> list[dict[str, Any]]:
@@ -163,6 +180,27 @@ def record_check(dataset: Dataset, selected: dict[str, Any], outputs: list[str] 
     return check
 
 
+def dry_run_files(dataset: Dataset, selected: dict[str, Any]) -> str:
+    """The dry run's file check: every selected image's (and mask's) header read; a set where no image can be
+    read is refused (DatasetError, exit 10), naming the first problems."""
+    from ..loaders.probe import check_files
+
+    def files() -> Any:
+        for idx in selected.values():
+            for i in idx:
+                sample = dataset.sample(int(i))
+                yield from ((p, "image") for p in sample.locations)
+                if sample.label_path:
+                    yield sample.label_path, "mask"
+
+    check = check_files(files())
+    images = sum(len(v) for v in selected.values())
+    if images and check.readable == 0:
+        raise DatasetError(f"{dataset.path}: none of the {check.checked} selected file(s) can be read: "
+                           f"{check.line().split(': ', 1)[1]}")
+    return check.line()
+
+
 def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx", part: tuple[int, int] | None = None
                 ) -> tuple[Prepared, list[WorkList]]:
     """Everything before inference; raises our errors (with exit codes) on bad input. ``part`` (K, N): one
@@ -185,7 +223,8 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx", part: tuple[in
 
 def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
              fresh: bool, t0: float, part: tuple[int, int] | None = None) -> tuple[Prepared, list[WorkList]]:
-    profile = resolve_profile(cfg, dataset.task)
+    warnings: list[str] = []
+    profile = resolve_profile(cfg, dataset.task, warnings)
     arch = resolve_arch(cfg)
     if cfg.ensemble == "vote" and dataset.task != "classification":
         raise ConfigError("--ensemble vote is for classification (a vote of class labels); a segmentation "
@@ -193,7 +232,6 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     infos = model_infos(cfg, model_sha, arch)
     identity = run_identity(cfg, profile, model_sha, dataset.sha256, splits, arch, infos)
     previous: list[dict[str, Any]] = []
-    warnings: list[str] = []
     attempt = 0
     run_file = os.path.join(cfg.out, RUN_FILE)
     if cfg.resume and os.path.exists(run_file):
@@ -227,6 +265,8 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     if dataset.task == "classification":
         for idx in selected.values():
             check_single_labels(dataset, idx)
+    if cfg.dry_run:  # every selected file's header, before any rank starts: what the run could not read
+        warnings.append(dry_run_files(dataset, selected))
     if part is not None:  # the whole selection's plan, whatever is done: every part computes the same one
         k, n = part
         shards, sharding, fingerprint = part_plan(cfg, dataset, selected, n)

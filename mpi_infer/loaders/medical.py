@@ -1,0 +1,185 @@
+"""DICOM and NIfTI files read as ECVL reads them (deephealthproject/ecvl modules/core/src/support_dcmtk.cpp and
+support_nifti.cpp; ../shared/reference/ecvl.md section 11), picked by content, not by extension:
+
+- DICOM (the ``DICM`` preamble; pydicom, with the pylibjpeg plugins for JPEG, JPEG 2000, JPEG-LS and RLE, which
+  ECVL's DCMTK build cannot decode beyond JPEG): the modality transform (RescaleSlope/Intercept, or a Modality LUT)
+  applied and truncated toward zero to an integer, as DCMTK's ``getInterData`` stores it; no VOI windowing;
+  MONOCHROME1 not inverted; frame 0 of a multi-frame file; grey for MONOCHROME1/2, RGB otherwise (a palette
+  through its colour LUT).
+- NIfTI-1/2 (a 348- or 540-byte header, gzipped or not; nibabel): the stored values, ``scl_slope``/``scl_inter``
+  NOT applied and no reorientation, as ECVL's own reader; slice k is ``arr[:, :, k].T`` (axes x, y, z).
+
+The values come back in the smallest integer type that holds them (uint8, uint16, int16; else float32), so the
+profile's resize works on the type ECVL resizes; the intensity step (raw, /255, min-max) is the profile's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .imagefiles import ImageFault, check_image_file
+
+DICOM_OFFSET = 128
+NIFTI_SIZES = {348: "NIfTI-1", 540: "NIfTI-2"}
+
+
+def sniff(path: str) -> str:
+    """'dicom', 'nifti' or 'other' (OpenCV's formats, or none), from the first bytes (a gzipped file: from its
+    decompressed first bytes)."""
+    with open(path, "rb") as fh:
+        head = fh.read(DICOM_OFFSET + 4)
+    if head[DICOM_OFFSET:DICOM_OFFSET + 4] == b"DICM":
+        return "dicom"
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(DICOM_OFFSET + 4)
+        except (OSError, EOFError):
+            return "other"
+    if len(head) >= 4:
+        for order in ("<", ">"):
+            if struct.unpack(order + "i", head[:4])[0] in NIFTI_SIZES:
+                return "nifti"
+    return "other"
+
+
+@dataclass
+class Header:
+    """What a medical file's header says, read without its pixels (the dry run's check)."""
+
+    format: str
+    shape: tuple[int, ...]  # (rows, columns) of a 2D image; NIfTI: the stored (x, y, z, ...) shape
+    detail: str
+
+
+def read_header(path: str, kind: str) -> Header:
+    """The header of a DICOM or NIfTI file; an ImageFault naming the format when it cannot be read."""
+    if kind == "dicom":
+        import pydicom
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many kinds for a damaged file
+            raise ImageFault(f"DICOM file cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
+        if "Rows" not in ds or "Columns" not in ds:
+            raise ImageFault(f"DICOM file holds no image (no Rows/Columns: {ds.get('Modality', 'no modality')}, "
+                             f"e.g. a structured report or an RT plan): {path}")
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        return Header("dicom", (int(ds.Rows), int(ds.Columns)),
+                      f"{ds.get('PhotometricInterpretation', '?')}, {syntax.name if syntax else 'no transfer syntax'}")
+    img = _nifti(path)
+    return Header("nifti", tuple(int(s) for s in img.shape), NIFTI_SIZES.get(img.header.sizeof_hdr, "NIfTI"))
+
+
+def read_dicom(path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.ndarray:
+    """A DICOM image as ECVL yields it: H x W (grey) or H x W x 3 (RGB), modality values truncated to integers.
+    A frame declaring more than ``max_pixels`` is refused before its pixels are decoded."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
+
+    check_image_file(path, "image")
+    header = read_header(path, "dicom")
+    rows, cols = header.shape
+    if rows * cols > max_pixels:
+        raise ImageFault(f"DICOM declares {cols}x{rows} ({rows * cols / 1e6:.0f} megapixels), more than "
+                         f"--max-megapixels allows: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+    except Exception as exc:  # pydicom's decoders raise many kinds
+        syntax = getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None)
+        raise ImageFault(f"DICOM image cannot be decoded ({syntax.name if syntax else 'unknown transfer syntax'}: "
+                         f"{type(exc).__name__}: {_one_line(exc)}): {path}") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if frames > 1:
+        notes.append(f"DICOM has {frames} frames; frame 0 read, as ECVL does")
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        if arr.dtype != np.uint8:  # 16-bit palette entries: their high byte, as an 8-bit RGB image
+            arr = (arr >> 8).astype(np.uint8)
+    elif photometric.startswith("MONOCHROME"):
+        values = apply_modality_lut(arr, ds)
+        if values is not arr and values.dtype.kind == "f":
+            values = np.trunc(values)  # DCMTK stores the transformed value in an integer: a C cast
+        arr = values
+        if photometric == "MONOCHROME1":
+            notes.append("DICOM is MONOCHROME1 (white is low); not inverted, as ECVL does")
+    if arr.ndim == 3 and arr.shape[2] not in (3,):
+        raise ImageFault(f"DICOM image has shape {arr.shape}; expected rows x columns (x 3): {path}")
+    return smallest_type(arr)
+
+
+def _nifti(path: str):
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel's ImageFileError, a gzip error, a short file
+        raise ImageFault(f"NIfTI file cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ImageFault(f"not a NIfTI-1/2 image ({type(img).__name__}): {path}")
+    return img
+
+
+def nifti_slices(path: str) -> int:
+    """How many 2D slices (the third axis) a NIfTI file holds."""
+    shape = _nifti(path).shape
+    return int(shape[2]) if len(shape) >= 3 else 1
+
+
+def read_nifti(path: str, notes: list[str], k: int | None = None) -> np.ndarray:
+    """A NIfTI file as ECVL's reader yields it: the stored values (no scl_slope/scl_inter, no reorientation);
+    a 2D image as rows x columns (``arr.T``); ``k``: slice k of a volume (``arr[:, :, k].T``)."""
+    check_image_file(path, "image")
+    img = _nifti(path)
+    shape = img.shape
+    if len(shape) > 3 and any(s > 1 for s in shape[3:]):
+        raise ImageFault(f"NIfTI file is {len(shape)}-D {shape} (a time series?); mpi_infer reads 2D images and "
+                         f"3D volumes: {path}")
+    depth = shape[2] if len(shape) >= 3 else 1
+    if k is None and depth > 1:
+        raise ImageFault(f"NIfTI file is a volume of {depth} slices {shape}: {path}")
+    k = k or 0
+    if not 0 <= k < depth:
+        raise ImageFault(f"slice {k} is outside the {depth} slices of {path}")
+    try:
+        proxy = img.dataobj
+        stored = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asarray(proxy)
+        arr = np.asarray(stored).reshape(shape[:3] if len(shape) >= 3 else (*shape[:2], 1))[:, :, k].T
+    except Exception as exc:
+        raise ImageFault(f"NIfTI data cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
+    slope = img.header.get("scl_slope")
+    if slope is not None and np.isfinite(slope) and float(slope) not in (0.0, 1.0):
+        notes.append(f"NIfTI scl_slope {float(slope):g} not applied (the stored values, as ECVL reads them)")
+    return smallest_type(np.ascontiguousarray(arr))
+
+
+def smallest_type(arr: np.ndarray) -> np.ndarray:
+    """Integer values in the smallest of uint8, uint16, int16 that holds them; anything else as float32."""
+    if arr.size == 0:
+        raise ImageFault("image has no pixels")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise ImageFault("image holds NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    integral = arr.dtype.kind in "iub" or bool(np.all(np.equal(np.mod(arr, 1), 0)))
+    if integral:
+        for dtype in (np.uint8, np.uint16, np.int16):
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                return arr.astype(dtype, copy=False)
+    return arr.astype(np.float32, copy=False)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
