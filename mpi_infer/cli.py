@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--group-by", type=group_pattern, default=None, metavar="REGEX",
                      help="one capture group over each image's location (e.g. a patient ID): per-group results, "
                           "and the bootstrap resamples groups")
+    run.add_argument("--slice-order", choices=("yaml", "reversed"), default="yaml",
+                     help="a volume given as a list of per-slice DICOM files: slice k is file k (yaml, ECVL's "
+                          "stacking) or file Z-1-k (reversed: UC11's kidney pipeline, whose labels run the other way)")
     run.add_argument("--patient-by", type=patient_pattern, default=None, metavar="REGEX|dicom:PatientID",
                      help="each image's patient: the first capture group (else the match) of REGEX over the whole "
                           "path, or a DICOM tag; per-patient results in summary.json and patients.csv")
@@ -316,6 +319,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         save_masks=args.save_masks or args.report, dry_run=args.dry_run, balance=args.balance,
         shard_by=args.shard_by, decode=args.decode, bootstrap=args.bootstrap, seed=args.seed,
         group_by=args.group_by, patient_by=args.patient_by, patient_vote=args.patient_vote,
+        slice_order=args.slice_order,
         stall_timeout=args.stall_timeout, boundary=args.boundary_metrics,
         fault_tolerant=args.fault_tolerant, score_at=args.score_at,
         nsd_tolerance=args.nsd_tolerance, empty_boundary=args.empty_boundary,

@@ -36,6 +36,7 @@ class RunConfig:
     empty_boundary: str = "worst"  # one mask empty: worst case (diagonal, 0) | exclude (and count)
     group_by: str | None = None  # regex with one capture group over location: per-group results, group bootstrap
     patient_by: str | None = None  # REGEX over the whole path, or dicom:PatientID: per-patient results
+    slice_order: str = "yaml"  # a DICOM list volume's slices: yaml (ECVL's stacking) | reversed (UC11's kidney)
     patient_vote: str = "majority"  # classification: a patient's prediction, majority (UC11's rule) | mean
     dry_run: bool = False
     balance: bool = False

@@ -46,6 +46,8 @@ class Sample:
     label: tuple[int, ...] | None = None  # class indices (classification)
     label_path: str | None = None  # ground-truth mask (segmentation)
     values: Mapping[int, str] = field(default_factory=dict)
+    volume: int | None = None  # a volume's slice: the YAML index of its volume
+    slice: int | None = None  # and which slice (from 0)
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Dataset:
     warnings: list[str] = field(default_factory=list)
     sha256: str = ""
     plain: bool = False  # every entry is {location: relative path[, label: relative mask path]}
+    volume_of: dict[int, tuple[int, int]] = field(default_factory=dict)  # slice sample id -> (YAML index, slice)
+    volume_sizes: dict[int, int] = field(default_factory=dict)  # a volume's YAML index -> its slices
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -77,7 +81,12 @@ class Dataset:
         return resolve_path(self.root, path)
 
     def sample(self, index: int) -> Sample:
-        """Normalise entry ``index`` the way ECVL's DecodeImages/FindLabel do."""
+        """Normalise entry ``index`` the way ECVL's DecodeImages/FindLabel do (a volume's slice id: its volume's
+        entry, with the slice)."""
+        if index in self.volume_of:
+            volume, k = self.volume_of[index]
+            s = self.sample(volume)
+            return Sample(index, s.locations, s.label, s.label_path, s.values, volume, k)
         entry = self.entries[index]
         if isinstance(entry, dict):
             raw_locs = entry["location"]
@@ -90,6 +99,12 @@ class Dataset:
         return Sample(index, tuple(self.resolve(scalar_text(x)) for x in locs), label, label_path, values)
 
     def file_bytes(self, index: int) -> int:
+        if index in self.volume_of:  # a slice: its share of its volume's files
+            volume, _ = self.volume_of[index]
+            return self._file_bytes(volume) // max(1, self.volume_sizes.get(volume, 1))
+        return self._file_bytes(index)
+
+    def _file_bytes(self, index: int) -> int:
         """Bytes of image ``index``'s files (planes and mask): the cost the planner balances, known without
         decoding. A file that cannot be stat'ed costs 0 (it will fail fast)."""
         s = self.sample(index)
@@ -133,6 +148,7 @@ class Dataset:
         locations: list[Any] = []
         labels: list[str | None] = []
         targets: list[int | None] | None = [] if self.classes else None
+        slices: list[tuple[int, int] | None] | None = [] if self.volume_of else None
         for split, idx in parts.items():
             idx = [int(i) for i in idx]
             runs.append((split, len(idx)))
@@ -143,7 +159,7 @@ class Dataset:
                     locations.append(smp.locations[0] if len(smp.locations) == 1 else smp.locations)
                     labels.append(smp.label_path)
                     targets.append(smp.label[0] if smp.label else None)
-            elif self.plain:
+            elif self.plain and slices is None:
                 sub = [entries[i] for i in idx]
                 locations += [e["location"] for e in sub]
                 labels += [e.get("label") for e in sub]
@@ -152,8 +168,10 @@ class Dataset:
                     smp = self.sample(i)
                     locations.append(smp.locations[0] if len(smp.locations) == 1 else smp.locations)
                     labels.append(smp.label_path)
-        prefix = self.root.rstrip(os.sep) + os.sep if self.plain and targets is None else ""
-        return WorkList(prefix, indices, runs, locations, labels, targets)
+                    if slices is not None:
+                        slices.append(None if smp.slice is None else (smp.volume, smp.slice))
+        prefix = self.root.rstrip(os.sep) + os.sep if self.plain and targets is None and slices is None else ""
+        return WorkList(prefix, indices, runs, locations, labels, targets, slices)
 
     def is_label_path(self, element: Any) -> bool:
         """FindLabel's last resort: a label element that is neither a class index nor a class name."""
@@ -400,7 +418,13 @@ def outside_paths(dataset: Dataset, indices: Iterable[int], strict: bool = False
     stat per path); otherwise the check is lexical, free on a million paths."""
     root = os.path.realpath(dataset.root) if strict else os.path.normpath(os.path.abspath(dataset.root))
     found = []
+    seen_volumes: set[int] = set()
     for i in indices:
+        if int(i) in dataset.volume_of:  # a volume's slice: its volume's files, once
+            i = dataset.volume_of[int(i)][0]
+            if i in seen_volumes:
+                continue
+            seen_volumes.add(i)
         entry = dataset.entries[int(i)]
         if not strict and dataset.plain and all(
                 isinstance(p, str) and p and p[0] != "/" and ".." not in p

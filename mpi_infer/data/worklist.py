@@ -19,6 +19,7 @@ class WorkList:
     locations: list[Any]
     labels: list[str | None]
     targets: list[int | None] | None = None  # classification: the true class of each image (None: unlabelled)
+    slices: list[tuple[int, int] | None] | None = None  # volumes: (YAML index of the volume, slice), else None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -31,9 +32,12 @@ class WorkList:
 
         p = self.prefix
         targets = self.targets or [None] * len(self.indices)
-        for index, split, loc, lab, tgt in zip(self.indices, self.splits(), self.locations, self.labels, targets):
+        slices = self.slices or [None] * len(self.indices)
+        for index, split, loc, lab, tgt, sl in zip(self.indices, self.splits(), self.locations, self.labels, targets,
+                                                   slices):
             locs = (p + loc,) if isinstance(loc, str) else tuple(p + x for x in loc)
-            yield WorkItem(index, split, locs, None if lab is None else p + lab, tgt)
+            yield WorkItem(index, split, locs, None if lab is None else p + lab, tgt,
+                           None if sl is None else sl[0], None if sl is None else sl[1])
 
     def slice(self, a: int, b: int) -> WorkList:
         """Images a..b-1 (for the dynamic schedule's chunks)."""
@@ -45,7 +49,8 @@ class WorkList:
                 runs.append((name, hi - lo))
             pos += count
         return WorkList(self.prefix, self.indices[a:b], runs, self.locations[a:b], self.labels[a:b],
-                        None if self.targets is None else self.targets[a:b])
+                        None if self.targets is None else self.targets[a:b],
+                        None if self.slices is None else self.slices[a:b])
 
     def chunks(self, size: int) -> list[WorkList]:
         """Consecutive pieces of at most ``size`` images."""
@@ -57,6 +62,7 @@ class WorkList:
         work, for the survivors."""
         out = cls(lists[0].prefix if lists else "", [], [], [], [], None)
         targets: list[int | None] = []
+        slices: list[tuple[int, int] | None] = []
         for wl in lists:
             for pos, (index, split) in enumerate(zip(wl.indices, wl.splits())):
                 if index in done:
@@ -65,12 +71,15 @@ class WorkList:
                 out.locations.append(wl.locations[pos])
                 out.labels.append(wl.labels[pos])
                 targets.append(None if wl.targets is None else wl.targets[pos])
+                slices.append(None if wl.slices is None else wl.slices[pos])
                 if out.runs and out.runs[-1][0] == split:
                     out.runs[-1] = (split, out.runs[-1][1] + 1)
                 else:
                     out.runs.append((split, 1))
         if any(wl.targets is not None for wl in lists):
             out.targets = targets
+        if any(wl.slices is not None for wl in lists):
+            out.slices = slices
         return out
 
 
@@ -83,3 +92,5 @@ class WorkItem:
     locations: tuple[str, ...]
     label_path: str | None  # ground-truth mask (segmentation)
     target: int | None = None  # true class index (classification)
+    volume: int | None = None  # a volume's slice: the volume's YAML index
+    slice: int | None = None  # and the slice (from 0)

@@ -164,6 +164,26 @@ def read_nifti(path: str, notes: list[str], k: int | None = None) -> np.ndarray:
     return smallest_type(np.ascontiguousarray(arr))
 
 
+def read_nifti_volume(path: str, notes: list[str]) -> np.ndarray:
+    """A NIfTI volume's stored values, (x, y, z) as stored (slice k is ``[:, :, k].T``), read once."""
+    check_image_file(path, "image")
+    img = _nifti(path)
+    shape = img.shape
+    if len(shape) > 3 and any(s > 1 for s in shape[3:]):
+        raise ImageFault(f"NIfTI file is {len(shape)}-D {shape} (a time series?); mpi_infer reads 2D images and "
+                         f"3D volumes: {path}")
+    try:
+        proxy = img.dataobj
+        stored = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asarray(proxy)
+        arr = np.asarray(stored).reshape(shape[:3] if len(shape) >= 3 else (*shape[:2], 1))
+    except Exception as exc:
+        raise ImageFault(f"NIfTI data cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
+    slope = img.header.get("scl_slope")
+    if slope is not None and np.isfinite(slope) and float(slope) not in (0.0, 1.0):
+        notes.append(f"NIfTI scl_slope {float(slope):g} not applied (the stored values, as ECVL reads them)")
+    return smallest_type(arr)
+
+
 def smallest_type(arr: np.ndarray) -> np.ndarray:
     """Integer values in the smallest of uint8, uint16, int16 that holds them; anything else as float32."""
     if arr.size == 0:

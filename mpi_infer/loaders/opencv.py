@@ -35,6 +35,7 @@ from .imagefiles import (
     truncation_notes,
 )
 from .medical import read_dicom, read_nifti, sniff
+from .volumes import VolumeCache, read_label_slice, read_slice
 
 CV_INTERP = {
     "nearest": cv2.INTER_NEAREST,
@@ -251,7 +252,8 @@ def to_channels(img: np.ndarray, channels: int, bgr: bool, notes: list[str]) -> 
 
 
 def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep_full_mask: bool = False,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded:
+              max_pixels: int = DEFAULT_MAX_PIXELS, volumes: VolumeCache | None = None,
+              slice_order: str = "yaml") -> Loaded:
     """Read and resize one image (and its mask). Never raises for a bad file: returns ``failed``.
 
     Only decoding touches full-size pixels: everything else (colour order, the mask's grey conversion and value
@@ -260,14 +262,22 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
     t0 = time.thread_time()  # this thread's CPU time: what the work costs, not how long it waited for a core
     decode_s = 0.0
     try:
-        if len(item.locations) == 1:
+        if item.slice is not None:  # a volume's slice (loaders/volumes.py)
+            cache = volumes or VolumeCache()
+            img, bgr = read_slice(item.locations, item.slice, slice_order, cache, out.notes), False
+            out.original_hw = (int(img.shape[0]), int(img.shape[1]))
+        elif len(item.locations) == 1:
             reduce_for = profile.size if decode_mode == "reduced" else None
             img, out.original_hw, bgr = read_any(item.locations[0], out.notes, reduce_for, max_pixels)
         else:
             img, bgr = read_planes(item.locations, out.notes, max_pixels), False  # RGB order already
             out.original_hw = (int(img.shape[0]), int(img.shape[1]))
-        mask = (read_mask(item.label_path, out.original_hw, out.notes, item.locations[0], max_pixels)
-                if item.label_path else None)
+        if item.slice is not None and item.label_path:
+            mask = read_label_slice(item.label_path, item.slice, volumes or VolumeCache())
+            check_mask_size((mask.shape[1], mask.shape[0]), out.original_hw[::-1], item.label_path, None)
+        else:
+            mask = (read_mask(item.label_path, out.original_hw, out.notes, item.locations[0], max_pixels)
+                    if item.label_path else None)
         decode_s = time.thread_time() - t0
         size = (profile.width, profile.height)
         img, bgr = to_channels(img, profile.channels, bgr, out.notes)
@@ -326,6 +336,7 @@ class Batch:
 def iter_batches(
     items: Iterable[WorkItem], profile: Profile, batch_size: int, threads: int = 2, prefetch: int = 2,
     decode_mode: str = "exact", keep_full_mask: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+    slice_order: str = "yaml",
 ) -> Iterator[Batch]:
     """Batches in order; the short last batch is yielded, never dropped.
 
@@ -336,6 +347,7 @@ def iter_batches(
         raise ValueError("batch_size must be >= 1")
     source = iter(items)
     window = batch_size * (prefetch + 1)
+    volumes = VolumeCache()  # this rank's volumes: each read once, its slices served from memory
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="loader") as pool:
         pending: deque[Future[Loaded]] = deque()
         exhausted = False
@@ -346,7 +358,7 @@ def iter_batches(
                     exhausted = True
                 else:
                     pending.append(pool.submit(load_item, item, profile, decode_mode, keep_full_mask,
-                                                   max_pixels))
+                                                   max_pixels, volumes, slice_order))
             if not pending:
                 return
             loaded = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]

@@ -102,10 +102,12 @@ class RecordTable:
         k = len(_NO_CURVE)
         for row, index in enumerate(self.index):
             split, location, label, _ = lookup.describe(index)
+            where = lookup.slice_of(index)
             scored = self.counts[4 * row] >= 0
             tp, fp, fn, tn = self.counts[4 * row : 4 * row + 4] if scored else (None,) * 4
             out.append({
-                "index": index, "split": split, "location": location, "label": label, "rank": self.rank,
+                "index": index, **({"volume": where[0], "slice": where[1]} if where is not None else {}),
+                "split": split, "location": location, "label": label, "rank": self.rank,
                 "iou": self.iou[row] if scored else None, "dice": self.dice[row] if scored else None,
                 "tp": tp, "fp": fp, "fn": fn, "tn": tn,
                 "curve": self.curve[k * row : k * (row + 1)].tolist() if scored else None,
@@ -149,6 +151,12 @@ class DescriptorIndex:
         self.keys = keys[order]
         self.which = np.concatenate(which)[order] if which else np.empty(0, np.int32)
         self.pos = np.concatenate(pos)[order] if pos else np.empty(0, np.int64)
+
+    def slice_of(self, index: int) -> tuple[int, int] | None:
+        """A volume slice's (volume, slice), else None."""
+        at = int(np.searchsorted(self.keys, index))
+        w = self.lists[int(self.which[at])]
+        return None if w.slices is None else w.slices[int(self.pos[at])]
 
     def describe(self, index: int) -> tuple[str, str, str, int | None]:
         at = int(np.searchsorted(self.keys, index))

@@ -27,7 +27,7 @@ from ..stages.interrupt import interrupted_by, restore_handlers, stop_on_signals
 from ..stages.opening import Opened, open_run
 from ..stages.prepare import Prepared, prepare_run
 from ..stages.runner import Fault, RankTimings, run_items
-from ..stages.stack import Stack, choose_stack, rank_threads
+from ..stages.stack import Stack, choose_stack, for_volumes, rank_threads
 from ..tasks import task_for
 from .channel import Channel, ChannelOptions
 from .gather import DescriptorIndex, RecordTable, record_table
@@ -185,6 +185,8 @@ def _plan(cfg: RunConfig, comm: Any, MPI: Any, topology: list[Topology]) -> tupl
                 check_fault_tolerance(MPI.Get_library_version(), hasattr(comm, "Shrink"), os.environ)
             stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode, cfg.score_at)
             prepared, payloads = prepare_run(cfg, comm.size, stack.engine)
+            if prepared.volumes:
+                stack = for_volumes(stack)
             header = {"prepared": prepared, "stack": stack}
         except Exception as exc:  # noqa: BLE001 - reported by _fail_together, once
             header = {"error": (0, str(exc), exit_code_for(exc))}
@@ -293,7 +295,7 @@ def _infer(cfg: RunConfig, comm: Any, prepared: Prepared, plan: Scattered, opene
                   on_batch=on_batch, fault=fault, timings=timings,
                   batch_source=loader.batches if loader is not None else None, keep=False,
                   task=task, decode_mode=cfg.decode, max_pixels=cfg.max_pixels, options=prepared.scoring,
-                  predictors=opened.predictors, ensemble=cfg.ensemble, tta=cfg.tta)
+                  predictors=opened.predictors, ensemble=cfg.ensemble, tta=cfg.tta, slice_order=cfg.slice_order)
         watchdog.arm(False)  # waiting for the others from here: the channel watches them
         source = channel.finish(plan.dynamic)
     opened.ledger.close()

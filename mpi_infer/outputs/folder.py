@@ -19,7 +19,7 @@ RUN_FILE = "run.json"
 LOG_FILE = "run.log"  # what rank 0 printed, appended per attempt (console.ConsoleRecord)
 
 
-OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html", LOG_FILE, "patients.csv")
+OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html", LOG_FILE, "patients.csv", "per_volume.csv")
 
 
 # Our folders and the names we write in them (plus atomic writes' ".tmp-*"): --overwrite and the clean-up

@@ -59,11 +59,14 @@ def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]], task
     columns = list(task.csv_columns(records))
     if any("model" in r for r in records):
         columns.insert(1, "model")
+    if any("slice" in r for r in records):
+        columns[1:1] = ["volume", "slice"]
     if any("uncertainty" in r for r in records):
         columns.insert(columns.index("status"), "uncertainty")
     writer.writerow(columns)
     for r in sorted(records, key=lambda r: (r["index"], r["split"])):  # stable: the model order stays
-        row = {**task.csv_row(r, classes or []), **{k: r[k] for k in ("model", "uncertainty") if k in r}}
+        row = {**task.csv_row(r, classes or []),
+               **{k: r[k] for k in ("model", "uncertainty", "volume", "slice") if k in r}}
         writer.writerow([_fmt(row.get(c)) for c in columns])
     path = os.path.join(out_dir, "per_image.csv")
     write_text(path, buf.getvalue())
@@ -71,6 +74,7 @@ def write_per_image_csv(out_dir: str, records: Iterable[Mapping[str, Any]], task
 
 
 PATIENTS_FILE = "patients.csv"
+VOLUMES_FILE = "per_volume.csv"
 
 
 def write_rows(path: str, rows: list[Mapping[str, Any]]) -> str:

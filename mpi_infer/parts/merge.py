@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..config import RunConfig
-from ..data.dataset import Dataset, load_dataset, select_splits, selected_items
+from ..data.dataset import Dataset, load_dataset, select_splits
 from ..data.partition import describe
 from ..errors import ConfigError, RetryableError
 from ..models.files import model_sha256
@@ -32,6 +32,7 @@ from ..stages.prepare import (
     resolve_profile,
     run_identity,
     score_options,
+    selection,
 )
 from .layout import DONE_FILE, PART_FILE, config_from_json, list_parts, part_dir, read_json, same_run
 
@@ -152,7 +153,7 @@ def _prepare_merge(cfg: RunConfig, n: int, top: str) -> tuple[Prepared, list[Any
         if differs:
             raise ConfigError(f"merge: part {k}/{n} ran with a different {', '.join(differs)} than the files hold "
                               f"now ({path}); run the parts again (--overwrite) or restore the files")
-    selected = selected_items(dataset, splits)
+    selected = selection(dataset, splits)
     shards, sharding, fingerprint = part_plan(cfg, dataset, selected, n)
     prepared = Prepared(
         run_model="", model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits, attempt=0,
@@ -168,7 +169,7 @@ def _collect(cfg: RunConfig, dataset: Dataset, prepared: Prepared, shards: list[
     """Every part's latest records for its own images (checked as --resume checks them), what each has left,
     and each finished part's done.json."""
     outputs = cfg.outputs if cfg.multi else None
-    check = record_check(dataset, selected_items(dataset, prepared.splits), outputs)
+    check = record_check(dataset, selection(dataset, prepared.splits), outputs)
     records: list[dict[str, Any]] = []
     missing: list[tuple[int, int]] = []
     done: dict[int, dict[str, Any]] = {}

@@ -22,7 +22,7 @@ from ..stages.interrupt import interrupted_by, restore_handlers, stop_on_signals
 from ..stages.opening import open_run
 from ..stages.prepare import prepare_run
 from ..stages.runner import Fault, RankTimings, run_items
-from ..stages.stack import choose_stack, rank_threads
+from ..stages.stack import choose_stack, for_volumes, rank_threads
 from ..tasks import task_for
 from .layout import DONE_FILE, PART_FILE, config_to_json, list_parts, part_dir, write_json
 
@@ -83,6 +83,8 @@ def _run_part(cfg: RunConfig, top: str, folder: str, k: int, n: int, record: Con
     part_cfg = dataclasses.replace(cfg, out=folder)
     stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode, cfg.score_at)
     prepared, payloads = prepare_run(part_cfg, n, stack.engine, part=(k, n))
+    if prepared.volumes:
+        stack = for_volumes(stack)
     prepared.scoring = dataclasses.replace(prepared.scoring, masks_dir=top if cfg.save_masks else None)
     record.attempt = prepared.attempt
     work = payloads[0]
@@ -114,7 +116,8 @@ def _run_part(cfg: RunConfig, top: str, folder: str, k: int, n: int, record: Con
               threads=loader_threads, ledger=opened.ledger, on_batch=on_batch, fault=Fault.from_env(k),
               timings=timings, batch_source=opened.loader.batches if opened.loader is not None else None,
               keep=False, task=task_for(prepared.task), decode_mode=cfg.decode, max_pixels=cfg.max_pixels,
-              options=prepared.scoring, predictors=opened.predictors, ensemble=cfg.ensemble, tta=cfg.tta)
+              options=prepared.scoring, predictors=opened.predictors, ensemble=cfg.ensemble, tta=cfg.tta,
+              slice_order=cfg.slice_order)
     opened.ledger.close()
     failed += sum(r["status"] == "failed" for r in prepared.previous)
     code = EXIT_PARTIAL if failed else EXIT_OK

@@ -11,7 +11,7 @@ from typing import Any
 from .. import __version__
 from ..config import RunConfig
 from ..errors import EXIT_CODES, EXIT_OK, EXIT_PARTIAL
-from ..outputs.results import PATIENTS_FILE, write_per_image_csv, write_rows, write_summary
+from ..outputs.results import PATIENTS_FILE, VOLUMES_FILE, write_per_image_csv, write_rows, write_summary
 from ..tasks import task_for
 from .prepare import Prepared
 
@@ -151,6 +151,11 @@ def finish_run(
         "launcher_host": socket.gethostname(),
         **(extra or {}),
     })
+    if any("slice" in r for r in primary):  # volumes: each one's 3D scores beside the per-slice rows
+        from ..tasks.volumes import volume_results
+
+        summary["volumes"], volume_rows = volume_results(primary, cfg.bootstrap, cfg.seed)
+        write_rows(os.path.join(cfg.out, VOLUMES_FILE), volume_rows)
     if cfg.patient_by:
         summary["patients"], rows = patient_results(cfg, prepared, primary)
         write_rows(os.path.join(cfg.out, PATIENTS_FILE), rows)

@@ -54,6 +54,7 @@ class Prepared:
     sharding: str = "images"  # how the static shards were cut: bytes | images | images (balanced) | dynamic
     models: list[dict[str, Any]] = field(default_factory=list)  # several models: name, path, run_model, sha256, arch
     plan_sha256: str = ""  # --part: the whole N-way plan's fingerprint (every part's must agree)
+    volumes: int = 0  # volumes among the selected entries (their slices are the samples)
 
 
 COST_SHARDING_LIMIT = 200_000  # more images than this: stat'ing every file would cost more than it saves
@@ -71,7 +72,8 @@ def shard_rule(cfg: RunConfig, shards: int, images: int) -> str:
     return "images"
 
 
-OPTIONAL_IDENTITY = ("output", "decode", "boundary", "score_at", "models", "ensemble", "tta")  # only when used
+# only when used
+OPTIONAL_IDENTITY = ("output", "decode", "boundary", "score_at", "models", "ensemble", "tta", "slice_order")
 
 
 def run_identity(cfg: RunConfig, profile: Profile, model_sha: str, dataset_sha: str, splits: list[str],
@@ -87,6 +89,8 @@ def run_identity(cfg: RunConfig, profile: Profile, model_sha: str, dataset_sha: 
         identity["score_at"] = cfg.score_at
     if cfg.boundary:  # other records (absent: older run.json files match)
         identity["boundary"] = {"nsd_tolerance": cfg.nsd_tolerance, "empty": cfg.empty_boundary}
+    if cfg.slice_order != "yaml":  # other slices under the same ids (absent: older run.json files match)
+        identity["slice_order"] = cfg.slice_order
     if cfg.decode != "exact":  # other pixels: records of the two modes never mix (absent: older run.json match)
         identity["decode"] = cfg.decode
     if models:  # several models: each one's name, hash and architecture, in order
@@ -155,6 +159,13 @@ def score_options(cfg: RunConfig) -> ScoreOptions:
     return ScoreOptions(masks_dir=cfg.out if cfg.save_masks else None, score_at=cfg.score_at,
                         boundary=(cfg.nsd_tolerance, cfg.empty_boundary) if cfg.boundary else None,
                         bootstrap=cfg.bootstrap, seed=cfg.seed)
+
+
+def selection(dataset: Dataset, splits: list[str]) -> dict[str, Any]:
+    """The selected images per split, each volume replaced by its slices (loaders/volumes.py)."""
+    from ..loaders.volumes import expand_volumes
+
+    return expand_volumes(dataset, selected_items(dataset, splits))
 
 
 def record_check(dataset: Dataset, selected: dict[str, Any], outputs: list[str] | None) -> Any:
@@ -242,7 +253,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         if differs:
             raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
                               f"use a new --out, or --overwrite")
-        check = record_check(dataset, selected_items(dataset, splits), cfg.outputs if cfg.multi else None)
+        check = record_check(dataset, selection(dataset, splits), cfg.outputs if cfg.multi else None)
         previous = latest_records(read_ledgers(cfg.out, check), cfg.outputs if cfg.multi else None)
         attempt = next_attempt(cfg.out)
     if not cfg.dry_run:
@@ -252,7 +263,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
                                         indent=2, default=str))
     done = complete_images(previous, len(cfg.outputs), ok_only=True)  # every model's record, none failed
     previous = [r for r in previous if r["index"] in done]
-    selected = selected_items(dataset, splits)
+    selected = selection(dataset, splits)
     outside = outside_paths(dataset, (i for idx in selected.values() for i in idx), strict=cfg.confine_to_dataset)
     if outside and cfg.confine_to_dataset:
         raise DatasetError(f"{dataset.path}: {len(outside)} selected image or mask path(s) lie outside the dataset's "
@@ -301,7 +312,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         sharding=sharding,
         fresh_output=fresh, arch=arch, task=dataset.task, classes=list(dataset.classes), profile=profile,
         scoring=score_options(cfg),
-        models=infos, plan_sha256=fingerprint,
+        models=infos, plan_sha256=fingerprint, volumes=len(dataset.volume_sizes),
     )
     return prepared, payloads
 

@@ -99,6 +99,7 @@ def run_items(
     predictors: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] | None = None,
     ensemble: str | None = None,
     tta: str | None = None,
+    slice_order: str = "yaml",
 ) -> list[dict[str, Any]]:
     """Every item's record; the short last batch is run like any other.
 
@@ -120,7 +121,8 @@ def run_items(
         batches = batch_source(items, batch_size, threads)
     else:
         batches = iter_batches(items, profile, batch_size, threads=threads, decode_mode=decode_mode,
-                               keep_full_mask=options.score_at == "original", max_pixels=max_pixels)
+                               keep_full_mask=options.score_at == "original", max_pixels=max_pixels,
+                               slice_order=slice_order)
     for batch in batches:
         t0 = time.perf_counter()
         timings.wait_s += t0 - t_wait

@@ -50,6 +50,17 @@ class Stack:
                 "loader_chosen_because": self.loader_why, "engine_chosen_because": self.engine_why}
 
 
+def for_volumes(stack: Stack) -> Stack:
+    """Volumes are read slice by slice by our loader (pydicom, nibabel): ECVL's DLDataset would feed a volume as
+    one image of Z channels. auto falls back to it; an explicit --loader ecvl is refused."""
+    if stack.loader != "ecvl":
+        return stack
+    if not stack.loader_why.startswith("auto"):
+        raise ConfigError("the dataset holds volumes, which ECVL's DLDataset feeds as one image of Z channels; "
+                          "volumes are read slice by slice by the OpenCV loader: use --loader opencv")
+    return Stack("opencv", stack.engine, "auto: the dataset holds volumes, read slice by slice", stack.engine_why)
+
+
 def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 

@@ -391,7 +391,9 @@ class SegmentationTask:
 
     def blank_record(self, loaded: Any, rank: int) -> dict[str, Any]:
         item = loaded.item
-        return {"index": item.index, "split": item.split, "location": ";".join(item.locations),
+        return {"index": item.index, **({"volume": item.volume, "slice": item.slice} if item.slice is not None
+                                         else {}),
+                "split": item.split, "location": ";".join(item.locations),
                 "label": item.label_path or "", "rank": rank, "iou": None, "dice": None, "tp": None, "fp": None,
                 "fn": None, "tn": None, "curve": None, "hd95": None, "assd": None, "nsd": None,
                 "status": loaded.status, "error": clip("; ".join(loaded.notes), MAX_ERROR_CHARS)}

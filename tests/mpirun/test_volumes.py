@@ -1,0 +1,153 @@
+"""Volumes: NIfTI volumes (the files nibabel ships) and a DICOM series listed slice by slice, scored slice by
+slice as ECVL's pipelines push them, each slice's score equal to an independent nibabel/pydicom computation of
+ECVL's rules, each volume's 3D Dice equal to its pooled counts, for N = 1, 2, 3 and after a kill and --resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import cv2
+import nibabel as nib
+import numpy as np
+import onnxruntime as ort
+import pydicom
+import pytest
+import yaml
+from conftest import mpirun, one_channel_model, read_rows, read_summary
+
+pytestmark = pytest.mark.mpi
+NIB_DATA = os.path.join(os.path.dirname(nib.__file__), "tests", "data")
+PYDICOM_FILES = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def volume_set(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("volumes")
+    # two NIfTI volumes nibabel ships, each with a label volume made here (its brighter half)
+    for name in ("anatomical.nii", "standard.nii.gz"):
+        shutil.copy(os.path.join(NIB_DATA, name), root / name)
+        img = nib.load(root / name)
+        arr = np.asarray(img.dataobj.get_unscaled())
+        nib.save(nib.Nifti1Image((arr > np.median(arr)).astype(np.uint8), img.affine), root / f"label-{name}")
+    # a DICOM series of 3 slices (pydicom's CT, shifted), written with pydicom, and its NIfTI label, which runs the
+    # other way (UC11's kidney data: --slice-order reversed)
+    ct = pydicom.dcmread(os.path.join(PYDICOM_FILES, "CT_small.dcm"))
+    base = ct.pixel_array
+    series, labels = [], []
+    for k in range(3):
+        ct.PixelData = np.roll(base, 20 * k, axis=1).astype(base.dtype).tobytes()
+        ct.InstanceNumber = k + 1
+        ct.save_as(root / f"ct_{k}.dcm")
+        series.append(f"ct_{k}.dcm")
+        labels.append(np.roll(base, 20 * k, axis=1) > 1000)  # the slice's bright part, in the file's order
+    label = np.stack(labels[::-1], axis=2).transpose(1, 0, 2)  # NIfTI x, y, z: slice k = arr[:, :, k].T
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), root / "label-ct.nii.gz")
+    shutil.copy(os.path.join(PYDICOM_FILES, "MR_small.dcm"), root / "mr.dcm")  # a 2D image among the volumes
+    images = [{"location": "anatomical.nii", "label": "label-anatomical.nii"},
+              {"location": "mr.dcm"},
+              {"location": series, "label": "label-ct.nii.gz"},
+              {"location": "standard.nii.gz", "label": "label-standard.nii.gz"}]
+    path = root / "dataset.yml"
+    path.write_text(yaml.safe_dump({"name": "volumes", "images": images, "split": {"test": [0, 1, 2, 3]}}))
+    return {"dataset": str(path), "root": root, "model": one_channel_model(str(root / "one.onnx"), SIZE)}
+
+
+def smallest(values: np.ndarray) -> np.ndarray:
+    lo, hi = values.min(), values.max()
+    dtype = next(t for t in (np.uint8, np.uint16, np.int16) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+    return values.astype(dtype)
+
+
+def expected(root, model: str) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """(volume, slice) -> (tp, fp, fn) by nibabel/pydicom, ECVL's rules, the raw intensity, the same model."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+    def counts(values: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
+        small = cv2.resize(smallest(values), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        prob = session.run(None, {"x": small[None, None]})[0][0, 0]
+        g = cv2.resize(np.where(gt > 0, 255, 0).astype(np.uint8), (SIZE, SIZE), interpolation=cv2.INTER_NEAREST) >= 128
+        p = prob >= 0.5
+        return int(np.sum(p & g)), int(np.sum(p & ~g)), int(np.sum(~p & g))
+
+    out = {}
+    for volume, name in ((0, "anatomical.nii"), (3, "standard.nii.gz")):
+        arr = np.asarray(nib.load(root / name).dataobj.get_unscaled())  # stored values: no scl_slope, no reorient
+        lab = np.asarray(nib.load(root / f"label-{name}").dataobj)
+        for k in range(arr.shape[2]):
+            out[(volume, k)] = counts(arr[:, :, k].T, lab[:, :, k].T)
+    lab = np.asarray(nib.load(root / "label-ct.nii.gz").dataobj)
+    for k in range(3):  # --slice-order reversed: slice k is file 2-k
+        ds = pydicom.dcmread(root / f"ct_{2 - k}.dcm")
+        values = np.trunc(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+        out[(2, k)] = counts(values, lab[:, :, k].T)
+    return out
+
+
+def dice(tp: int, fp: int, fn: int, eps: float = 0.0) -> float:
+    """Dice from counts; per slice with upstream's eps 1e-6 (UCP python/utils.py), per volume without."""
+    return 1.0 if tp + fp + fn == 0 else (2 * tp + eps) / (2 * tp + fp + fn + eps)
+
+
+def check(out: str, want: dict) -> list[tuple]:
+    rows = read_rows(out)
+    slices = [r for r in rows if r["slice"] != ""]
+    assert len(rows) == 1 + 25 + 3 + 7 and len(slices) == 35  # every slice exactly once, the 2D image too
+    assert [int(r["index"]) for r in rows] == sorted(int(r["index"]) for r in rows)
+    for r in slices:
+        key = (int(r["volume"]), int(r["slice"]))
+        assert float(r["dice"]) == pytest.approx(dice(*want[key], eps=1e-6), abs=1e-12), (key, r)
+    import csv
+
+    with open(os.path.join(out, "per_volume.csv"), newline="") as fh:
+        volumes = {int(v["volume"]): v for v in csv.DictReader(fh)}
+    for v, z in ((0, 25), (2, 3), (3, 7)):
+        tp, fp, fn = (sum(want[(v, k)][j] for k in range(z)) for j in range(3))
+        assert (int(volumes[v]["tp"]), int(volumes[v]["fp"]), int(volumes[v]["fn"])) == (tp, fp, fn)
+        assert int(volumes[v]["slices"]) == z and float(volumes[v]["dice_3d"]) == pytest.approx(dice(tp, fp, fn))
+    summary = read_summary(out)
+    assert summary["volumes"]["volumes"] == 3 and summary["images"]["selected"] == 36
+    lo, hi = summary["volumes"]["statistics"]["mean_dice_3d"]["ci95"]
+    assert lo <= summary["volumes"]["metrics"]["mean_dice_3d"] <= hi
+    return [(r["index"], r["volume"], r["slice"], r["dice"]) for r in rows]
+
+
+def run(volume_set, out: str, n: int, *extra: str, env=None):
+    return mpirun(n, "run", "--dataset", volume_set["dataset"], "--model", volume_set["model"], "--out", out,
+                  "--size", str(SIZE), str(SIZE), "--intensity", "raw", "--slice-order", "reversed",
+                  "--batch-size", "2", "--bootstrap", "200", *extra, env=env)
+
+
+def test_volume_slices_and_3d_scores_equal_an_independent_computation_for_any_n(volume_set, tmp_path):
+    want = expected(volume_set["root"], volume_set["model"])
+    results = []
+    for n in (1, 2, 3):
+        proc = run(volume_set, str(tmp_path / f"n{n}"), n)
+        assert proc.returncode == 0, proc.stderr
+        results.append(check(str(tmp_path / f"n{n}"), want))
+    assert results[0] == results[1] == results[2]
+
+
+def test_a_killed_rank_then_resume_gives_the_same_volumes(volume_set, tmp_path):
+    out = str(tmp_path / "out")
+    killed = run(volume_set, out, 2, env={"MPI_INFER_FAULT": "kill:rank=1:after=4"})
+    assert killed.returncode != 0
+    resumed = run(volume_set, out, 3, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    want = expected(volume_set["root"], volume_set["model"])
+    check(out, want)
+    assert read_summary(out)["resumed_images"] > 0
+
+
+def test_the_dry_run_counts_slices_and_a_2d_label_on_a_volume_is_refused(volume_set, tmp_path):
+    proc = run(volume_set, str(tmp_path / "dry"), 1, "--dry-run")
+    assert proc.returncode == 0 and "36 image(s)" in proc.stdout + proc.stderr
+    root = volume_set["root"]
+    cv2.imwrite(str(root / "flat.png"), np.zeros((41, 33), np.uint8))
+    bad = root / "bad.yml"
+    bad.write_text(yaml.safe_dump({"name": "b", "images": [{"location": "anatomical.nii", "label": "flat.png"}],
+                                   "split": {"test": [0]}}))
+    proc = mpirun(1, "run", "--dataset", str(bad), "--model", volume_set["model"], "--out", str(tmp_path / "b"),
+                  "--size", str(SIZE), str(SIZE))
+    assert proc.returncode == 10 and "is a volume of 25 slices" in proc.stderr and "a NIfTI volume" in proc.stderr
