@@ -211,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out")
     synth.add_argument("--n", type=int_range(1, 1_000_000), default=64)
     synth.add_argument("--seed", type=int_range(0, 2**32 - 1), default=0)
-    synth.add_argument("--preset", choices=("small", "isic"), default="small",
-                       help="small: 150-320 px images (tests, demo); isic: ISIC-sized photographs, 0.8-30 MP")
+    synth.add_argument("--preset", choices=("small", "isic", "ct", "mri"), default="small",
+                       help="small: 150-320 px images (tests, demo); isic: ISIC-sized photographs, 0.8-30 MP; ct: "
+                            "volumes as per-slice DICOM series with NIfTI labels (UC11's layout); mri: NIfTI volumes "
+                            "with scl_slope set (MSSEG's layout); ct and mri also write model.onnx, a threshold model")
     synth.add_argument("--task", choices=("segmentation", "classification"), default="segmentation",
                        help="lesion masks, or three lesion classes (nevus, melanoma, keratosis)")
 
@@ -353,8 +355,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         make = make_classification_dataset if args.task == "classification" else make_dataset
         if args.preset != "small" and args.task == "classification":
-            print("mpi_infer: error: --preset isic makes a segmentation set", file=sys.stderr)
+            print(f"mpi_infer: error: --preset {args.preset} makes a segmentation set", file=sys.stderr)
             return EXIT_USAGE
+        if args.preset in ("ct", "mri"):
+            from .data.synth_volumes import make_volume_dataset
+
+            path = make_volume_dataset(args.out, SynthSpec(n=args.n, seed=args.seed), args.preset)
+            print(f"wrote {args.n} volumes, {os.path.join(args.out, 'model.onnx')} and {path}")
+            return EXIT_OK
         path = make(args.out, SynthSpec(n=args.n, seed=args.seed, preset=args.preset))
         print(f"wrote {args.n} images and {path}")
         return EXIT_OK

@@ -94,6 +94,15 @@ PROFILES: dict[str, Profile] = {
                 "UC11 kidney classification: one 2D DICOM slice per entry, each image's min-max to 0..255, "
                 "224x224 cubic, /255, grey; slice accuracy, and per patient (--patient-by)", 1, "minmax",
                 "deephealthproject/use-case-pipelines cpp/kidney_classification.cpp"),
+        Profile("kidney-seg", 224, 224, "cubic", None, None, 0.5,
+                "UC11 kidney segmentation: a volume per entry (per-slice DICOM files, --slice-order reversed to match "
+                "the NIfTI label), raw modality values, 224x224 cubic, grey; Dice per slice, mean over slices "
+                "(per_volume.csv: 3D Dice)", 1, "raw",
+                "deephealthproject/use-case-pipelines cpp/kidney_segmentation.cpp"),
+        Profile("ms-seg", 256, 256, "cubic", None, None, 0.5,
+                "MS lesions (MSSEG 2016): a NIfTI volume per entry, slices along the third axis, raw values, "
+                "256x256 cubic, one slice per sample (a model taking K consecutive slices is not served yet)", 1,
+                "raw", "deephealthproject/use-case-pipelines cpp/ms_segmentation_training.cpp"),
         Profile("uc4-lung", 512, 512, "cubic", (0.3266,), (0.3551,), 0.5,
                 "UC4 lung nodules: PNG (HU windowed offline), grey, 512x512, /255, mean 0.3266 std 0.3551; "
                 "Dice with smooth 1 and IoU per image", 1, "255", "deephealthproject/UC4_pipeline eddl/src"),

@@ -129,14 +129,14 @@ def make_dataset(out_dir: str, spec: SynthSpec = SynthSpec(), name: str = "synth
                     [cv2.IMWRITE_JPEG_QUALITY, 90 if isic else 92])
         cv2.imwrite(os.path.join(out_dir, lab), mask)
         images.append({"location": loc, "label": lab})
-    return _write_yaml(out_dir, spec, {
+    return write_yaml(out_dir, spec, {
         "name": name,
         "description": f"Synthetic ISIC-like skin lesion segmentation set ({spec.preset} preset, seed {spec.seed}, "
                        f"{spec.n} images)",
         "images": images})
 
 
-def _write_yaml(out_dir: str, spec: SynthSpec, doc: dict) -> str:
+def write_yaml(out_dir: str, spec: SynthSpec, doc: dict) -> str:
     """``<out_dir>/dataset.yml``: the document with training/validation/test splits by ``spec.fractions``."""
     n_train = int(round(spec.n * spec.fractions[0]))
     n_val = int(round(spec.n * spec.fractions[1]))
@@ -199,7 +199,7 @@ def make_classification_dataset(out_dir: str, spec: SynthSpec = SynthSpec(),
         loc = f"images/SYNC_{spec.seed:03d}{i:06d}.jpg"
         cv2.imwrite(os.path.join(out_dir, loc), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
         images.append({"location": loc, "label": CLASSES[cls]})
-    return _write_yaml(out_dir, spec, {
+    return write_yaml(out_dir, spec, {
         "name": name,
         "description": f"Synthetic skin lesion classification set, {len(CLASSES)} classes (seed {spec.seed}, "
                        f"{spec.n} images)",

@@ -158,9 +158,7 @@ def read_nifti(path: str, notes: list[str], k: int | None = None) -> np.ndarray:
         arr = np.asarray(stored).reshape(shape[:3] if len(shape) >= 3 else (*shape[:2], 1))[:, :, k].T
     except Exception as exc:
         raise ImageFault(f"NIfTI data cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
-    slope = img.header.get("scl_slope")
-    if slope is not None and np.isfinite(slope) and float(slope) not in (0.0, 1.0):
-        notes.append(f"NIfTI scl_slope {float(slope):g} not applied (the stored values, as ECVL reads them)")
+    notes += scaling_notes(img)
     return smallest_type(np.ascontiguousarray(arr))
 
 
@@ -178,10 +176,17 @@ def read_nifti_volume(path: str, notes: list[str]) -> np.ndarray:
         arr = np.asarray(stored).reshape(shape[:3] if len(shape) >= 3 else (*shape[:2], 1))
     except Exception as exc:
         raise ImageFault(f"NIfTI data cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
-    slope = img.header.get("scl_slope")
-    if slope is not None and np.isfinite(slope) and float(slope) not in (0.0, 1.0):
-        notes.append(f"NIfTI scl_slope {float(slope):g} not applied (the stored values, as ECVL reads them)")
+    notes += scaling_notes(img)
     return smallest_type(arr)
+
+
+def scaling_notes(img) -> list[str]:
+    """What ECVL's reader leaves out: the scl_slope/scl_inter scaling (nibabel keeps it on the array proxy)."""
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    if (slope is None or not np.isfinite(slope) or float(slope) in (0.0, 1.0)) and not (inter and np.isfinite(inter)):
+        return []
+    return [f"NIfTI scl_slope {float(slope):g}, scl_inter {float(inter or 0):g} not applied (the stored values, as "
+            f"ECVL reads them)"]
 
 
 def smallest_type(arr: np.ndarray) -> np.ndarray:

@@ -79,6 +79,8 @@ class VolumeCache:
         self._volumes: OrderedDict[str, tuple[threading.Event, Any]] = OrderedDict()
 
     def get(self, path: str, notes: list[str]) -> np.ndarray:
+        """The volume's stored values; its notes (scaling not applied) are added to ``notes`` on every call, so
+        every slice says them whichever rank read the volume first."""
         with self._lock:
             entry = self._volumes.get(path)
             owner = entry is None
@@ -91,10 +93,11 @@ class VolumeCache:
                 self._volumes.move_to_end(path)
         event, _ = entry
         if owner:
+            said: list[str] = []
             try:
-                value: Any = read_nifti_volume(path, notes)
+                value: Any = (read_nifti_volume(path, said), said)
             except ImageFault as exc:
-                value = exc
+                value = (exc, said)
             with self._lock:
                 self._volumes[path] = (event, value)
             event.set()
@@ -102,10 +105,13 @@ class VolumeCache:
             event.wait()
         value = self._volumes.get(path, (None, None))[1]
         if value is None:  # evicted before we looked: read it ourselves
-            value = read_nifti_volume(path, notes)
-        if isinstance(value, ImageFault):
-            raise value
-        return value
+            said = []
+            value = (read_nifti_volume(path, said), said)
+        array, said = value
+        if isinstance(array, ImageFault):
+            raise array
+        notes += said
+        return array
 
 
 def read_slice(locations: tuple[str, ...], k: int, order: str, cache: VolumeCache, notes: list[str]

@@ -33,8 +33,8 @@ def summary_table(summary: Mapping[str, Any], notes: Iterable[str] = ()) -> str:
     head = (f"mpi_infer: {summary.get('world_size')} rank(s) on {len(summary.get('hosts', []))} host(s), "
             f"backend {summary.get('backend', {}).get('backend', '?')}, profile "
             f"{summary.get('profile', {}).get('name', '?')}, threshold {summary.get('threshold')}")
-    return _render(rows, head, summary, [*ci_lines(summary), *model_lines(summary), *group_lines(summary),
-                                         *patient_lines(summary), *notes])
+    return _render(rows, head, summary, [*ci_lines(summary), *volume_lines(summary), *model_lines(summary),
+                                         *group_lines(summary), *patient_lines(summary), *notes])
 
 
 def group_lines(summary: Mapping[str, Any], worst: int = 3) -> list[str]:
@@ -53,6 +53,18 @@ def group_lines(summary: Mapping[str, Any], worst: int = 3) -> list[str]:
         shown = "; ".join(f"{g} {_num(rows[g][metric])} (n {rows[g]['images']})" for g in ranked[:worst])
         lines.append(f"  {name + ': ' if name else ''}lowest {label}: {shown or '-'}")
     return lines
+
+
+def volume_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Volumes: how many, and the mean 3D Dice and IoU with their CIs (per_volume.csv has every volume)."""
+    v = summary.get("volumes")
+    if not v:
+        return []
+    shown = ", ".join(f"{k.replace('_', ' ').replace(' 3d', ' (3D)')} {_num(v['metrics'].get(k))}"
+                      + (" [{}, {}]".format(*(_num(x) for x in ci)) if (ci := v.get("statistics", {}).get(k, {})
+                                                                        .get("ci95")) else "")
+                      for k in ("mean_dice_3d", "mean_iou_3d"))
+    return [f"volumes: {v['scored_volumes']} scored of {v['volumes']} (the rows above are slices); {shown}"]
 
 
 def patient_lines(summary: Mapping[str, Any]) -> list[str]:

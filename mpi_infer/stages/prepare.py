@@ -126,7 +126,7 @@ def resolve_profile(cfg: RunConfig, task: str, warnings: list[str] | None = None
     if name is None and task == "classification":
         name = "lenet-64" if os.path.basename(cfg.model).startswith(DEMO_CLASSIFIER) else "vgg16-224"
     profile = get_profile(name, **cfg.profile_overrides)
-    found = {m.path: input_channels(m.path) for m in cfg.models} if not cfg.dry_run else {}
+    found = {m.path: input_channels(m.path) for m in cfg.models}  # a header read (a dry run too): no weights
     wanted = {c for c in found.values() if c is not None}
     if len(wanted) > 1:
         raise ConfigError(f"the models take different channels ({', '.join(f'{p}: {c}' for p, c in found.items())}); "
@@ -264,6 +264,10 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     done = complete_images(previous, len(cfg.outputs), ok_only=True)  # every model's record, none failed
     previous = [r for r in previous if r["index"] in done]
     selected = selection(dataset, splits)
+    if dataset.volume_sizes and profile.channels != 1:
+        raise ConfigError(f"{dataset.path}: the set holds volumes, and the model takes {profile.channels} channels; "
+                          f"volumes are fed one slice at a time to a one-channel model (a model taking K consecutive "
+                          f"slices, as the MS pipeline's, is not served yet)")
     outside = outside_paths(dataset, (i for idx in selected.values() for i in idx), strict=cfg.confine_to_dataset)
     if outside and cfg.confine_to_dataset:
         raise DatasetError(f"{dataset.path}: {len(outside)} selected image or mask path(s) lie outside the dataset's "
