@@ -106,3 +106,15 @@ def test_patient_results_equal_an_independent_aggregation(patient_set, tmp_path,
         assert mpirun(1, "run", "--dataset", patient_set, "--model", "demo-classifier", "--out", one, "--patient-by",
                       PATIENT, "--patient-vote", vote, "--bootstrap", "200", "--quiet").returncode == 0
         assert read_summary(one)["patients"] == p
+
+
+def test_patient_results_after_a_kill_and_resume_equal_a_clean_run(patient_set, tmp_path):
+    args = ["--dataset", patient_set, "--model", "demo-classifier", "--patient-by", PATIENT, "--bootstrap", "200",
+            "--batch-size", "2", "--quiet"]
+    clean, resumed = str(tmp_path / "clean"), str(tmp_path / "resumed")
+    assert mpirun(2, "run", *args, "--out", clean).returncode == 0
+    killed = mpirun(2, "run", *args, "--out", resumed, env={"MPI_INFER_FAULT": "kill:rank=1:after=4"})
+    assert killed.returncode != 0
+    assert mpirun(3, "run", *args, "--out", resumed, "--resume").returncode == 0
+    assert read_summary(resumed)["resumed_images"] > 0
+    assert read_summary(resumed)["patients"] == read_summary(clean)["patients"]
