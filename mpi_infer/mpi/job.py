@@ -27,7 +27,7 @@ from ..stages.interrupt import interrupted_by, restore_handlers, stop_on_signals
 from ..stages.opening import Opened, open_run
 from ..stages.prepare import Prepared, prepare_run
 from ..stages.runner import Fault, RankTimings, run_items
-from ..stages.stack import Stack, choose_stack, for_volumes, rank_threads
+from ..stages.stack import Stack, choose_stack, for_medical, rank_threads
 from ..tasks import task_for
 from .channel import Channel, ChannelOptions
 from .gather import DescriptorIndex, RecordTable, record_table
@@ -185,8 +185,7 @@ def _plan(cfg: RunConfig, comm: Any, MPI: Any, topology: list[Topology]) -> tupl
                 check_fault_tolerance(MPI.Get_library_version(), hasattr(comm, "Shrink"), os.environ)
             stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode, cfg.score_at)
             prepared, payloads = prepare_run(cfg, comm.size, stack.engine)
-            if prepared.volumes:
-                stack = for_volumes(stack)
+            stack = for_medical(stack, prepared.medical)
             header = {"prepared": prepared, "stack": stack}
         except Exception as exc:  # noqa: BLE001 - reported by _fail_together, once
             header = {"error": (0, str(exc), exit_code_for(exc))}

@@ -22,7 +22,7 @@ from ..stages.interrupt import interrupted_by, restore_handlers, stop_on_signals
 from ..stages.opening import open_run
 from ..stages.prepare import prepare_run
 from ..stages.runner import Fault, RankTimings, run_items
-from ..stages.stack import choose_stack, for_volumes, rank_threads
+from ..stages.stack import choose_stack, for_medical, rank_threads
 from ..tasks import task_for
 from .layout import DONE_FILE, PART_FILE, config_to_json, list_parts, part_dir, write_json
 
@@ -83,8 +83,7 @@ def _run_part(cfg: RunConfig, top: str, folder: str, k: int, n: int, record: Con
     part_cfg = dataclasses.replace(cfg, out=folder)
     stack = choose_stack(cfg.loader, cfg.engine, cfg.backend, cfg.model, cfg.decode, cfg.score_at)
     prepared, payloads = prepare_run(part_cfg, n, stack.engine, part=(k, n))
-    if prepared.volumes:
-        stack = for_volumes(stack)
+    stack = for_medical(stack, prepared.medical)
     prepared.scoring = dataclasses.replace(prepared.scoring, masks_dir=top if cfg.save_masks else None)
     record.attempt = prepared.attempt
     work = payloads[0]

@@ -55,6 +55,7 @@ class Prepared:
     models: list[dict[str, Any]] = field(default_factory=list)  # several models: name, path, run_model, sha256, arch
     plan_sha256: str = ""  # --part: the whole N-way plan's fingerprint (every part's must agree)
     volumes: int = 0  # volumes among the selected entries (their slices are the samples)
+    medical: str = ""  # "volumes", "files" (DICOM or NIfTI: the first selected image says), or ""
 
 
 COST_SHARDING_LIMIT = 200_000  # more images than this: stat'ing every file would cost more than it saves
@@ -166,6 +167,19 @@ def selection(dataset: Dataset, splits: list[str]) -> dict[str, Any]:
     from ..loaders.volumes import expand_volumes
 
     return expand_volumes(dataset, selected_items(dataset, splits))
+
+
+def medical_files(dataset: Dataset, selected: dict[str, Any]) -> str:
+    """'files' when the first selected image is DICOM or NIfTI (one header read), else ''."""
+    from ..loaders.medical import sniff
+
+    first = next((int(i) for idx in selected.values() for i in idx), None)
+    if first is None:
+        return ""
+    try:
+        return "files" if sniff(dataset.sample(first).locations[0]) in ("dicom", "nifti") else ""
+    except (OSError, ValueError):
+        return ""
 
 
 def record_check(dataset: Dataset, selected: dict[str, Any], outputs: list[str] | None) -> Any:
@@ -317,6 +331,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         fresh_output=fresh, arch=arch, task=dataset.task, classes=list(dataset.classes), profile=profile,
         scoring=score_options(cfg),
         models=infos, plan_sha256=fingerprint, volumes=len(dataset.volume_sizes),
+        medical="volumes" if dataset.volume_sizes else medical_files(dataset, selected),
     )
     return prepared, payloads
 

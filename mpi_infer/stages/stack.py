@@ -50,15 +50,23 @@ class Stack:
                 "loader_chosen_because": self.loader_why, "engine_chosen_because": self.engine_why}
 
 
-def for_volumes(stack: Stack) -> Stack:
-    """Volumes are read slice by slice by our loader (pydicom, nibabel): ECVL's DLDataset would feed a volume as
-    one image of Z channels. auto falls back to it; an explicit --loader ecvl is refused."""
-    if stack.loader != "ecvl":
+MEDICAL_WHY = {
+    "volumes": "the dataset holds volumes, which ECVL's DLDataset feeds as one image of Z channels; our loader reads "
+               "them slice by slice",
+    "files": "the dataset names DICOM or NIfTI files, which our loader reads as ECVL reads them (pydicom, nibabel); "
+             "the ECVL loader's pre-check here reads OpenCV's formats only, and pyecvl's minimal build reads no "
+             "DICOM",
+}
+
+
+def for_medical(stack: Stack, medical: str) -> Stack:
+    """DICOM, NIfTI and volumes go to our loader (loaders/medical.py, loaders/volumes.py): ``auto`` falls back to
+    it, saying why; an explicit ``--loader ecvl`` is refused, saying why."""
+    if not medical or stack.loader != "ecvl":
         return stack
     if not stack.loader_why.startswith("auto"):
-        raise ConfigError("the dataset holds volumes, which ECVL's DLDataset feeds as one image of Z channels; "
-                          "volumes are read slice by slice by the OpenCV loader: use --loader opencv")
-    return Stack("opencv", stack.engine, "auto: the dataset holds volumes, read slice by slice", stack.engine_why)
+        raise ConfigError(f"--loader ecvl: {MEDICAL_WHY[medical]}: use --loader opencv")
+    return Stack("opencv", stack.engine, f"auto: {MEDICAL_WHY[medical]}", stack.engine_why)
 
 
 def has_module(name: str) -> bool:

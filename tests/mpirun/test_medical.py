@@ -135,3 +135,15 @@ def test_the_dry_run_reads_every_header_and_refuses_a_set_it_cannot_read(dicom_s
                   "--dry-run")
     assert proc.returncode == 10 and "none of the 2 selected file(s) can be read" in proc.stderr
     assert "1 missing" in proc.stderr and "1 unsupported" in proc.stderr
+
+
+def test_medical_sets_go_to_our_loader_auto_falls_back_and_an_explicit_ecvl_is_refused():
+    from mpi_infer.errors import ConfigError
+    from mpi_infer.stages.stack import Stack, for_medical
+
+    auto = Stack("ecvl", "eddl", "auto: pyecvl imports", "auto: a .bin")
+    assert for_medical(auto, "") is auto
+    fell = for_medical(auto, "volumes")
+    assert fell.loader == "opencv" and fell.engine == "eddl" and "slice by slice" in fell.loader_why
+    with pytest.raises(ConfigError, match="--loader ecvl: the dataset names DICOM or NIfTI files"):
+        for_medical(Stack("ecvl", "eddl", "--loader ecvl", "auto"), "files")
