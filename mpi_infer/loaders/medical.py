@@ -140,26 +140,14 @@ def nifti_slices(path: str) -> int:
 def read_nifti(path: str, notes: list[str], k: int | None = None) -> np.ndarray:
     """A NIfTI file as ECVL's reader yields it: the stored values (no scl_slope/scl_inter, no reorientation);
     a 2D image as rows x columns (``arr.T``); ``k``: slice k of a volume (``arr[:, :, k].T``)."""
-    check_image_file(path, "image")
-    img = _nifti(path)
-    shape = img.shape
-    if len(shape) > 3 and any(s > 1 for s in shape[3:]):
-        raise ImageFault(f"NIfTI file is {len(shape)}-D {shape} (a time series?); mpi_infer reads 2D images and "
-                         f"3D volumes: {path}")
-    depth = shape[2] if len(shape) >= 3 else 1
+    volume = read_nifti_volume(path, notes)
+    depth = volume.shape[2]
     if k is None and depth > 1:
-        raise ImageFault(f"NIfTI file is a volume of {depth} slices {shape}: {path}")
+        raise ImageFault(f"NIfTI file is a volume of {depth} slices {volume.shape}: {path}")
     k = k or 0
     if not 0 <= k < depth:
         raise ImageFault(f"slice {k} is outside the {depth} slices of {path}")
-    try:
-        proxy = img.dataobj
-        stored = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asarray(proxy)
-        arr = np.asarray(stored).reshape(shape[:3] if len(shape) >= 3 else (*shape[:2], 1))[:, :, k].T
-    except Exception as exc:
-        raise ImageFault(f"NIfTI data cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
-    notes += scaling_notes(img)
-    return smallest_type(np.ascontiguousarray(arr))
+    return np.ascontiguousarray(volume[:, :, k].T)
 
 
 def read_nifti_volume(path: str, notes: list[str]) -> np.ndarray:

@@ -23,8 +23,8 @@ from ..outputs.folder import RUN_FILE, read_run_file
 from ..outputs.ledger import complete_images, latest_records, read_ledgers
 from ..stages.finish import finish_run
 from ..stages.prepare import (
-    OPTIONAL_IDENTITY,
     Prepared,
+    identity_differences,
     model_infos,
     part_plan,
     record_check,
@@ -147,9 +147,7 @@ def _prepare_merge(cfg: RunConfig, n: int, top: str) -> tuple[Prepared, list[Any
         path = os.path.join(folder, RUN_FILE)
         if not os.path.isfile(path):
             continue
-        before = read_run_file(path)
-        keys = [*identity, *(key for key in OPTIONAL_IDENTITY if key in before and key not in identity)]
-        differs = [key for key in keys if before.get(key) != identity.get(key)]
+        differs = identity_differences(read_run_file(path), identity)
         if differs:
             raise ConfigError(f"merge: part {k}/{n} ran with a different {', '.join(differs)} than the files hold "
                               f"now ({path}); run the parts again (--overwrite) or restore the files")

@@ -106,6 +106,13 @@ def run_identity(cfg: RunConfig, profile: Profile, model_sha: str, dataset_sha: 
     return json.loads(json.dumps(identity))
 
 
+def identity_differences(before: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """The keys in which an earlier run.json differs from this run's identity; optional keys count both ways
+    (written before but absent now is a difference too)."""
+    keys = [*identity, *(k for k in OPTIONAL_IDENTITY if k in before and k not in identity)]
+    return [k for k in keys if before.get(k) != identity.get(k)]
+
+
 def resolve_arch(cfg: RunConfig, path: str | None = None) -> str | None:
     """A .bin's architecture: as given, or (--arch auto) the one its record shapes fit; None for ONNX."""
     path = path or cfg.model
@@ -260,10 +267,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     attempt = 0
     run_file = os.path.join(cfg.out, RUN_FILE)
     if cfg.resume and os.path.exists(run_file):
-        before = read_run_file(run_file)
-        # optional keys count both ways: written before but absent now is a difference too
-        keys = [*identity, *(k for k in OPTIONAL_IDENTITY if k in before and k not in identity)]
-        differs = [k for k in keys if before.get(k) != identity.get(k)]
+        differs = identity_differences(read_run_file(run_file), identity)
         if differs:
             raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
                               f"use a new --out, or --overwrite")
