@@ -21,6 +21,9 @@ operator would run its pods.
   ``--kill-worker K`` kills worker container K itself (a lost pod: sshd, Open MPI's daemon and the rank): the
   launcher exits with a retryable code; the rehearsal starts the container anew from the image (the kubelet's
   OnFailure restart) and runs the launcher again (the Job's retry, ``--resume``), which must complete.
+  ``--evict-launcher`` stops the launcher container as the kubelet evicts a pod (SIGTERM, a 30 s grace period):
+  mpirun forwards it, every rank stops with the retryable 202 and supervise passes it on; the Job's retry (a new
+  launcher, ``--resume``) must complete with the local run's results.
 
 - ``--kind indexed-job`` rehearses the Indexed Job instead (no MPI, no ssh): the merge pod and one pod per part
   start together, each part's command taken from the rendered Job with ``$(MPI_INFER_PART)`` expanded as the
@@ -99,8 +102,10 @@ def launcher_command(workers: int, slots: int, model: str, run_args: list[str], 
     return c["command"] + c["args"]
 
 
-def kill_when_busy(cid: str, ledger: str, launcher: str, whole: bool, timeout: float = 300) -> dict:
-    """Once the rank in container ``cid`` has a batch in its ledger, SIGKILL the container (``whole``) or the rank."""
+def kill_when_busy(cid: str, ledger: str, launcher: str, how: str, timeout: float = 300) -> dict:
+    """Once the rank in container ``cid`` has a batch in its ledger: SIGKILL the container (``container``) or the
+    rank (``rank``), or evict the container (``evict``: SIGTERM, then SIGKILL after a 30 s grace period, as the
+    kubelet evicts or preempts a pod)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if os.path.exists(ledger) and os.path.getsize(ledger) > 0:
@@ -110,11 +115,13 @@ def kill_when_busy(cid: str, ledger: str, launcher: str, whole: bool, timeout: f
         time.sleep(0.05)
     with open(ledger) as fh:
         done = sum(1 for _ in fh)
-    if whole:
+    if how == "container":
         podman("kill", "-s", "KILL", cid, check=False)
+    elif how == "evict":
+        podman("stop", "-t", "30", cid, check=False, timeout=60)
     else:
         podman("exec", cid, "pkill", "-KILL", "-f", "mpi_infer run", check=False)
-    return {"killed": "container" if whole else "rank", "its_rank_had_done": done}
+    return {"killed": how, "its_rank_had_done": done}
 
 
 def network_prefix(net: str) -> str:
@@ -128,13 +135,13 @@ def network_prefix(net: str) -> str:
 
 
 def run_launcher(net: str, subnet: str, name: str, mounts: list[str], hosts: list[str], hostfile: str, slots: int,
-                 image: str, command: list[str], kill: tuple[str, str, bool] | None) -> tuple[int, str, float, dict]:
+                 image: str, command: list[str], kill: tuple[str, str, str] | None) -> tuple[int, str, float, dict]:
     """The launcher pod: its exit code, its stderr, its wall time, and what was killed meanwhile."""
     t0 = time.monotonic()
     podman("run", "-d", "--name", name, "--hostname", f"{JOB}-launcher", "--network", net, "--ip", f"{subnet}.5",
            *SECURITY, *mounts, *hosts, "-v", f"{hostfile}:/etc/mpi/hostfile:ro", "-e", "MPIEXEC_TIMEOUT=300",
            *operator_env(slots), image, *command)
-    killed = kill_when_busy(kill[0], kill[1], name, kill[2]) if kill else {}
+    killed = kill_when_busy(kill[0] or name, kill[1], name, kill[2]) if kill else {}
     code = int(podman("wait", name, timeout=420).stdout.strip().splitlines()[-1])
     wall = time.monotonic() - t0
     logs = podman("logs", name, check=False)
@@ -143,7 +150,8 @@ def run_launcher(net: str, subnet: str, name: str, mounts: list[str], hosts: lis
 
 
 def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop_hostfile: bool,
-             reference: str | None, run_args: list[str], kill_rank: int = -1, kill_worker: int = -1) -> dict:
+             reference: str | None, run_args: list[str], kill_rank: int = -1, kill_worker: int = -1,
+             evict_launcher: bool = False) -> dict:
     preflight(image)
     work = tempfile.mkdtemp(prefix="mi-crehearsal-", dir="/var/tmp")
     os.chmod(work, 0o755)
@@ -189,10 +197,18 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         kill = None
         if victim >= 0:
             ledger = os.path.join(shared, "out", "ledger", f"attempt-000-rank-{victim * slots:05d}.jsonl")
-            kill = (containers[victim], ledger, kill_worker >= 0)
+            kill = (containers[victim], ledger, "container" if kill_worker >= 0 else "rank")
+        elif evict_launcher:  # rank 0 runs in worker 0; the launcher (mpirun under supervise) gets the SIGTERM
+            kill = ("", os.path.join(shared, "out", "ledger", "attempt-000-rank-00000.jsonl"), "evict")
         code, stderr, wall, killed = run_launcher(net, subnet, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
                                                   command, kill)
         result.update(returncode=code, wall_s=round(wall, 2), command=shlex.join(command), **killed)
+        if evict_launcher and code == 202:  # stopped as a retry: the Job starts a new launcher pod, --resume
+            result["first_attempt"] = {"returncode": code, "said": [ln for ln in stderr.splitlines()
+                                                                    if "interrupted" in ln or "supervise" in ln][:3]}
+            code, stderr, wall, _ = run_launcher(net, subnet, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
+                                                 command, None)
+            result.update(returncode=code, retry_wall_s=round(wall, 2), restarts=1)
         if kill_worker >= 0 and code >= 128:  # retryable: the kubelet restarts the worker, the Job the launcher
             result["first_attempt"] = {"returncode": code, "said": [ln for ln in stderr.splitlines()
                                                                     if "lost communication" in ln
@@ -270,7 +286,7 @@ def rehearse_indexed(image: str, parts: int, images: int, model: str, run_args: 
         if kill_part >= 0:
             ledger = os.path.join(shared, "out", "parts", f"part-{kill_part:03d}-of-{parts:03d}", "ledger",
                                   f"attempt-000-rank-{kill_part:05d}.jsonl")
-            result.update(kill_when_busy(cids[kill_part], ledger, cids[kill_part], True))
+            result.update(kill_when_busy(cids[kill_part], ledger, cids[kill_part], "container"))
         codes = [int(podman("wait", c, timeout=420).stdout.strip().splitlines()[-1]) for c in cids]
         result["part_exit_codes"] = list(codes)
         if kill_part >= 0:  # the Job controller retries that index in a new pod; it resumes
@@ -332,6 +348,9 @@ def main() -> int:
     ap.add_argument("--drop-hostfile", action="store_true")
     ap.add_argument("--kill-rank", type=int, default=-1, metavar="K",
                     help="--fault-tolerant; SIGKILL the rank in worker container K (not 0) mid-run")
+    ap.add_argument("--evict-launcher", action="store_true",
+                    help="SIGTERM the launcher container mid-run (an eviction, a preemption): exit 202, then the "
+                         "Job's retry resumes and completes")
     ap.add_argument("--kill-worker", type=int, default=-1, metavar="K",
                     help="--fault-tolerant; SIGKILL worker container K (not 0) mid-run, then retry as the Job would")
     args = ap.parse_args()
@@ -342,7 +361,7 @@ def main() -> int:
             print(json.dumps(result))
             return 0 if result["returncode"] == 0 and result.get("equal_to_local_run") else 1
         result = rehearse(args.image, args.workers, args.slots, args.images, args.model, args.drop_hostfile,
-                          args.reference_image, run_args, args.kill_rank, args.kill_worker)
+                          args.reference_image, run_args, args.kill_rank, args.kill_worker, args.evict_launcher)
     except Skip as why:
         print(json.dumps({"figure": "container_rehearsal", "skipped": str(why)}))
         return SKIP

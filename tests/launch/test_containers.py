@@ -167,3 +167,13 @@ def test_indexed_job_rehearsal_with_a_killed_part_equals_a_local_run(images):
     assert r["part_exit_codes"][1] == 137 and r["retried_part_exit_code"] == 0, r
     assert [p["attempts"] for p in r["parts_summary"]] == [1, 2, 1]
     assert r["images"]["selected"] == 48 and r["equal_to_local_run"] is True, r
+
+
+def test_an_evicted_launcher_pod_stops_as_a_retry_and_the_retry_resumes(images):
+    """The launcher container is stopped as the kubelet evicts or preempts a pod (SIGTERM, a grace period): mpirun
+    forwards it, every rank stops with the retryable 202 and supervise passes it on; the Job's retry (a new
+    launcher, --resume) completes with the local run's results."""
+    r = rehearse("--image", images["mpi-infer"]["tag"], "--workers", "3", "--images", "96", "--evict-launcher")
+    assert r["killed"] == "evict" and r["first_attempt"]["returncode"] == 202, r
+    assert r["returncode"] == 0 and r["restarts"] == 1, r
+    assert r["equal_to_local_run"] is True, r
