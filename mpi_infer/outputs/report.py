@@ -101,8 +101,11 @@ def write_report(run_dir: str, k: int = 8) -> str:
         figures.insert(1, ("Ranks", rank_chart(per_rank), "ranks"))
     failed = [r for r in rows if r["status"] == "failed"]
     prof = summary.get("profile", {})
-    norm = (f"mean {number(prof.get('mean'))}, std {number(prof.get('std'))}" if prof.get("mean")
-            else "RGB/255, no mean/std")
+    scale = {"255": "/255", "minmax": "each image's min-max to 0..255, /255", "raw": "raw values"}[
+        prof.get("intensity", "255")]
+    norm = (f"{'grey' if prof.get('channels', 3) == 1 else 'RGB'}, {scale}, "
+            + (f"mean {number(prof.get('mean'))}, std {number(prof.get('std'))}" if prof.get("mean")
+               else "no mean/std"))
     meta = [
         ("dataset", summary.get("dataset")),
         *([("models", ", ".join(summary["models"]) + " (paths, hashes and activations in the models table)")]
@@ -144,6 +147,7 @@ def write_report(run_dir: str, k: int = 8) -> str:
     ]
     parts.extend(models_section(summary, all_rows))
     parts.extend(groups_section(summary))
+    parts.extend(levels_section(summary, run_dir))
     if not has_masks:
         parts.append("<p class='note'>Predicted masks were not saved (run with --save-masks or --report); "
                      "the contact sheets show ground truth only.</p>")
@@ -246,6 +250,39 @@ def statistics_table(view: dict[str, Any], classification: bool) -> str:
         return ""
     return ("<h2>95% confidence intervals</h2><table><thead><tr><th>metric</th><th>value</th><th>95% CI</th>"
             "<th>images</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def levels_section(summary: dict[str, Any], run_dir: str, limit: int = 300) -> list[str]:
+    """Volumes (3D scores, per_volume.csv) and patients (--patient-by, patients.csv): their headlines with CIs and
+    their rows (the first ``limit``)."""
+    out = []
+    for key, title, name, metrics in (
+            ("volumes", "Volumes (3D scores; the tables above count slices)", "per_volume.csv",
+             ("mean_dice_3d", "mean_iou_3d")),
+            ("patients", "Patients (--patient-by {by})", "patients.csv",
+             ("accuracy", "balanced_accuracy") if summary.get("task") == "classification" else
+             ("mean_dice", "mean_iou"))):
+        block = summary.get(key)
+        if not block:
+            continue
+        heads = "".join(
+            f"<tr><td>{html.escape(m.replace('_', ' '))}</td><td>{_cell(block['metrics'].get(m))}</td><td>"
+            + (" - ".join(number(x) for x in ci) if (ci := block.get("statistics", {}).get(m, {}).get("ci95"))
+               else "") + "</td></tr>" for m in metrics)
+        path = os.path.join(run_dir, name)
+        rows: list[dict[str, str]] = []
+        if os.path.isfile(path):
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+        cols = [c for c in (rows[0] if rows else {}) if c != "location"]
+        table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead><tbody>"
+                 + "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in cols) + "</tr>"
+                           for r in rows[:limit]) + "</tbody></table>")
+        more = f" (the first {limit} of {len(rows)} shown; {name} has all)" if len(rows) > limit else ""
+        out.append(f"<h2>{html.escape(title.format(by=block.get('by', '')))}</h2><table><thead><tr><th>metric</th>"
+                   f"<th>value</th><th>95% CI</th></tr></thead><tbody>{heads}</tbody></table><p>{len(rows)} "
+                   f"row(s){more}</p>{table}")
+    return out
 
 
 def groups_section(summary: dict[str, Any], limit: int = 500) -> list[str]:

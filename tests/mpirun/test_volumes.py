@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import cv2
 import nibabel as nib
@@ -175,6 +176,10 @@ def test_synthetic_ct_and_mri_volumes_run_alike_for_any_n(preset, tmp_path):
     notes = " ".join(r["error"] for r in outs[0])
     if preset == "ct":
         assert "MONOCHROME1 (white is low); not inverted" in notes
+        from mpi_infer.outputs.report import write_report
+
+        page = Path(write_report(out)).read_text(encoding="utf-8")  # both levels and the patients
+        assert "<h2>Volumes (3D scores" in page and "<h2>Patients (--patient-by dicom:PatientID)" in page
         assert summary["patients"]["patients"] == 3 and summary["patients"]["unmatched_images"] == 0
     else:
         assert "scl_slope 2, scl_inter -1024 not applied" in notes
