@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-file", default=None, type=nonempty, metavar="PATH",
                      help="a Prometheus text file rank 0 rewrites every few seconds and at the end: images done and "
                           "failed, ETA, images/s per rank, stalled and lost ranks, stage seconds, last success")
+    run.add_argument("--pushgateway", default=None, type=nonempty, metavar="URL",
+                     help="also push those metrics to a Prometheus Pushgateway (e.g. http://pushgateway:9091), "
+                          "grouped by --pushgateway-job and run (the --out folder's name); an unreachable gateway is "
+                          "a warning, never the end of the run")
+    run.add_argument("--pushgateway-job", default="mpi_infer", type=nonempty, metavar="NAME",
+                     help="the job label of the pushed group (default mpi_infer)")
     run.add_argument("--max-megapixels", type=float_range(0.01, 1e5), default=None, metavar="MP",
                      help="refuse (that image's record fails) a PNG or JPEG whose header declares more pixels, before "
                           "decoding it (default 64: twice the largest ISIC photograph)")
@@ -330,6 +336,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         threads=args.threads, loader_threads=args.loader_threads, expect_hosts=args.expect_hosts,
         schedule=args.schedule, chunk_size=args.chunk_size, report=args.report, quiet=args.quiet,
         verbose=args.verbose, progress_interval=args.progress_interval, metrics_file=args.metrics_file,
+        pushgateway=args.pushgateway, pushgateway_job=args.pushgateway_job,
         max_pixels=int((args.max_megapixels or DEFAULT_MAX_MEGAPIXELS) * 1e6),
         config=os.path.abspath(args.config) if args.config else None, config_options=args.config_options or {},
     )

@@ -58,6 +58,8 @@ class RunConfig:
     verbose: bool = False
     progress_interval: float = 5.0
     metrics_file: str | None = None  # rank 0's Prometheus text file (--metrics-file)
+    pushgateway: str | None = None  # a Prometheus Pushgateway's URL (--pushgateway)
+    pushgateway_job: str = "mpi_infer"  # the job label it groups the run's metrics under
     config: str | None = None  # --config: the options file (absolute path), recorded in run.json
     config_options: dict = field(default_factory=dict)  # what that file said, as loaded
 

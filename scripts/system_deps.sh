@@ -3,7 +3,7 @@
 # openssh-server for the multi-host rehearsal, chromium for the report's browser test, podman (with buildah,
 # runc, uidmap) and debootstrap for the container images and their MPIJob rehearsal, libfuse2 for the test whose
 # read never returns, slurm-wlm, munge and libpmix-dev (srun --mpi=pmix loads libpmix.so) for the tests that start
-# a real one-node Slurm.
+# a real one-node Slurm, and prometheus-pushgateway for the --pushgateway test.
 # Elsewhere those tests skip and say why.
 set -uo pipefail
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -16,6 +16,7 @@ command -v podman >/dev/null 2>&1 || need+=(podman buildah runc uidmap)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v slurmctld >/dev/null 2>&1 || need+=(slurm-wlm)
 command -v munged >/dev/null 2>&1 || need+=(munge)
+command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
 ldconfig -p 2>/dev/null | grep -q 'libpmix\.so ' || need+=(libpmix-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"

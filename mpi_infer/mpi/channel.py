@@ -3,6 +3,7 @@ schedule's chunks, heartbeats, and --fault-tolerant's recovery of a lost rank's 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -34,11 +35,14 @@ class ChannelOptions:
     quiet: bool
     fault_tolerant: bool
     metrics_file: str | None = None  # --metrics-file: rank 0's Prometheus text file
+    push: tuple[str, str, dict[str, str]] | None = None  # --pushgateway: (URL, job, grouping key)
 
     @classmethod
     def of(cls, cfg: RunConfig) -> ChannelOptions:
+        push = (cfg.pushgateway, cfg.pushgateway_job, {"run": os.path.basename(os.path.abspath(cfg.out))}) \
+            if cfg.pushgateway else None
         return cls(cfg.out, len(cfg.outputs), cfg.stall_timeout, cfg.progress_interval, cfg.quiet,
-                   cfg.fault_tolerant, cfg.metrics_file)
+                   cfg.fault_tolerant, cfg.metrics_file, push)
 
 
 class Channel:
@@ -66,8 +70,8 @@ class Channel:
         self.finished: set[int] = set()
         self.display = ProgressDisplay(total, interval=cfg.progress_interval,
                                        enabled=self.rank == 0 and not cfg.quiet)
-        self.metrics = (MetricsFile(cfg.metrics_file, total, self.size)
-                        if self.rank == 0 and cfg.metrics_file else None)
+        self.metrics = (MetricsFile(cfg.metrics_file, total, self.size, push=cfg.push)
+                        if self.rank == 0 and (cfg.metrics_file or cfg.push) else None)
         self.cost_s = 0.0  # time this rank spent on progress and scheduling messages
         self.messages = 0
         # dynamic schedule state (rank 0 hands out chunks; others ask for them)

@@ -1,6 +1,8 @@
 """What an operator sees without reading pod logs: ``--metrics-file PATH``, a Prometheus text file (a node
 exporter's textfile collector, or any scraper, reads it), rewritten atomically by rank 0 every few seconds and
-at the end. Low cardinality: no per-image label, one ``rank`` label on the per-rank rate only."""
+at the end; and/or ``--pushgateway URL``: the same metrics pushed to a Prometheus Pushgateway (the pattern for
+batch jobs a scraper may never catch alive), grouped by job and run. Low cardinality: no per-image label, one
+``rank`` label on the per-rank rate only."""
 
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ class MetricsFile:
     """Rank 0's run metrics, written with prometheus-client's ``write_to_textfile`` (a temporary file renamed
     over the path: a scraper never reads half a file)."""
 
-    def __init__(self, path: str, total: int, ranks: int, every_s: float = EVERY_S):
+    def __init__(self, path: str | None, total: int, ranks: int, every_s: float = EVERY_S,
+                 push: tuple[str, str, dict[str, str]] | None = None):
         from prometheus_client import CollectorRegistry, Gauge
 
         self.path, self.total, self.every_s = path, total, every_s
+        self.push = push  # (gateway URL, job, grouping key)
+        self.push_failed = False
         self.start = time.monotonic()
         self.last = 0.0
         self.registry = CollectorRegistry()
@@ -75,7 +80,19 @@ class MetricsFile:
         self._write()
 
     def _write(self) -> None:
-        from prometheus_client import write_to_textfile
+        from prometheus_client import push_to_gateway, write_to_textfile
 
-        with contextlib.suppress(OSError):  # metrics are for watching: a full or gone volume must not end the run
-            write_to_textfile(self.path, self.registry)
+        if self.path:
+            with contextlib.suppress(OSError):  # metrics are for watching: a full or gone volume must not end a run
+                write_to_textfile(self.path, self.registry)
+        if self.push:
+            url, job, grouping = self.push
+            try:
+                push_to_gateway(url, job=job, registry=self.registry, grouping_key=grouping, timeout=5)
+            except OSError as exc:  # an unreachable gateway must not end the run either: said once
+                if not self.push_failed:
+                    self.push_failed = True
+                    import sys
+
+                    sys.stderr.write(f"[rank 0] warning: --pushgateway {url}: cannot push ({exc}); the run goes "
+                                     f"on\n")

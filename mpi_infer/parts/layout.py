@@ -56,7 +56,8 @@ def list_parts(out: str) -> dict[int, list[tuple[int, str]]]:
 # How a part ran, not what it computes: parts may differ in these (a requeued task adds --resume; a bigger node
 # gets more --threads); everything else must match for the merge.
 OPERATIONAL = ("resume", "overwrite", "quiet", "verbose", "progress_interval", "threads", "loader_threads",
-               "stall_timeout", "metrics_file", "gpu", "eddl_mem", "expect_hosts", "dry_run", "batch_size")
+               "stall_timeout", "metrics_file", "pushgateway", "pushgateway_job", "gpu", "eddl_mem", "expect_hosts",
+               "dry_run", "batch_size")
 
 
 def same_run(a: Any, b: Any) -> bool:

@@ -286,3 +286,44 @@ def test_metrics_file_parses_and_matches_the_summary(tmp_path, synth_small):
     m2 = metrics(path2)
     assert m2["mpi_infer_images_failed"] == 1 and m2["mpi_infer_exit_code"] == 3
     assert "mpi_infer_last_success_timestamp_seconds" not in m2
+
+
+def test_metrics_pushed_to_a_real_pushgateway(tmp_path, synth_small):
+    """--pushgateway: the same metrics reach a real Prometheus Pushgateway (Debian's prometheus-pushgateway, started
+    here on a free port), grouped by job and run; an unreachable gateway is one warning, never the run's end."""
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:
+        pytest.skip("no prometheus-pushgateway (apt-get install prometheus-pushgateway: scripts/system_deps.sh)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gateway = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}",
+                                f"--persistence.file={tmp_path / 'pg.db'}"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/-/ready", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        out = str(tmp_path / "run-a")
+        proc = mpirun(2, "run", "--dataset", synth_small, "--model", "demo", "--out", out, "--split", "all",
+                      "--pushgateway", url, "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+        pushed = {(s.name, s.labels.get("run")): s.value for fam in text_string_to_metric_families(text)
+                  for s in fam.samples if s.name.startswith("mpi_infer_") and s.labels.get("job") == "mpi_infer"}
+        assert pushed[("mpi_infer_images_done", "run-a")] == 13 and pushed[("mpi_infer_exit_code", "run-a")] == 0
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=20)
+    proc = mpirun(1, "run", "--dataset", synth_small, "--model", "demo", "--out", str(tmp_path / "run-b"),
+                  "--pushgateway", url, "--quiet")  # the gateway is gone now
+    assert proc.returncode == 0 and proc.stderr.count("cannot push") == 1, proc.stderr
