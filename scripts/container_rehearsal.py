@@ -21,9 +21,10 @@ operator would run its pods.
   ``--kill-worker K`` kills worker container K itself (a lost pod: sshd, Open MPI's daemon and the rank): the
   launcher exits with a retryable code; the rehearsal starts the container anew from the image (the kubelet's
   OnFailure restart) and runs the launcher again (the Job's retry, ``--resume``), which must complete.
-  ``--evict-launcher`` stops the launcher container as the kubelet evicts a pod (SIGTERM, a 30 s grace period):
-  mpirun forwards it, every rank stops with the retryable 202 and supervise passes it on; the Job's retry (a new
-  launcher, ``--resume``) must complete with the local run's results.
+  ``--evict-launcher`` stops every container of the job at once, as a node drain or a preemption stops its pods
+  (SIGTERM, a 30 s grace period): the ranks stop with the retryable 202 and supervise passes a retryable code
+  on; new worker containers start and the Job's retry (a new launcher, ``--resume``) must complete with the local
+  run's results.
 
 - ``--kind indexed-job`` rehearses the Indexed Job instead (no MPI, no ssh): the merge pod and one pod per part
   start together, each part's command taken from the rendered Job with ``$(MPI_INFER_PART)`` expanded as the
@@ -117,8 +118,11 @@ def kill_when_busy(cid: str, ledger: str, launcher: str, how: str, timeout: floa
         done = sum(1 for _ in fh)
     if how == "container":
         podman("kill", "-s", "KILL", cid, check=False)
-    elif how == "evict":
-        podman("stop", "-t", "30", cid, check=False, timeout=60)
+    elif how == "evict":  # every container of the job at once, as a node drain or a preemption stops every pod
+        stops = [subprocess.Popen(["podman", "stop", "-t", "30", c], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for c in cid.split(",")]
+        for p in stops:
+            p.wait(timeout=90)
     else:
         podman("exec", cid, "pkill", "-KILL", "-f", "mpi_infer run", check=False)
     return {"killed": how, "its_rank_had_done": done}
@@ -198,14 +202,19 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         if victim >= 0:
             ledger = os.path.join(shared, "out", "ledger", f"attempt-000-rank-{victim * slots:05d}.jsonl")
             kill = (containers[victim], ledger, "container" if kill_worker >= 0 else "rank")
-        elif evict_launcher:  # rank 0 runs in worker 0; the launcher (mpirun under supervise) gets the SIGTERM
-            kill = ("", os.path.join(shared, "out", "ledger", "attempt-000-rank-00000.jsonl"), "evict")
+        elif evict_launcher:  # once rank 0 (in worker 0) has a batch done, every container gets SIGTERM at once
+            kill = (",".join([f"{net}-launcher", *containers]),
+                    os.path.join(shared, "out", "ledger", "attempt-000-rank-00000.jsonl"), "evict")
         code, stderr, wall, killed = run_launcher(net, subnet, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
                                                   command, kill)
         result.update(returncode=code, wall_s=round(wall, 2), command=shlex.join(command), **killed)
-        if evict_launcher and code == 202:  # stopped as a retry: the Job starts a new launcher pod, --resume
+        if evict_launcher and code >= 128:  # stopped as a retry: new pods, the Job's new launcher, --resume
             result["first_attempt"] = {"returncode": code, "said": [ln for ln in stderr.splitlines()
                                                                     if "interrupted" in ln or "supervise" in ln][:3]}
+            for k in range(workers):  # the evicted workers' pods come back (new containers from the image)
+                podman("rm", "-f", "-t", "0", containers[k], check=False)
+                containers[k] = start_worker(k)
+            wait_for_sshd(containers)
             code, stderr, wall, _ = run_launcher(net, subnet, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
                                                  command, None)
             result.update(returncode=code, retry_wall_s=round(wall, 2), restarts=1)
@@ -349,8 +358,8 @@ def main() -> int:
     ap.add_argument("--kill-rank", type=int, default=-1, metavar="K",
                     help="--fault-tolerant; SIGKILL the rank in worker container K (not 0) mid-run")
     ap.add_argument("--evict-launcher", action="store_true",
-                    help="SIGTERM the launcher container mid-run (an eviction, a preemption): exit 202, then the "
-                         "Job's retry resumes and completes")
+                    help="SIGTERM every container mid-run (an eviction, a preemption): a retryable exit, then new "
+                         "workers and the Job's retry resume and complete")
     ap.add_argument("--kill-worker", type=int, default=-1, metavar="K",
                     help="--fault-tolerant; SIGKILL worker container K (not 0) mid-run, then retry as the Job would")
     args = ap.parse_args()

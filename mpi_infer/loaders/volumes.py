@@ -25,13 +25,27 @@ from .medical import nifti_slices, read_dicom, read_nifti_volume, sniff
 SLICE_ORDERS = ("yaml", "reversed")
 
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
 def volume_slices(dataset: Dataset, index: int) -> int | None:
-    """How many slices entry ``index`` holds if it is a volume (None for a 2D image), from headers only."""
+    """How many slices entry ``index`` holds if it is a volume (None for a 2D image), from headers only.
+
+    Planning must not open every image (a million files on a network volume; one read that never returns): only
+    a list ``location`` (its first file's content: DICOM makes it a series) and a ``.nii``/``.nii.gz`` location
+    (its header) are looked at. A NIfTI volume under another name is read as an image and fails saying it is a
+    volume."""
+    entry = dataset.entries[index]
+    raw = entry.get("location") if isinstance(entry, dict) else entry
+    if isinstance(raw, str) and not raw.lower().endswith(NIFTI_SUFFIXES):
+        return None  # the common case, decided without a system call
     sample = dataset.sample(index)
     try:
         if len(sample.locations) > 1:
             check_image_file(sample.locations[0], "image")
             return len(sample.locations) if sniff(sample.locations[0]) == "dicom" else None
+        if not sample.locations[0].lower().endswith(NIFTI_SUFFIXES):
+            return None
         check_image_file(sample.locations[0], "image")
         if sniff(sample.locations[0]) != "nifti":
             return None

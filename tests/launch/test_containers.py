@@ -169,11 +169,11 @@ def test_indexed_job_rehearsal_with_a_killed_part_equals_a_local_run(images):
     assert r["images"]["selected"] == 48 and r["equal_to_local_run"] is True, r
 
 
-def test_an_evicted_launcher_pod_stops_as_a_retry_and_the_retry_resumes(images):
-    """The launcher container is stopped as the kubelet evicts or preempts a pod (SIGTERM, a grace period): mpirun
-    forwards it, every rank stops with the retryable 202 and supervise passes it on; the Job's retry (a new
-    launcher, --resume) completes with the local run's results."""
+def test_an_evicted_job_stops_as_a_retry_and_the_retry_resumes(images):
+    """Every container of the job is stopped at once, as a node drain or a preemption stops its pods (SIGTERM, a
+    grace period): the launcher ends with a retryable code (no rank reports a crash), new workers start and the
+    Job's retry (a new launcher, --resume) completes with the local run's results."""
     r = rehearse("--image", images["mpi-infer"]["tag"], "--workers", "3", "--images", "96", "--evict-launcher")
-    assert r["killed"] == "evict" and r["first_attempt"]["returncode"] == 202, r
+    assert r["killed"] == "evict" and r["first_attempt"]["returncode"] in (200, 202), r
     assert r["returncode"] == 0 and r["restarts"] == 1, r
     assert r["equal_to_local_run"] is True, r
