@@ -6,6 +6,10 @@
 # final image has the Open MPI runtime, sshd and the venv. scripts/build_images.sh builds it (and the plain
 # Debian base) with podman; tests/launch/test_containers.py rehearses an MPIJob with it.
 ARG BASE=python:3.12.12-slim-trixie
+# ONNXRUNTIME=gpu: the GPU image (scripts/build_images.sh gpu): onnxruntime-gpu with the CUDA and cuDNN libraries
+# it needs, from PyPI (its [cuda,cudnn] extras), in place of the CPU onnxruntime: the newest release at or above
+# pyproject's floor (the GPU build can trail the CPU one by a minor version).
+ARG ONNXRUNTIME=cpu
 
 FROM ${BASE} AS build
 ARG DEBIAN_FRONTEND=noninteractive
@@ -19,7 +23,10 @@ ENV PATH=/opt/venv/bin:$PATH PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_NO_
 RUN python3 -m venv /opt/venv && pip install --no-binary=mpi4py "mpi4py>=4.1"
 COPY pyproject.toml README.md /src/
 COPY mpi_infer /src/mpi_infer
+ARG ONNXRUNTIME
 RUN pip install /src && rm -rf /src \
+ && if [ "$ONNXRUNTIME" = gpu ]; then \
+      pip uninstall -y onnxruntime && pip install "onnxruntime-gpu[cuda,cudnn]>=1.24"; fi \
  && { pip uninstall -y pip setuptools >/dev/null 2>&1 || true; }
 # What the runtime never loads: the packages' own test suites (ONNX's backend test data, numpy's and matplotlib's
 # tests, pydicom's and nibabel's test files), and the debug symbols of the one extension compiled here (mpi4py;
@@ -52,8 +59,11 @@ RUN printf 'path-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npat
 COPY --from=build /opt/venv /opt/venv
 COPY docker/check_image.sh /usr/local/bin/check_image.sh
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+ARG ONNXRUNTIME
 RUN sh /usr/local/bin/check_image.sh \
- && python -c "import mpi_infer.cli, onnx, onnxruntime, cv2, matplotlib.pyplot" \
+ && python -c "import mpi_infer.cli, onnx, onnxruntime, cv2, matplotlib.pyplot, pydicom, nibabel" \
+ && if [ "$ONNXRUNTIME" = gpu ]; then python -c "import onnxruntime as o; \
+      assert 'CUDAExecutionProvider' in o.get_available_providers(), o.get_available_providers()"; fi \
  && mpirun --allow-run-as-root -n 1 --oversubscribe python -c "from mpi4py import MPI; assert MPI.COMM_WORLD.size == 1"
 
 COPY docker/sshd_config /home/mpiuser/.sshd_config

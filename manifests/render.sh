@@ -8,7 +8,7 @@ $M --name isic-infer --namespace deephealth --workers 2 --slots 2 --image regist
   --out /data/results/isic-run1 --nfs-server nfs.example.org --nfs-path /export/deephealth \
   --run-args "--split test --batch-size 8" -o manifests/mpijob-cpu.yaml
 $M --name isic-infer-gpu --namespace deephealth --workers 2 --gpus-per-worker 1 \
-  --image registry.example.org/mpi-infer:0.4.0 --pvc isic-data --dataset /data/isic/isic_segmentation.yml \
+  --image registry.example.org/mpi-infer-gpu:0.4.0 --pvc isic-data --dataset /data/isic/isic_segmentation.yml \
   --model /data/models/isic_segm_segnet.onnx --out /data/results/isic-gpu-run1 --cpu 4 --memory 8Gi \
   -o manifests/mpijob-gpu.yaml
 $M --name isic-infer-ft --namespace deephealth --workers 4 --slots 1 --image registry.example.org/mpi-infer:0.4.0 \

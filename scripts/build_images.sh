@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build the container images with podman, cached by content hash.
 #
-#   sudo bash scripts/build_images.sh [cpu|ecvl|all]      # default: all; prints one JSON line per image
+#   sudo bash scripts/build_images.sh [cpu|gpu|ecvl|all]  # default: all (cpu and ecvl); one JSON line per image
 #   sudo DEEPHEALTH_BASE=IMAGE bash scripts/build_images.sh ecvl
 #
 # - cpu: docker/../Dockerfile on a `debootstrap --variant=minbase` trixie, imported as localhost/debian:trixie-slim.
 #   This machine reaches PyPI through a TLS proxy, so its extra CA certificates (/usr/local/share/ca-certificates)
 #   go into that local base: images built so are for this machine only and must never be pushed. On a machine
 #   that can pull Docker Hub, `docker build .` uses the python image instead (the Dockerfile's default BASE).
+# - gpu: the same Dockerfile with ONNXRUNTIME=gpu: onnxruntime-gpu and the CUDA/cuDNN libraries from PyPI (a few
+#   GB; built only when asked for: `all` leaves it out). The node needs an NVIDIA driver and the device plugin.
 # - ecvl: docker/ecvl.Dockerfile layered over $DEEPHEALTH_BASE, an image the site already has where
 #   `python3 -c "import pyecvl.ecvl, pyeddl.eddl"` works (Python >= 3.10). Nothing of DeepHealth is built here.
 #   `ecvl` without it is an error; `all` without it builds the CPU image and says that it left the other out.
@@ -68,14 +70,17 @@ content_hash() {  # files (and folders) that make up an image, and any extra wor
     printf '%s\n' "${extra[@]}"; } | sha256sum | cut -c1-16
 }
 
-build() {  # NAME DOCKERFILE CONTEXT BASE HASH
+build() {  # NAME DOCKERFILE CONTEXT BASE HASH [BUILD-ARG ...]
   local name=$1 dockerfile=$2 context=$3 base=$4 hash=$5 tag="localhost/$1:$5"
+  local args=()
+  for a in "${@:6}"; do args+=(--build-arg "$a"); done
   local t0 cached=true
   t0=$(date +%s)
   if ! podman image exists "$tag"; then
     cached=false
     log "building $tag (log: $STATE/build-$name.log)"
-    podman build --build-arg BASE="$base" --build-arg DEEPHEALTH_BASE="$base" -f "$dockerfile" -t "$tag" "$context" >"$STATE/build-$name.log" 2>&1 \
+    podman build --build-arg BASE="$base" --build-arg DEEPHEALTH_BASE="$base" "${args[@]}" -f "$dockerfile" \
+      -t "$tag" "$context" >"$STATE/build-$name.log" 2>&1 \
       || { tail -40 "$STATE/build-$name.log" >&2; log "build of $name failed"; exit 1; }
   fi
   podman tag "$tag" "localhost/$name:latest"
@@ -98,6 +103,11 @@ setup_podman
 if [ "$WHICH" = cpu ] || [ "$WHICH" = all ]; then
   base=$(base_image trixie)
   build mpi-infer Dockerfile . "$base" "$(content_hash Dockerfile .dockerignore pyproject.toml README.md mpi_infer docker)"
+fi
+if [ "$WHICH" = gpu ]; then
+  base=$(base_image trixie)
+  build mpi-infer-gpu Dockerfile . "$base" \
+    "$(content_hash Dockerfile .dockerignore pyproject.toml README.md mpi_infer docker gpu)" ONNXRUNTIME=gpu
 fi
 if [ "$WHICH" = ecvl ] || [ "$WHICH" = all ]; then
   if [ -z "${DEEPHEALTH_BASE:-}" ]; then

@@ -177,3 +177,20 @@ def test_an_evicted_job_stops_as_a_retry_and_the_retry_resumes(images):
     assert r["killed"] == "evict" and r["first_attempt"]["returncode"] in (200, 202), r
     assert r["returncode"] == 0 and r["restarts"] == 1, r
     assert r["equal_to_local_run"] is True, r
+
+
+def test_gpu_image_carries_cuda_and_refuses_a_missing_device_clearly():
+    """The GPU image (scripts/build_images.sh gpu: a few GB, so built on demand, not in CI): its ONNX Runtime has
+    the CUDA provider, and `run --gpu` where no GPU is (this machine) ends with the clear exit 12, never a silent CPU
+    run. Skips where the image has not been built."""
+    tag = "localhost/mpi-infer-gpu:latest"
+    if os.geteuid() != 0 or not shutil.which("podman") or subprocess.run(
+            ["podman", "image", "exists", tag]).returncode != 0:
+        pytest.skip(f"{tag} is not built here (sudo bash scripts/build_images.sh gpu; a few GB of CUDA wheels)")
+    providers = subprocess.run(["podman", "run", "--rm", tag, "python", "-c", "import onnxruntime as o; "
+                                "print(o.get_available_providers())"], capture_output=True, text=True, timeout=120)
+    assert "CUDAExecutionProvider" in providers.stdout, providers
+    proc = subprocess.run(["podman", "run", "--rm", "--network=none", tag, "sh", "-c",
+                           "mpi_infer synth /tmp/d --n 4 >/dev/null && mpi_infer run --dataset /tmp/d/dataset.yml "
+                           "--model demo-onnx --out /tmp/o --gpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 12 and "--gpu" in proc.stderr, proc.stderr[-2000:]
