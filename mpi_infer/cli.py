@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     mer.add_argument("dir", help="the --out every part ran with")
     mer.add_argument("--report", action="store_true", default=None, help="also write report.html")
     mer.add_argument("--quiet", action="store_true")
-    mer.add_argument("--parts", type=int_range(1, 100_000), default=None, metavar="N",
+    mer.add_argument("--parts", type=int_range(1, MAX_PARTS), default=None, metavar="N",
                      help="the N every part ran with (a part that never started is then named too)")
     mer.add_argument("--wait", type=float_range(0, 30 * 86400), default=0, metavar="S",
                      help="first wait up to S seconds for every part to finish (a merge pod started with the parts)")

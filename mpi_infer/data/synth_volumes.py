@@ -23,7 +23,6 @@ import numpy as np
 from .synth import SynthSpec, write_yaml
 
 TISSUE_HU, LESION_HU, AIR_HU = 40.0, 160.0, -1000.0
-VOLUME_PRESETS = ("ct", "mri")
 
 
 def volume_sample(seed: int, index: int, size: int, slices: int) -> tuple[np.ndarray, np.ndarray]:

@@ -47,16 +47,16 @@ def slurm_time(text: str) -> str:
 
 
 def add_sbatch_arguments(p: argparse.ArgumentParser) -> None:
-    from ..argtypes import int_range, nonempty
+    from ..argtypes import MAX_PARTS, int_range, nonempty
 
     p.add_argument("--mode", choices=("array", "mpi"), default="array",
                    help="array: N one-process parts and a merge job (no MPI needed); mpi: one N-task MPI job")
     p.add_argument("--dataset", required=True, type=nonempty, help="dataset YAML (shared file system)")
     p.add_argument("--model", required=True, type=nonempty, action="append", metavar="[NAME=]PATH")
     p.add_argument("--out", required=True, type=nonempty, help="output folder (shared file system)")
-    p.add_argument("-n", "--tasks", type=int_range(1, 100_000), required=True,
+    p.add_argument("-n", "--tasks", type=int_range(1, MAX_PARTS), required=True,
                    help="array: parts (array tasks); mpi: MPI ranks")
-    p.add_argument("--parallel", type=int_range(1, 100_000), default=None, metavar="P",
+    p.add_argument("--parallel", type=int_range(1, MAX_PARTS), default=None, metavar="P",
                    help="array: at most P parts at once (--array=0-(N-1)%%P)")
     p.add_argument("--launcher", choices=("srun", "mpirun"), default="srun",
                    help="mpi mode: srun --mpi=pmix (default) or mpirun inside the allocation")

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import cv2
-
 from .imagefiles import ImageFault, check_image_file, read_header
 from .medical import read_header as medical_header
 from .medical import sniff
@@ -20,12 +18,8 @@ def probe(path: str, what: str) -> str:
     kind = sniff(path)
     if kind in ("dicom", "nifti"):
         return medical_header(path, kind).format.replace("dicom", "DICOM").replace("nifti", "NIfTI")
-    head = read_header(path, what)  # PNG and JPEG: size and depth from their headers
-    if head is not None:
-        return head.format.upper()
-    if not cv2.haveImageReader(path):
-        raise ImageFault(f"{what} is in no format mpi_infer reads (DICOM, NIfTI, or one OpenCV decodes): {path}")
-    return "image"
+    head = read_header(path, what)  # PNG and JPEG from their headers; another format decoded once by OpenCV
+    return head.format.upper() if head.format != "other" else "image"
 
 
 @dataclass

@@ -22,9 +22,6 @@ from ..errors import DatasetError, clip
 from .imagefiles import ImageFault, check_image_file
 from .medical import nifti_slices, read_dicom, read_nifti_volume, sniff
 
-SLICE_ORDERS = ("yaml", "reversed")
-
-
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 

@@ -12,6 +12,7 @@ import os
 import re
 from typing import Any
 
+from ..argtypes import MAX_PARTS
 from ..atomic import read_input, write_text
 from ..config import RunConfig
 from ..errors import ConfigError, UsageError, clip
@@ -21,7 +22,6 @@ from ..outputs.results import strict_json
 PARTS_DIR = "parts"
 PART_FILE = "part.json"  # written when the part starts: its options, its place in the plan
 DONE_FILE = "done.json"  # written when the part finishes: its timings, host and engine
-MAX_PARTS = 100_000
 PART_NAME = re.compile(r"part-(\d{1,6})-of-(\d{1,6})")
 
 

@@ -18,7 +18,6 @@ folders, two patients that a folder-name key would merge.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -160,6 +159,3 @@ def segmentation_patients(records: Sequence[Mapping[str, Any]], patient_of: Call
                                  "mean_iou": {"ci95": percentile_ci(sums[:, 1] / sums[:, 2])}}
     return summary, rows
 
-
-def patients_csv_name(out: str) -> str:
-    return os.path.join(out, "patients.csv")
