@@ -265,13 +265,18 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     identity = run_identity(cfg, profile, model_sha, dataset.sha256, splits, arch, infos)
     previous: list[dict[str, Any]] = []
     attempt = 0
+    selected = selection(dataset, splits)  # volumes found once (their headers), for --resume's check and the plan
+    if dataset.volume_sizes and profile.channels != 1:
+        raise ConfigError(f"{dataset.path}: the set holds volumes, and the model takes {profile.channels} channels; "
+                          f"volumes are fed one slice at a time to a one-channel model (a model taking K consecutive "
+                          f"slices, as the MS pipeline's, is not served yet)")
     run_file = os.path.join(cfg.out, RUN_FILE)
     if cfg.resume and os.path.exists(run_file):
         differs = identity_differences(read_run_file(run_file), identity)
         if differs:
             raise ConfigError(f"--resume: {run_file} was made with a different {', '.join(differs)}; "
                               f"use a new --out, or --overwrite")
-        check = record_check(dataset, selection(dataset, splits), cfg.outputs if cfg.multi else None)
+        check = record_check(dataset, selected, cfg.outputs if cfg.multi else None)
         previous = latest_records(read_ledgers(cfg.out, check), cfg.outputs if cfg.multi else None)
         attempt = next_attempt(cfg.out)
     if not cfg.dry_run:
@@ -281,11 +286,6 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
                                         indent=2, default=str))
     done = complete_images(previous, len(cfg.outputs), ok_only=True)  # every model's record, none failed
     previous = [r for r in previous if r["index"] in done]
-    selected = selection(dataset, splits)
-    if dataset.volume_sizes and profile.channels != 1:
-        raise ConfigError(f"{dataset.path}: the set holds volumes, and the model takes {profile.channels} channels; "
-                          f"volumes are fed one slice at a time to a one-channel model (a model taking K consecutive "
-                          f"slices, as the MS pipeline's, is not served yet)")
     outside = outside_paths(dataset, (i for idx in selected.values() for i in idx), strict=cfg.confine_to_dataset)
     if outside and cfg.confine_to_dataset:
         raise DatasetError(f"{dataset.path}: {len(outside)} selected image or mask path(s) lie outside the dataset's "
