@@ -68,14 +68,19 @@ def read_header(path: str, kind: str) -> Header:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # pydicom raises many kinds for a damaged file
             raise ImageFault(f"DICOM file cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
-        if "Rows" not in ds or "Columns" not in ds:
-            raise ImageFault(f"DICOM file holds no image (no Rows/Columns: {ds.get('Modality', 'no modality')}, "
-                             f"e.g. a structured report or an RT plan): {path}")
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        return Header("dicom", (int(ds.Rows), int(ds.Columns)),
+        return Header("dicom", dicom_size(ds, path),
                       f"{ds.get('PhotometricInterpretation', '?')}, {syntax.name if syntax else 'no transfer syntax'}")
     img = _nifti(path)
     return Header("nifti", tuple(int(s) for s in img.shape), NIFTI_SIZES.get(img.header.sizeof_hdr, "NIfTI"))
+
+
+def dicom_size(ds, path: str) -> tuple[int, int]:
+    """(rows, columns) of a DICOM data set; ImageFault for one that holds no image."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageFault(f"DICOM file holds no image (no Rows/Columns: {ds.get('Modality', 'no modality')}, "
+                         f"e.g. a structured report or an RT plan): {path}")
+    return int(ds.Rows), int(ds.Columns)
 
 
 def read_dicom(path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.ndarray:
@@ -85,19 +90,23 @@ def read_dicom(path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.
     from pydicom.pixels import apply_color_lut, apply_modality_lut, pixel_array
 
     check_image_file(path, "image")
-    header = read_header(path, "dicom")
-    rows, cols = header.shape
+    try:  # one read: the pixel bytes come with it (the file is within its size bound), decoded only below
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many kinds for a damaged file
+        raise ImageFault(f"DICOM file cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
+    rows, cols = dicom_size(ds, path)
     if rows * cols > max_pixels:
         raise ImageFault(f"DICOM declares {cols}x{rows} ({rows * cols / 1e6:.0f} megapixels), more than "
                          f"--max-megapixels allows: {path}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
             arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
     except Exception as exc:  # pydicom's decoders raise many kinds
-        syntax = getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", None)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise ImageFault(f"DICOM image cannot be decoded ({syntax.name if syntax else 'unknown transfer syntax'}: "
                          f"{type(exc).__name__}: {_one_line(exc)}): {path}") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
