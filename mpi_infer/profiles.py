@@ -6,7 +6,8 @@ whatever backend runs it: the channels (3: RGB order, grey replicated; 1: grey, 
 ColorType::GRAY), the intensity step (``255``: /255, ECVL's AugToFloat32(255); ``minmax``: each image's own
 min-max to 0..255 (uint8) before the resize, then /255; ``raw``: the values as read, a CT's Hounsfield units),
 the resize on the read type with this interpolation (masks always nearest), then (x - mean) / std per channel
-when mean and std are set, CHW. The channels follow the model's input (stages/prepare.py).
+when mean and std are set, CHW. The channels follow the model's input (stages/prepare.py): on a set of volumes
+a model taking K > 1 channels gets K consecutive slices per sample (``slices``), each one grey channel.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Profile:
     channels: int = 3  # 3: RGB, 1: grey (from the model's input)
     intensity: str = "255"  # 255 | minmax | raw
     source: str = ""  # the upstream file the recipe comes from
+    slices: int = 1  # a volume's consecutive slices per sample, one channel each (the MS pipeline's in_channels)
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -46,12 +48,15 @@ class Profile:
             raise ConfigError(f"profile {self.name}: std must be positive, got {self.std}")
         if self.channels not in (1, 3):
             raise ConfigError(f"profile {self.name}: a model takes 1 (grey) or 3 (RGB) channels, got {self.channels}")
+        if self.slices < 1 or (self.slices > 1 and self.channels != 1):
+            raise ConfigError(f"profile {self.name}: K slices per sample are K grey channels, got {self.slices} "
+                              f"slices of {self.channels} channels")
         if self.intensity not in INTENSITIES:
             raise ConfigError(f"profile {self.name}: intensity must be one of {INTENSITIES}, got {self.intensity!r}")
         for key in ("mean", "std"):
             values = getattr(self, key)
-            if values is not None and len(values) not in (1, self.channels):
-                raise ConfigError(f"profile {self.name}: {key} has {len(values)} values for {self.channels} "
+            if values is not None and len(values) not in (1, self.tensor_channels):
+                raise ConfigError(f"profile {self.name}: {key} has {len(values)} values for {self.tensor_channels} "
                                   f"channel(s)")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"profile {self.name}: threshold must be in (0, 1], got {self.threshold}")
@@ -60,10 +65,15 @@ class Profile:
     def size(self) -> tuple[int, int]:
         return (self.height, self.width)
 
+    @property
+    def tensor_channels(self) -> int:
+        """The network input's channels: 3 (RGB), 1 (grey), or K (K consecutive slices of a volume)."""
+        return self.channels * self.slices
+
     def to_dict(self) -> dict[str, Any]:
         """The full recipe, as summary.json records it."""
         d = asdict(self)
-        for key, default in (("channels", 3), ("intensity", "255"), ("source", "")):
+        for key, default in (("channels", 3), ("intensity", "255"), ("source", ""), ("slices", 1)):
             if d[key] == default:  # absent at their defaults: run.json files written before them still match
                 del d[key]
         d["size"] = [self.height, self.width]
@@ -101,7 +111,8 @@ PROFILES: dict[str, Profile] = {
                 "deephealthproject/use-case-pipelines cpp/kidney_segmentation.cpp"),
         Profile("ms-seg", 256, 256, "cubic", None, None, 0.5,
                 "MS lesions (MSSEG 2016): a NIfTI volume per entry, slices along the third axis, raw values, "
-                "256x256 cubic, one slice per sample (a model taking K consecutive slices is not served yet)", 1,
+                "256x256 cubic; a model taking K channels gets K consecutive slices per sample (stride K), one "
+                "probability map per slice; Dice per slice, mean", 1,
                 "raw", "deephealthproject/use-case-pipelines cpp/ms_segmentation_training.cpp"),
         Profile("uc4-lung", 512, 512, "cubic", (0.3266,), (0.3551,), 0.5,
                 "UC4 lung nodules: PNG (HU windowed offline), grey, 512x512, /255, mean 0.3266 std 0.3551; "
@@ -124,6 +135,7 @@ def get_profile(
     threshold: float | None = None,
     channels: int | None = None,
     intensity: str | None = None,
+    slices: int | None = None,
 ) -> Profile:
     """A named profile (default segnet-192), with any field overridden by explicit options."""
     base_name = name or DEFAULT_PROFILE
@@ -143,8 +155,8 @@ def get_profile(
         changes["threshold"] = float(threshold)
     if intensity is not None:
         changes["intensity"] = intensity
-    if channels is not None and channels != profile.channels:  # from the model: not a custom recipe
-        profile = replace(profile, channels=int(channels))
+    if (channels is not None and channels != profile.channels) or (slices or 1) > 1:  # from the model and the
+        profile = replace(profile, channels=int(channels or profile.channels), slices=int(slices or 1))  # data
     if changes:
         profile = replace(profile, name=profile.name + "+custom", **changes)
     return profile

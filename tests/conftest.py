@@ -100,12 +100,26 @@ def ecvl_stack() -> None:
 def one_channel_model(path: str, size: int) -> str:
     """A real one-channel ONNX segmentation model of ``size``² inputs (a 3x3 mean filter, then a sigmoid of
     (x - 0.5) * 8): the usual CT/MR network's input, for the DICOM, NIfTI and volume tests."""
-    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], np.full(9, 1 / 9, np.float32))
+    return slices_model(path, size, 1)
+
+
+def slices_model(path: str, size: int, slices: int) -> str:
+    """A real ONNX model taking ``slices`` consecutive slices and giving one map per slice (the MS pipeline's
+    in_channels): map j is a sigmoid of (x - 0.5) * 8 over a 3x3 mean of slice j (weight 1/2) and its neighbours
+    in the sample (1/4 each; at the sample's edge the slice itself), so a wrong window changes the scores."""
+    mix = np.zeros((slices, slices), np.float32)
+    for j in range(slices):
+        mix[j, j] += 0.5
+        for n in (j - 1, j + 1):
+            mix[j, n if 0 <= n < slices else j] += 0.25
+    weights = (mix[:, :, None, None] * np.full((3, 3), 1 / 9, np.float32)).ravel()
+    w = helper.make_tensor("w", TensorProto.FLOAT, [slices, slices, 3, 3], weights)
     c = helper.make_tensor("c", TensorProto.FLOAT, [], [0.5])
     k = helper.make_tensor("k", TensorProto.FLOAT, [], [8.0])
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Sub", ["y", "c"], ["z"]),
              helper.make_node("Mul", ["z", "k"], ["s"]), helper.make_node("Sigmoid", ["s"], ["p"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, size, size])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1, size, size])], [w, c, k])
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", slices, size, size])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", slices, size, size])], [w, c, k])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path

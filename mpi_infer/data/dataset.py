@@ -98,6 +98,10 @@ class Dataset:
             label, label_path, values = None, None, {}
         return Sample(index, tuple(self.resolve(scalar_text(x)) for x in locs), label, label_path, values)
 
+    def volume_groups(self) -> dict[int, int]:
+        """Each slice sample id's volume (its YAML index), for a plan that never cuts a volume."""
+        return {sid: volume for sid, (volume, _) in self.volume_of.items()}
+
     def file_bytes(self, index: int) -> int:
         if index in self.volume_of:  # a slice: its share of its volume's files
             volume, _ = self.volume_of[index]

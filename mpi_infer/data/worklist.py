@@ -52,6 +52,15 @@ class WorkList:
                         None if self.targets is None else self.targets[a:b],
                         None if self.slices is None else self.slices[a:b])
 
+    def unit_end(self, b: int) -> int:
+        """The first position at or after ``b`` where no volume is cut (a volume's slices stay together)."""
+        if self.slices is None:
+            return min(b, len(self))
+        while 0 < b < len(self) and self.slices[b] is not None and self.slices[b - 1] is not None \
+                and self.slices[b][0] == self.slices[b - 1][0]:
+            b += 1
+        return min(b, len(self))
+
     def chunks(self, size: int) -> list[WorkList]:
         """Consecutive pieces of at most ``size`` images."""
         return [self.slice(a, min(a + size, len(self))) for a in range(0, len(self), size)]

@@ -18,7 +18,7 @@ def probe_batch(profile: Profile) -> np.ndarray:
     """Two inputs for the start-up probe: a blank image and a fixed random one (preprocessed as the profile
     says). A blank image alone lets small logits pass for probabilities."""
     rng = np.random.default_rng(20261129)
-    shape = (profile.height, profile.width, profile.channels)
+    shape = (profile.height, profile.width, profile.tensor_channels)
     images = np.stack([np.zeros(shape, np.uint8), rng.integers(0, 256, shape, dtype=np.uint8)])
     from ..loaders.opencv import to_tensor
 

@@ -124,9 +124,10 @@ class OnnxEngine:
         if shape[3] in (1, 3) and channels not in (1, 3):
             raise ModelError(f"{self.path}: input '{inputs[0].name}' has shape {shape}: channels last (NHWC); "
                              f"mpi_infer feeds [N, C, H, W] (NCHW) as ECVL does: export the model channels-first")
-        if isinstance(channels, int) and channels != profile.channels:
+        if isinstance(channels, int) and channels != profile.tensor_channels:
+            gives = ("grey" if profile.channels == 1 else "RGB") if profile.slices == 1 else "consecutive slices"
             raise ModelError(f"{self.path}: input '{inputs[0].name}' takes {channels} channels, the profile gives "
-                             f"{profile.channels} ({'grey' if profile.channels == 1 else 'RGB'})")
+                             f"{profile.tensor_channels} ({gives})")
         for got, want, what in ((h, profile.height, "height"), (w, profile.width, "width")):
             if isinstance(got, int) and got != want:
                 raise ModelError(f"{self.path}: input '{inputs[0].name}' {what} is {got}, but profile "

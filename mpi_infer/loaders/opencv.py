@@ -35,7 +35,7 @@ from .imagefiles import (
     truncation_notes,
 )
 from .medical import read_dicom, read_nifti, sniff
-from .volumes import VolumeCache, read_label_slice, read_slice
+from .volumes import VolumeCache, read_label_slice, read_sample, read_slice
 
 CV_INTERP = {
     "nearest": cv2.INTER_NEAREST,
@@ -59,6 +59,8 @@ class Loaded:
     full_mask: np.ndarray | None = None  # uint8 grey at the image's own size (--score-at original only)
     decode_s: float = 0.0  # CPU seconds reading and decoding the files (in a loader thread)
     preprocess_s: float = 0.0  # CPU seconds resizing and checking
+    sample: tuple[int, int] | None = None  # a K-slice model: (volume, first slice) of the sample that scores it
+    channel: int = 0  # and which of the sample's output maps is this slice's
 
 
 def decode(path: str, what: str, notes: list[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -262,8 +264,14 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
     t0 = time.thread_time()  # this thread's CPU time: what the work costs, not how long it waited for a core
     decode_s = 0.0
     try:
-        if item.slice is not None:  # a volume's slice (loaders/volumes.py)
-            cache = volumes or VolumeCache()
+        cache = volumes or VolumeCache()
+        if item.slice is not None and profile.slices > 1:  # the K-slice sample holding this slice, made once
+            small, start, out.original_hw = cache.samples.get(
+                (item.locations, item.slice // profile.slices), lambda said: k_slice_sample(item, profile, slice_order,
+                                                                                           cache, said), out.notes)
+            out.sample, out.channel = (int(item.volume or 0), start), item.slice - start
+            img = None
+        elif item.slice is not None:  # a volume's slice (loaders/volumes.py)
             img, bgr = read_slice(item.locations, item.slice, slice_order, cache, out.notes), False
             out.original_hw = (int(img.shape[0]), int(img.shape[1]))
         elif len(item.locations) == 1:
@@ -273,19 +281,20 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
             img, bgr = read_planes(item.locations, out.notes, max_pixels), False  # RGB order already
             out.original_hw = (int(img.shape[0]), int(img.shape[1]))
         if item.slice is not None and item.label_path:
-            mask = read_label_slice(item.label_path, item.slice, volumes or VolumeCache())
+            mask = read_label_slice(item.label_path, item.slice, cache)
             check_mask_size((mask.shape[1], mask.shape[0]), out.original_hw[::-1], item.label_path, None)
         else:
             mask = (read_mask(item.label_path, out.original_hw, out.notes, item.locations[0], max_pixels)
                     if item.label_path else None)
         decode_s = time.thread_time() - t0
         size = (profile.width, profile.height)
-        img, bgr = to_channels(img, profile.channels, bgr, out.notes)
-        if profile.intensity == "minmax":  # each image's own range to 0..255, before the resize (kidney-cls)
-            img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
-        small = cv2.resize(img, size, interpolation=CV_INTERP[profile.interpolation])
-        del img
-        out.image = cv2.cvtColor(small, cv2.COLOR_BGR2RGB) if bgr else small
+        if img is not None:
+            img, bgr = to_channels(img, profile.channels, bgr, out.notes)
+            small = resize(img, profile)
+            del img
+            out.image = cv2.cvtColor(small, cv2.COLOR_BGR2RGB) if bgr else small
+        else:
+            out.image = small
         if mask is not None:
             out.mask = grey_mask(cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST), out.notes)
             out.notes += mask_notes(out.mask, item.label_path or "")
@@ -302,6 +311,22 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
     out.decode_s = decode_s or time.thread_time() - t0
     out.preprocess_s = time.thread_time() - t0 - out.decode_s
     return out
+
+
+def resize(img: np.ndarray, profile: Profile) -> np.ndarray:
+    """The profile's intensity step that comes before the resize (``minmax``: the image's own range to 0..255
+    uint8, kidney-cls), then the resize to the network's size with the profile's interpolation."""
+    if profile.intensity == "minmax":
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
+    return cv2.resize(img, (profile.width, profile.height), interpolation=CV_INTERP[profile.interpolation])
+
+
+def k_slice_sample(item: WorkItem, profile: Profile, order: str, cache: VolumeCache, notes: list[str]
+                   ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """The network-size K-slice sample that scores ``item``'s slice (all K channels resized at once, as ECVL's
+    AugResizeDim resizes the K-channel image), its first slice, and a slice's own (H, W)."""
+    stack, start = read_sample(item.locations, int(item.slice or 0), profile.slices, order, cache, notes)
+    return resize(stack, profile), start, (int(stack.shape[0]), int(stack.shape[1]))
 
 
 def to_tensor(images: Sequence[np.ndarray], profile: Profile) -> np.ndarray:
@@ -326,11 +351,36 @@ def normalise(batch: np.ndarray, profile: Profile) -> np.ndarray:
 
 @dataclass
 class Batch:
-    """Consecutive loaded items; ``x`` holds only those with pixels (``rows`` say which)."""
+    """Consecutive loaded items; ``x`` holds only those with pixels (``rows`` say which). A K-slice model's
+    slices share their samples: ``x`` holds each sample once, and ``take``/``channel`` say which sample and which
+    of its output maps each row is."""
 
     items: list[Loaded]
     x: np.ndarray | None
     rows: list[int]
+    take: list[int] | None = None
+    channel: list[int] | None = None
+
+    def per_row(self, maps: np.ndarray | None) -> np.ndarray | None:
+        """The model's output for each row: as it is, or (a K-slice model) each row's own slice map."""
+        if maps is None or self.take is None:
+            return maps
+        return np.ascontiguousarray(maps[self.take, self.channel])
+
+
+def batch_of(loaded: list[Loaded], profile: Profile) -> Batch:
+    """The batch of ``loaded``: its tensor, each K-slice sample in it once."""
+    rows = [k for k, it in enumerate(loaded) if it.image is not None]
+    if not rows:
+        return Batch(loaded, None, rows)
+    if loaded[rows[0]].sample is None:
+        return Batch(loaded, to_tensor([loaded[k].image for k in rows], profile), rows)
+    first: dict[tuple[int, int] | None, int] = {}
+    for k in rows:
+        first.setdefault(loaded[k].sample, k)
+    order = {key: j for j, key in enumerate(first)}
+    return Batch(loaded, to_tensor([loaded[k].image for k in first.values()], profile), rows,
+                 [order[loaded[k].sample] for k in rows], [loaded[k].channel for k in rows])
 
 
 def iter_batches(
@@ -361,7 +411,4 @@ def iter_batches(
                                                    max_pixels, volumes, slice_order))
             if not pending:
                 return
-            loaded = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
-            rows = [k for k, it in enumerate(loaded) if it.image is not None]
-            x = to_tensor([loaded[k].image for k in rows], profile) if rows else None
-            yield Batch(loaded, x, rows)
+            yield batch_of([pending.popleft().result() for _ in range(min(batch_size, len(pending)))], profile)

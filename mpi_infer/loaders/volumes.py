@@ -4,15 +4,16 @@ slices: use-case-pipelines cpp/kidney_segmentation.cpp, cpp/ms_segmentation_trai
 
 On rank 0, ``expand_volumes`` finds the volumes among the selected entries (reading headers only) and gives each
 slice its own sample id after the YAML's indices, in selection order, so the planner, the ledger and the gather
-treat slices as they treat images, and the plan's exactly-once proof covers every slice. Each rank reads a NIfTI
-volume (and a label volume) once, into a small cache, and serves its slices from it.
+treat slices as they treat images, and the plan's exactly-once proof covers every slice; a plan keeps each
+volume on one rank. Each rank reads a NIfTI volume (and a label volume) once, into a small cache, and serves its
+slices from it. A model taking K channels scores slice k from the K-slice sample holding it (``read_sample``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from ..data.dataset import Dataset
 from ..errors import DatasetError, clip
 from .imagefiles import ImageFault, check_image_file
-from .medical import nifti_slices, read_dicom, read_nifti_volume, sniff
+from .medical import nifti_slices, read_dicom, read_nifti_volume, smallest_type, sniff
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -80,49 +81,63 @@ def expand_volumes(dataset: Dataset, selected: Mapping[str, Any]) -> dict[str, n
     return out
 
 
-class VolumeCache:
-    """The last few volumes a rank read (images and labels), shared by its loader threads: a volume is read once
-    however many of its slices the rank scores (a volume cut between two ranks' shards is read by both)."""
+class OnceCache:
+    """The last few values made under a key, shared by a rank's loader threads: each is made once, however many
+    threads ask for it at the same time (the others wait for the first)."""
 
-    def __init__(self, keep: int = 2) -> None:
+    def __init__(self, keep: int) -> None:
         self.keep = keep
         self._lock = threading.Lock()
-        self._volumes: OrderedDict[str, tuple[threading.Event, Any]] = OrderedDict()
+        self._values: OrderedDict[Any, tuple[threading.Event, Any]] = OrderedDict()
 
-    def get(self, path: str, notes: list[str]) -> np.ndarray:
-        """The volume's stored values; its notes (scaling not applied) are added to ``notes`` on every call, so
-        every slice says them whichever rank read the volume first."""
+    def get(self, key: Any, make: Callable[[list[str]], Any], notes: list[str]) -> Any:
+        """``make(notes)``'s value for ``key``; its notes are added to ``notes`` on every call, so every slice
+        says them whichever thread made the value. An ImageFault is kept and raised again."""
         with self._lock:
-            entry = self._volumes.get(path)
+            entry = self._values.get(key)
             owner = entry is None
             if owner:
                 entry = (threading.Event(), None)
-                self._volumes[path] = entry
-                while len(self._volumes) > self.keep:
-                    self._volumes.popitem(last=False)
+                self._values[key] = entry
+                while len(self._values) > self.keep:
+                    self._values.popitem(last=False)
             else:
-                self._volumes.move_to_end(path)
+                self._values.move_to_end(key)
         event, _ = entry
         if owner:
             said: list[str] = []
             try:
-                value: Any = (read_nifti_volume(path, said), said)
+                value: Any = (make(said), said)
             except ImageFault as exc:
                 value = (exc, said)
             with self._lock:
-                self._volumes[path] = (event, value)
+                self._values[key] = (event, value)
             event.set()
         else:
             event.wait()
-        value = self._volumes.get(path, (None, None))[1]
-        if value is None:  # evicted before we looked: read it ourselves
+        value = self._values.get(key, (None, None))[1]
+        if value is None:  # evicted before we looked: make it ourselves
             said = []
-            value = (read_nifti_volume(path, said), said)
-        array, said = value
-        if isinstance(array, ImageFault):
-            raise array
+            value = (make(said), said)
+        result, said = value
+        if isinstance(result, ImageFault):
+            raise result
         notes += said
-        return array
+        return result
+
+
+class VolumeCache:
+    """A rank's volumes (images and labels: the last two read) and its K-slice samples (the last few made): a
+    volume is read once however many of its slices the rank scores, and a K-slice sample is read and resized
+    once for its K slices."""
+
+    def __init__(self, keep: int = 2, samples: int = 16) -> None:
+        self.volumes = OnceCache(keep)
+        self.samples = OnceCache(samples)
+
+    def get(self, path: str, notes: list[str]) -> np.ndarray:
+        """The NIfTI volume's stored values (its notes, scaling not applied, added to ``notes``)."""
+        return self.volumes.get(path, lambda said: read_nifti_volume(path, said), notes)
 
 
 def read_slice(locations: tuple[str, ...], k: int, order: str, cache: VolumeCache, notes: list[str]
@@ -134,6 +149,31 @@ def read_slice(locations: tuple[str, ...], k: int, order: str, cache: VolumeCach
         return read_dicom(locations[pos], notes)
     volume = cache.get(locations[0], notes)
     return np.ascontiguousarray(volume[:, :, k].T)
+
+
+def sample_start(k: int, depth: int, slices: int) -> int:
+    """The first slice of the K-slice sample that scores slice ``k``: samples of K consecutive slices, stride K
+    (use-case-pipelines' MSVolume), the last one ending on the volume's last slice. Upstream drops a volume's
+    last ``depth mod K`` slices; here they are scored from that last sample, so every slice is scored once."""
+    if depth < slices:
+        raise ImageFault(f"the volume has {depth} slice(s); the model takes {slices} consecutive slices per sample")
+    return min((k // slices) * slices, depth - slices)
+
+
+def read_sample(locations: tuple[str, ...], k: int, slices: int, order: str, cache: VolumeCache, notes: list[str]
+                ) -> tuple[np.ndarray, int]:
+    """The K consecutive slices (H x W x K, stored values, grey, in the smallest type that holds them all) of the
+    sample that scores slice ``k``, and its first slice."""
+    depth = len(locations) if len(locations) > 1 else cache.get(locations[0], notes).shape[2]
+    start = sample_start(k, depth, slices)
+    planes = [read_slice(locations, j, order, cache, notes) for j in range(start, start + slices)]
+    if any(p.ndim != 2 for p in planes):
+        raise ImageFault(f"slices {start}..{start + slices - 1} of {locations[0]}: a K-slice sample takes grey "
+                         f"slices, got shapes {[p.shape for p in planes]}")
+    if len({p.shape for p in planes}) != 1:
+        raise ImageFault(f"slices {start}..{start + slices - 1} of {locations[0]} differ in size: "
+                         f"{[p.shape for p in planes]}")
+    return np.ascontiguousarray(smallest_type(np.stack(planes, axis=2))), start  # one type for the K slices
 
 
 def read_label_slice(path: str, k: int, cache: VolumeCache) -> np.ndarray:

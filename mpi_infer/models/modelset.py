@@ -92,7 +92,7 @@ def predict_tta(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tta:
     outs = []
     for axes in FLIPS:
         y = predict(np.ascontiguousarray(np.flip(x, axes)) if axes else x)
-        if y.ndim == 3 and axes:  # a map: flip it back ([N, H, W]: the same last two axes)
+        if y.ndim in (3, 4) and axes:  # maps: flip them back ([N, H, W] or [N, K, H, W]: the last two axes)
             y = np.flip(y, axes)
         outs.append(np.asarray(y, np.float32))
     stack = np.stack(outs)

@@ -305,10 +305,10 @@ class Channel:
     # -- dynamic schedule ----------------------------------------------------------------------
     def _next_chunk(self) -> WorkList | None:
         """The next fixed-size chunk (small chunks keep the tail short: a slow rank holds at most its
-        current chunk and the one it asked for ahead)."""
+        current chunk and the one it asked for ahead), stretched to the end of a volume it would cut."""
         if self.queue is None or self.cursor >= len(self.queue):
             return None
-        chunk = self.queue.slice(self.cursor, min(self.cursor + self.chunk_size, len(self.queue)))
+        chunk = self.queue.slice(self.cursor, self.queue.unit_end(self.cursor + self.chunk_size))
         self.cursor += len(chunk)
         return chunk
 

@@ -43,14 +43,16 @@ class Recovery:
         return self.lost[rank]
 
     def hand_out(self, survivors: list[int]) -> list[WorkList]:
-        """The queued images split among ``survivors`` (rank 0 first), contiguous and as even as counts allow;
-        each share is recorded as assigned, so a survivor lost later gives back what it did not finish."""
+        """The queued images split among ``survivors`` (rank 0 first), contiguous, as even as counts allow (a
+        volume kept whole); each share is recorded as assigned, so a survivor lost later gives back what it did
+        not finish."""
         work = WorkList.pending(self.queue, set())
         self.queue = []
         self.rounds += 1
         self.rerun.extend(work.indices)
         share = -(-len(work) // len(survivors))
-        parts = [work.slice(k * share, min(len(work), (k + 1) * share)) for k in range(len(survivors))]
+        cuts = [0, *(work.unit_end(k * share) for k in range(1, len(survivors))), len(work)]  # volumes whole
+        parts = [work.slice(cuts[k], cuts[k + 1]) for k in range(len(survivors))]
         for rank, part in zip(survivors, parts):
             self.assign(rank, part)
         return parts

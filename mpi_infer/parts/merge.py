@@ -138,7 +138,8 @@ def _prepare_merge(cfg: RunConfig, n: int, top: str) -> tuple[Prepared, list[Any
     t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, allow_overlap=cfg.allow_overlap)
     splits = select_splits(dataset, cfg.splits)
-    profile = resolve_profile(cfg, dataset.task)
+    selected = selection(dataset, splits)
+    profile = resolve_profile(cfg, dataset.task, volumes=bool(dataset.volume_sizes))
     arch = resolve_arch(cfg)
     model_sha = model_sha256(cfg.model)
     infos = model_infos(cfg, model_sha, arch)
@@ -151,7 +152,6 @@ def _prepare_merge(cfg: RunConfig, n: int, top: str) -> tuple[Prepared, list[Any
         if differs:
             raise ConfigError(f"merge: part {k}/{n} ran with a different {', '.join(differs)} than the files hold "
                               f"now ({path}); run the parts again (--overwrite) or restore the files")
-    selected = selection(dataset, splits)
     shards, sharding, fingerprint = part_plan(cfg, dataset, selected, n)
     prepared = Prepared(
         run_model="", model_sha256=model_sha, dataset_sha256=dataset.sha256, splits=splits, attempt=0,

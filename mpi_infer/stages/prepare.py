@@ -126,10 +126,12 @@ def resolve_arch(cfg: RunConfig, path: str | None = None) -> str | None:
     return detect_arch(read_records(path), path)
 
 
-def resolve_profile(cfg: RunConfig, task: str, warnings: list[str] | None = None) -> Profile:
+def resolve_profile(cfg: RunConfig, task: str, warnings: list[str] | None = None, volumes: bool = False) -> Profile:
     """The recipe every rank uses: --profile (and its overrides), else the task's default: segnet-192 for
     segmentation, vgg16-224 for classification (lenet-64 for the shipped demo classifier); its channels are the
-    model's input's (ECVL's ColorType: 1 grey, 3 RGB), said in ``warnings`` where they differ from the recipe's."""
+    model's input's (ECVL's ColorType: 1 grey, 3 RGB), said in ``warnings`` where they differ from the recipe's.
+    On a set of ``volumes`` a model taking K > 1 channels takes K consecutive slices per sample (the MS
+    pipeline's ``in_channels``)."""
     name = cfg.profile_name
     if name is None and task == "classification":
         name = "lenet-64" if os.path.basename(cfg.model).startswith(DEMO_CLASSIFIER) else "vgg16-224"
@@ -139,13 +141,19 @@ def resolve_profile(cfg: RunConfig, task: str, warnings: list[str] | None = None
     if len(wanted) > 1:
         raise ConfigError(f"the models take different channels ({', '.join(f'{p}: {c}' for p, c in found.items())}); "
                           f"one run reads its images one way: run them separately")
-    if wanted and (channels := wanted.pop()) != profile.channels and channels in (1, 3):  # else the engine says
-        try:
-            profile = get_profile(name, **cfg.profile_overrides, channels=channels)
+    channels = wanted.pop() if wanted else None
+    slices = channels if volumes and channels is not None and channels > 1 else None
+    if slices or (channels is not None and channels != profile.channels and channels in (1, 3)):  # else the
+        try:  # engine says
+            profile = get_profile(name, **cfg.profile_overrides, channels=1 if slices else channels, slices=slices)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (the model takes {channels} channel(s)): give --mean/--std one value each, "
                               f"or {channels}") from None
-        if warnings is not None:
+        if warnings is not None and slices:
+            warnings.append(f"the model takes {slices} channels and the set holds volumes: each sample is {slices} "
+                            f"consecutive slices (stride {slices}; a volume's last sample ends on its last slice), "
+                            f"one probability map per slice")
+        elif warnings is not None:
             read = "grey" if channels == 1 else "RGB"
             warnings.append(f"the model takes {channels} channel(s): images are read {read} (profile {profile.name} "
                             f"says {3 if channels == 1 else 1})")
@@ -174,6 +182,22 @@ def selection(dataset: Dataset, splits: list[str]) -> dict[str, Any]:
     from ..loaders.volumes import expand_volumes
 
     return expand_volumes(dataset, selected_items(dataset, splits))
+
+
+def check_volume_channels(dataset: Dataset, selected: dict[str, Any], profile: Profile) -> None:
+    """Volumes go to a one-channel model slice by slice, or to a K-channel one K slices at a time; a 2D image
+    among them has no K slices, and a colour model no volumes (ConfigError)."""
+    if not dataset.volume_sizes:
+        return
+    if profile.channels != 1:
+        raise ConfigError(f"{dataset.path}: the set holds volumes, and the model takes {profile.channels} colour "
+                          f"channels; a volume's slices are grey")
+    if profile.slices > 1:
+        flat = next((int(i) for idx in selected.values() for i in idx if int(i) not in dataset.volume_of), None)
+        if flat is not None:
+            raise ConfigError(f"{dataset.path}: images[{flat}] is a 2D image, and the model takes {profile.slices} "
+                              f"consecutive slices of a volume per sample; run the 2D images with a model of "
+                              f"their own")
 
 
 def medical_files(dataset: Dataset, selected: dict[str, Any]) -> str:
@@ -256,7 +280,9 @@ def prepare_run(cfg: RunConfig, world: int, engine: str = "onnx", part: tuple[in
 def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: list[str], model_sha: str,
              fresh: bool, t0: float, part: tuple[int, int] | None = None) -> tuple[Prepared, list[WorkList]]:
     warnings: list[str] = []
-    profile = resolve_profile(cfg, dataset.task, warnings)
+    selected = selection(dataset, splits)  # volumes found once (their headers), for --resume's check and the plan
+    profile = resolve_profile(cfg, dataset.task, warnings, volumes=bool(dataset.volume_sizes))
+    check_volume_channels(dataset, selected, profile)
     arch = resolve_arch(cfg)
     if cfg.ensemble == "vote" and dataset.task != "classification":
         raise ConfigError("--ensemble vote is for classification (a vote of class labels); a segmentation "
@@ -265,11 +291,6 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
     identity = run_identity(cfg, profile, model_sha, dataset.sha256, splits, arch, infos)
     previous: list[dict[str, Any]] = []
     attempt = 0
-    selected = selection(dataset, splits)  # volumes found once (their headers), for --resume's check and the plan
-    if dataset.volume_sizes and profile.channels != 1:
-        raise ConfigError(f"{dataset.path}: the set holds volumes, and the model takes {profile.channels} channels; "
-                          f"volumes are fed one slice at a time to a one-channel model (a model taking K consecutive "
-                          f"slices, as the MS pipeline's, is not served yet)")
     run_file = os.path.join(cfg.out, RUN_FILE)
     if cfg.resume and os.path.exists(run_file):
         differs = identity_differences(read_run_file(run_file), identity)
@@ -315,7 +336,7 @@ def _prepare(cfg: RunConfig, world: int, engine: str, dataset: Dataset, splits: 
         sharding = shard_rule(cfg, shards_n, sum(len(v) for v in todo.values()))
         weights = ({int(i): dataset.file_bytes(int(i)) for idx in todo.values() for i in idx}
                    if sharding == "bytes" else None)
-        shards = plan(todo, shards_n, balance=cfg.balance, weights=weights)
+        shards = plan(todo, shards_n, balance=cfg.balance, weights=weights, groups=dataset.volume_groups())
         fingerprint = ""
     def engine_file(path: str, sha: str, arch: str | None) -> str:
         """The file the engine opens: the cached ONNX conversion of a .bin on the onnx engine, else the model."""
@@ -348,7 +369,7 @@ def part_plan(cfg: RunConfig, dataset: Dataset, selected: dict[str, Any], parts:
     rule = shard_rule(cfg, parts, sum(len(v) for v in selected.values()))  # never dynamic: run --part refuses it
     weights = ({int(i): dataset.file_bytes(int(i)) for idx in selected.values() for i in idx}
                if rule == "bytes" else None)
-    shards = plan(selected, parts, balance=cfg.balance, weights=weights)
+    shards = plan(selected, parts, balance=cfg.balance, weights=weights, groups=dataset.volume_groups())
     text = json.dumps([{s: [int(i) for i in idx] for s, idx in sh.parts.items()} for sh in shards])
     return shards, rule, hashlib.sha256(text.encode()).hexdigest()
 

@@ -167,6 +167,7 @@ def _score_models(batch: Any, predictors: list[tuple[str, Callable[[np.ndarray],
         if ensemble:
             means = [o[1] for o in outputs]
             outputs.append((ENSEMBLE, combine(means, ensemble), np.stack(means).std(axis=0) if tta else None))
+        outputs = [(name, batch.per_row(probs), batch.per_row(spread)) for name, probs, spread in outputs]
         timings.predict_s += time.perf_counter() - t0
     else:
         outputs = [(name, None, None) for name, _ in predictors] + ([(ENSEMBLE, None, None)] if ensemble else [])

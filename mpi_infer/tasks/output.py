@@ -61,6 +61,21 @@ def foreground(raw: np.ndarray, spec: OutputSpec, source: str = "model") -> np.n
     return np.ascontiguousarray(y[:, k], np.float32)
 
 
+def slice_maps(raw: np.ndarray, spec: OutputSpec, slices: int, source: str = "model") -> np.ndarray:
+    """A K-slice model's raw output [N, K, H, W] -> [N, K, H, W] float32 probabilities, map j for the sample's
+    slice j (use-case-pipelines' MS segmentation: one output channel per input slice, each scored alone)."""
+    y = np.asarray(raw, dtype=np.float32)
+    if y.ndim != 4 or y.shape[1] != slices:
+        raise ModelError(f"{source}: output has shape {list(raw.shape)}; a model taking {slices} consecutive slices "
+                         f"per sample gives one map per slice, [N, {slices}, H, W]")
+    if spec.activation == "softmax" or spec.cls is not None:
+        raise ModelError(f"{source}: a model taking {slices} consecutive slices gives one map per slice, not classes: "
+                         f"drop --activation softmax and --class (use --activation sigmoid for logits)")
+    if spec.activation == "sigmoid":
+        y = 1.0 / (1.0 + np.exp(-y))
+    return np.ascontiguousarray(y, np.float32)
+
+
 def softmax(y: np.ndarray) -> np.ndarray:
     """Softmax over axis 1 (the classes), stable for large logits; float32 in, float32 out."""
     y = y - y.max(axis=1, keepdims=True)

@@ -27,7 +27,14 @@ import numpy as np
 
 from ..errors import ModelError, clip
 from ..profiles import Profile
-from .output import OutputSpec, check_probabilities, foreground, foreground_channel, refuse_double_activation
+from .output import (
+    OutputSpec,
+    check_probabilities,
+    foreground,
+    foreground_channel,
+    refuse_double_activation,
+    slice_maps,
+)
 from .protocol import MAX_ERROR_CHARS, STATUSES, ScoreOptions
 from .stats import bootstrap_sums, describe, percentile_ci
 
@@ -342,7 +349,8 @@ def threshold_selection(per_split: Mapping[str, Mapping[str, Any]]) -> dict[str,
 
 
 class SegmentationHead:
-    """Raw [N, C, H, W] (or [N, H, W]) output -> [N, H, W] float32 foreground probabilities."""
+    """Raw [N, C, H, W] (or [N, H, W]) output -> [N, H, W] float32 foreground probabilities; a K-slice model's
+    [N, K, H, W] -> one map per slice, [N, K, H, W] (the batch picks each slice's own)."""
 
     def __init__(self, spec: OutputSpec, profile: Profile):
         self.spec, self.profile = spec, profile
@@ -356,17 +364,21 @@ class SegmentationHead:
         if spatial != (h, w):
             raise ModelError(f"{source} has shape {list(raw.shape)} for two images; expected [N, C, {h}, {w}] "
                              f"(segmentation at the network's input size)")
+        if self.profile.slices > 1:  # one map per slice, never classes: said before any activation check
+            slice_maps(raw, self.spec, self.profile.slices, source)
         refuse_double_activation(raw, self.spec, source)
-        probe = foreground(raw, self.spec, source)
+        probe = self(raw)
         channels = raw.shape[1] if raw.ndim == 4 else 1
         check_probabilities(probe, channels, self.spec, source)
-        if self.spec.activation == "sigmoid" and channels == 2:
+        if self.spec.activation == "sigmoid" and channels == 2 and self.profile.slices == 1:
             k = foreground_channel(2, self.spec, source)
             self.warnings.append(
                 f"--activation sigmoid on {source}, which has 2 channels: a 2-class (softmax-style) output is "
                 f"usually meant for --activation softmax; sigmoid scores channel {k} alone and ignores the other")
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if self.profile.slices > 1:
+            return slice_maps(raw, self.spec, self.profile.slices, self.source)
         return foreground(raw, self.spec, self.source)
 
 

@@ -122,3 +122,36 @@ def test_cost_balance_carries_over_splits():
     costs = [sum(weights[int(i)] for _, i in s.items()) for s in shards]
     assert abs(costs[0] - costs[1]) <= 30  # within the largest single image
     assert sorted(i for s in shards for _, i in s.items()) == list(range(50))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 20])
+@pytest.mark.parametrize("by_bytes", [False, True])
+def test_a_plan_keeps_every_volume_on_one_rank(n, by_bytes):
+    """Volumes (slice ids -> their volume) are never cut: each rank reads a volume and its label once; the cuts
+    balance slices (or their bytes) between volumes, and the plan still holds every slice exactly once."""
+    rng = np.random.default_rng(n)
+    groups, ids, next_id = {}, [], 100
+    for volume in range(12):
+        if volume % 4 == 3:
+            ids.append(volume)  # a 2D image among the volumes
+            continue
+        for _ in range(int(rng.integers(1, 30))):
+            groups[next_id] = volume
+            ids.append(next_id)
+            next_id += 1
+    first_test = next(pos for pos, i in enumerate(ids) if groups.get(i, i) >= 6)  # a volume is in one split
+    selected = {"training": np.asarray(ids[:first_test]), "test": np.asarray(ids[first_test:])}
+    weights = {i: float(rng.integers(1, 100)) for i in ids} if by_bytes else None
+    shards = plan(selected, n, weights=weights, groups=groups)
+    owner = {}
+    for shard in shards:
+        for _, i in shard.items():
+            assert owner.setdefault(groups.get(i, -i), shard.rank) == shard.rank
+    assert sorted(i for s in shards for _, i in s.items()) == sorted(ids)
+    if n == 2 and not by_bytes:  # balanced by slices, within a volume's size
+        biggest = max(np.bincount(list(groups.values())))
+        assert abs(len(shards[0]) - len(shards[1])) <= 2 * biggest
+    with pytest.raises(PlanError, match="volume .* is cut between shards"):
+        cut = [Shard(0, {"test": np.asarray(ids[:41])}), Shard(1, {"test": np.asarray(ids[41:])})]
+        check_plan({"test": np.asarray(ids)}, cut, False, sizes_by_rule=False,
+                   groups={**groups, ids[40]: -7, ids[41]: -7})

@@ -183,3 +183,106 @@ def test_synthetic_ct_and_mri_volumes_run_alike_for_any_n(preset, tmp_path):
         assert summary["patients"]["patients"] == 3 and summary["patients"]["unmatched_images"] == 0
     else:
         assert "scl_slope 2, scl_inter -1024 not applied" in notes
+
+
+def sample_expected(root, model: str, slices: int) -> dict[tuple[int, int], tuple[int, int, int] | str]:
+    """(volume, slice) -> (tp, fp, fn) for a model taking K consecutive slices: slice k is scored from the sample
+    of slices s..s+K-1, s = min(K floor(k/K), Z-K) (stride K, the last sample ending on the last slice), its map
+    k-s; nibabel/pydicom values as ECVL reads them, the K slices resized together."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    volumes = {}
+    for volume, name in ((0, "anatomical.nii"), (3, "standard.nii.gz")):
+        arr = np.asarray(nib.load(root / name).dataobj.get_unscaled())
+        lab = np.asarray(nib.load(root / f"label-{name}").dataobj)
+        volumes[volume] = ([arr[:, :, k].T for k in range(arr.shape[2])], [lab[:, :, k].T for k in range(arr.shape[2])])
+    lab = np.asarray(nib.load(root / "label-ct.nii.gz").dataobj)
+    ct = []
+    for k in range(3):  # --slice-order reversed
+        ds = pydicom.dcmread(root / f"ct_{2 - k}.dcm")
+        ct.append(np.trunc(ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)))
+    volumes[2] = (ct, [lab[:, :, k].T for k in range(3)])
+    out: dict[tuple[int, int], tuple[int, int, int] | str] = {}
+    for volume, (values, labels) in volumes.items():
+        depth = len(values)
+        for k in range(depth):
+            if depth < slices:
+                out[(volume, k)] = f"the volume has {depth} slice(s); the model takes {slices} consecutive slices"
+                continue
+            s = min(k // slices * slices, depth - slices)
+            stack = smallest(np.stack(values[s:s + slices], axis=2))
+            small = cv2.resize(stack, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            prob = session.run(None, {"x": small.transpose(2, 0, 1)[None]})[0][0, k - s]
+            g = cv2.resize(np.where(labels[k] > 0, 255, 0).astype(np.uint8), (SIZE, SIZE),
+                           interpolation=cv2.INTER_NEAREST) >= 128
+            p = prob >= 0.5
+            out[(volume, k)] = (int(np.sum(p & g)), int(np.sum(p & ~g)), int(np.sum(~p & g)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def volumes_only(volume_set) -> str:
+    path = volume_set["root"] / "volumes-only.yml"
+    doc = yaml.safe_load(Path(volume_set["dataset"]).read_text())
+    path.write_text(yaml.safe_dump({**doc, "split": {"test": [0, 2, 3]}}))
+    return str(path)
+
+
+def check_samples(out: str, want: dict) -> list[tuple]:
+    rows = read_rows(out)
+    assert len(rows) == 25 + 3 + 7 and all(r["slice"] != "" for r in rows)  # every slice once, no tail dropped
+    for r in rows:
+        key = (int(r["volume"]), int(r["slice"]))
+        if isinstance(want[key], str):
+            assert r["status"] == "failed" and want[key] in r["error"], (key, r)
+        else:
+            assert r["status"] == "ok" and float(r["dice"]) == pytest.approx(dice(*want[key], eps=1e-6), abs=1e-12), \
+                (key, r)
+    return [(r["index"], r["volume"], r["slice"], r["status"], r["dice"]) for r in rows]
+
+
+def test_a_k_slice_model_scores_every_slice_from_its_sample_for_any_n_and_after_a_kill(volume_set, volumes_only,
+                                                                                      tmp_path):
+    """The MS pipeline's in_channels: K consecutive slices per sample (stride K), one map per slice; the volume's
+    last sample ends on its last slice (upstream drops those slices); a volume shorter than K fails by name.
+    Each rank holds whole volumes."""
+    from conftest import slices_model
+
+    results = []
+    for slices, runs in ((3, (1, 2, 3, "dynamic")), (4, (2,))):
+        model = slices_model(str(tmp_path / f"k{slices}.onnx"), SIZE, slices)
+        want = sample_expected(volume_set["root"], model, slices)
+        for n in runs:
+            out = str(tmp_path / f"k{slices}n{n}")
+            schedule = ("--schedule", "dynamic", "--chunk-size", "2") if n == "dynamic" else ()
+            proc = mpirun(3 if n == "dynamic" else n, "run", "--dataset", volumes_only, "--model", model, "--out", out,
+                          "--size", str(SIZE), str(SIZE), "--intensity", "raw", "--slice-order", "reversed",
+                          "--batch-size", "2", *schedule)
+            assert proc.returncode == (0 if slices == 3 else 3), proc.stderr
+            assert f"each sample is {slices} consecutive slices" in proc.stdout + proc.stderr
+            results.append(check_samples(out, want))
+            ranks = {}
+            for r in read_rows(out):
+                ranks.setdefault(r["volume"], set()).add(r["rank"])
+            assert all(len(v) == 1 for v in ranks.values()), ranks  # a volume is read by one rank
+    assert results[0] == results[1] == results[2] == results[3]  # N = 1, 2, 3, and the dynamic schedule
+    out = str(tmp_path / "killed")
+    model = str(tmp_path / "k3.onnx")
+    args = ("run", "--dataset", volumes_only, "--model", model, "--out", out, "--size", str(SIZE), str(SIZE),
+            "--intensity", "raw", "--slice-order", "reversed", "--batch-size", "2")
+    assert mpirun(2, *args, env={"MPI_INFER_FAULT": "kill:rank=0:after=4"}).returncode != 0
+    proc = mpirun(3, *args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert check_samples(out, sample_expected(volume_set["root"], model, 3)) == results[0]
+
+
+def test_a_k_slice_model_refuses_2d_images_and_a_map_per_class(volume_set, volumes_only, tmp_path):
+    from conftest import slices_model
+
+    model = slices_model(str(tmp_path / "k3.onnx"), SIZE, 3)
+    proc = mpirun(1, "run", "--dataset", volume_set["dataset"], "--model", model, "--out", str(tmp_path / "a"),
+                  "--size", str(SIZE), str(SIZE))
+    assert proc.returncode == 12 and "images[1] is a 2D image, and the model takes 3 consecutive slices" in proc.stderr
+    assert not os.path.exists(tmp_path / "a" / "run.json")
+    proc = mpirun(1, "run", "--dataset", volumes_only, "--model", model, "--out",
+                  str(tmp_path / "b"), "--size", str(SIZE), str(SIZE), "--activation", "softmax")
+    assert proc.returncode == 11 and "gives one map per slice, not classes" in proc.stderr
