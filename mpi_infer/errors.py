@@ -1,8 +1,9 @@
 """Error types and the exit codes they map to.
 
-The exit codes are a contract with Kubernetes: an MPIJob replica with ``restartPolicy: ExitCode``
-treats 1-127 as permanent (do not retry) and 128-255 as retryable. A bad YAML or a corrupt model will
-not fix itself on a retry; a flaky NFS mount or a killed pod may.
+The exit codes are a contract with the schedulers: 2, 3, 10-14 and 70 are permanent (do not retry), 128-255
+retryable, as an Indexed Job's pod failure policy, Slurm's requeue and ``supervise`` (which keeps a launcher Job's
+retries from rerunning a permanent failure: the MPI Operator has no ExitCode policy) read them. A bad YAML or a
+corrupt model will not fix itself on a retry; a flaky NFS mount or a killed pod may.
 """
 
 from __future__ import annotations

@@ -280,7 +280,7 @@ def rehearse(workers: int, slots: int, images: int, drop_hostfile: bool = False,
         wall = time.monotonic() - t0
         result = {"figure": "rehearsal", "workers": workers, "slots": slots, "returncode": proc.returncode,
                   "wall_s": round(wall, 2), "command": shlex.join(command), "work": work, **lost}
-        if lost and proc.returncode >= 128:  # retryable under restartPolicy: ExitCode
+        if lost and proc.returncode >= 128:  # retryable: the launcher Job retries
             # Open MPI's runtime cannot survive a lost daemon: mpirun ended the job (exit 0, which supervise made
             # 200). Do what the MPIJob does: the worker restarts in place (OnFailure), the launcher Job retries the
             # same command (it carries --resume).

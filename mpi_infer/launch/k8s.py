@@ -11,8 +11,10 @@ v2beta1 MPIJob) is designed out here:
 - non-root everywhere (uid 1000, sshd on 2222 with its own config, ``sshAuthMountPath`` to match),
   no privilege escalation, all capabilities dropped;
 - retries: the launcher Job's ``backoffLimit`` re-runs mpirun from scratch, so the command always has
-  ``--resume`` (finished images are skipped), and ``restartPolicy: ExitCode`` stops retrying on the
-  program's permanent errors (1-127) while retrying 128-255;
+  ``--resume`` (finished images are skipped). The operator accepts only ``restartPolicy`` Never and OnFailure
+  (validation.go; ``ExitCode`` makes it refuse the whole MPIJob, kubeflow/mpi-operator#537), so the launcher is
+  ``Never`` (each retry a new pod, the failed one's log kept) and ``supervise`` keeps a permanent error
+  permanent: a retry of the same launcher Job (its uid from the pod's label) exits with it at once;
 - a lost host: Open MPI 5's mpirun then exits 0 having finished nothing; ``mpi_infer supervise`` wraps it and
   turns that into the retryable exit 200;
 - logs survive: ``cleanPodPolicy: Running`` and a ``ttlSecondsAfterFinished`` of a day by default;
@@ -40,6 +42,8 @@ DATA_MOUNT = "/data"
 HOSTFILE = "/etc/mpi/hostfile"
 # mpirun's exit 0 after losing a host's daemon would mark the MPIJob Succeeded with nothing done (supervise.py)
 SUPERVISE = ["python", "-m", "mpi_infer", "supervise", "--"]
+LAUNCH_ID_ENV = "MPI_INFER_LAUNCH_ID"  # supervise.py: one submission's retries share their launcher Job's uid
+LAUNCH_ID_FIELD = "metadata.labels['batch.kubernetes.io/controller-uid']"  # a batch/v1 Job pod's label (1.27+)
 
 
 def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
@@ -262,7 +266,7 @@ def render(
     pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
     launcher = {
         "replicas": 1,
-        "restartPolicy": "ExitCode",
+        "restartPolicy": "Never",
         "template": {
             "metadata": _pod_meta(name, "launcher", site),
             "spec": site.pod({
@@ -272,6 +276,7 @@ def render(
                     "name": "launcher", "image": image, "imagePullPolicy": "IfNotPresent",
                     "command": command[:1],
                     "args": command[1:],
+                    "env": [{"name": LAUNCH_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": LAUNCH_ID_FIELD}}}],
                     "securityContext": _security(),
                     "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
                                   "limits": {"cpu": "1", "memory": "2Gi"}},
@@ -286,8 +291,8 @@ def render(
         # The operator never recreates a Failed worker pod and decides the MPIJob's fate by the launcher alone
         # (an Evicted worker aside). With --fault-tolerant the survivors finish without a lost worker, and
         # OnFailure lets the kubelet restart its sshd in place, so a later launcher retry (rank 0 lost: exit
-        # 200) finds every worker again; without it, ExitCode as the launcher (a dead worker ends mpirun).
-        "restartPolicy": "OnFailure" if fault_tolerant else "ExitCode",
+        # 200) finds every worker again; without it, Never (a dead worker ends mpirun: the launcher retries).
+        "restartPolicy": "OnFailure" if fault_tolerant else "Never",
         "template": {
             "metadata": _pod_meta(name, "worker", site),
             "spec": site.pod({

@@ -7,6 +7,13 @@ errmgr aborts the daemon job on any daemon COMM_FAILED). On Kubernetes that laun
 Succeeded with no results. ``mpi_infer supervise -- mpirun ...`` runs the command, and when it exits 0 but
 ``--out`` holds no summary of the attempt it started, says so and exits 200, so the launcher Job retries and
 ``--resume`` continues. Any other exit code passes through; SIGTERM and SIGINT are forwarded to mpirun.
+
+A permanent failure stays permanent. No MPI Operator release accepts ``restartPolicy: ExitCode`` (validation.go
+allows Never and OnFailure; kubeflow/mpi-operator#537), so the launcher Job retries every failure up to its
+``backoffLimit``. When the run ends with one of our permanent codes (bad input, a bad model, some images failed),
+supervise records it in ``OUT/.final-exit.json`` under the launcher Job's uid ($MPI_INFER_LAUNCH_ID, from the
+pod's ``batch.kubernetes.io/controller-uid`` label); a retry of the same Job finds it and exits with that code at
+once, saying why, without running anything. A new submission (a new Job, a new uid) runs afresh.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from ..errors import EXIT_INTERRUPTED, EXIT_RETRYABLE, EXIT_USAGE
+from ..atomic import write_text
+from ..errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_RETRYABLE, EXIT_USAGE
+from ..outputs.folder import FINAL_FILE
 from ..outputs.ledger import next_attempt
+from .k8s import LAUNCH_ID_ENV
 
 
 def run_out_dir(command: Sequence[str]) -> str | None:
@@ -81,11 +91,55 @@ def finished(out: str, attempt: int) -> bool:
         return False
 
 
+def permanent(code: int) -> bool:
+    """One of our exits a retry cannot change (docs/usage.md's table: 2, 3, 10-14, 70). Any other code (mpirun's
+    own 1 when it cannot start its daemons, a signal) may be transient: retried."""
+    return code in EXIT_CODES and 0 < code < 128
+
+
+def earlier_final(out: str, launch_id: str) -> dict | None:
+    """The permanent exit an earlier attempt of this launch recorded, if any."""
+    try:
+        with open(os.path.join(out, FINAL_FILE), encoding="utf-8") as fh:
+            final = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(final, dict) or final.get("launch") != launch_id or not isinstance(final.get("code"), int) \
+            or not permanent(final["code"]):
+        return None
+    return final
+
+
+def record_final(out: str, launch_id: str, code: int, attempt: int) -> None:
+    """Remember a permanent exit for this launch's retries (best effort: without it a retry just runs again)."""
+    try:
+        write_text(os.path.join(out, FINAL_FILE), json.dumps({"launch": launch_id, "code": code, "attempt": attempt,
+                                                              "meaning": EXIT_CODES.get(code, "")}))
+    except OSError as exc:
+        print(f"mpi_infer supervise: cannot record the permanent exit {code} in {out}: {exc}", file=sys.stderr)
+
+
 def supervise(command: Sequence[str]) -> int:
     if not command:
         print("mpi_infer supervise: give the command after --, e.g. supervise -- mpirun ...", file=sys.stderr)
         return EXIT_USAGE
     out = run_out_dir(command)
+    launch_id = os.environ.get(LAUNCH_ID_ENV, "")
+    final = earlier_final(out, launch_id) if out and launch_id else None
+    if final is not None:
+        print(f"mpi_infer supervise: attempt {final.get('attempt')} of this job already ended with exit "
+              f"{final['code']} ({final.get('meaning') or 'permanent'}), which a retry cannot change: exit "
+              f"{final['code']} again without running. Fix the cause and submit a new job (its log has the "
+              f"reason)", file=sys.stderr, flush=True)
+        return int(final["code"])
+    code = _run(command, out)
+    if out and launch_id and permanent(code):
+        record_final(out, launch_id, code, next_attempt(out) - 1)
+    return code
+
+
+def _run(command: Sequence[str], out: str | None) -> int:
+    """The command's exit code, as the launcher should report it (the docstring's rules)."""
     attempt = next_attempt(out) if out else 0
     proc = subprocess.Popen(list(command))
     received: list[int] = []
@@ -99,7 +153,7 @@ def supervise(command: Sequence[str]) -> int:
     code = proc.wait()
     if received and not (code == 0 and out and finished(out, attempt)):
         # Open MPI's mpirun exits 1 once it is signalled itself, whatever its ranks returned: the launcher's
-        # code comes from here, so that restartPolicy: ExitCode retries a preempted or evicted job.
+        # code comes from here, so that a preempted or evicted job is retried, never recorded as permanent.
         print(f"mpi_infer supervise: interrupted by {signal.Signals(received[0]).name} ({command[0]} exited "
               f"{code}): exit {EXIT_INTERRUPTED} (retryable); finished images are in "
               f"{os.path.join(out or '--out', 'ledger')}, a retry with --resume continues", file=sys.stderr,

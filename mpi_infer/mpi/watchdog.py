@@ -2,8 +2,8 @@
 
 Each rank watches itself from a daemon thread: when no batch has finished for ``timeout`` seconds while it is
 computing (a read blocked on a stale NFS mount, a wedged device), it prints every thread's stack
-(faulthandler), its host and the images in flight, and calls ``abort`` with the retryable exit code, so an
-MPIJob's ``restartPolicy: ExitCode`` retries and ``--resume`` continues. A process that is stopped (SIGSTOP, a
+(faulthandler), its host and the images in flight, and calls ``abort`` with the retryable exit code, so the
+launcher Job retries and ``--resume`` continues. A process that is stopped (SIGSTOP, a
 frozen node) cannot watch itself: the job's progress messages let rank 0 name a silent rank, and rank 0's
 heartbeats let the others name a silent rank 0 (job.py).
 

@@ -17,9 +17,11 @@ from .ledger import LEDGER_DIR
 
 RUN_FILE = "run.json"
 LOG_FILE = "run.log"  # what rank 0 printed, appended per attempt (console.ConsoleRecord)
+FINAL_FILE = ".final-exit.json"  # a launch's permanent exit, for its retries (launch/supervise.py)
 
 
-OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html", LOG_FILE, "patients.csv", "per_volume.csv")
+OUR_FILES = ("summary.json", "per_image.csv", RUN_FILE, "report.html", LOG_FILE, "patients.csv", "per_volume.csv",
+             FINAL_FILE)
 
 
 # Our folders and the names we write in them (plus atomic writes' ".tmp-*"): --overwrite and the clean-up

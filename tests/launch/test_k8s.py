@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import ROOT
+from mpijob_api import controller_errors, crd_schema, schema_errors
 
 from mpi_infer.cli import main
 from mpi_infer.errors import ConfigError
@@ -19,12 +20,6 @@ from mpi_infer.launch.k8s import HOSTFILE, Site, dump, render, render_indexed_jo
 K8S_VERSION = "1.31.0"  # pinned: the validator ships schemas per Kubernetes release
 MANIFESTS = os.path.join(ROOT, "manifests")
 
-# The MPIJob v2beta1 spec (kubeflow/mpi-operator pkg/apis/kubeflow/v2beta1/types.go): the only fields we may use.
-SPEC_FIELDS = {"slotsPerWorker", "runLauncherAsWorker", "sshAuthMountPath", "launcherCreationPolicy",
-               "mpiImplementation", "runPolicy", "mpiReplicaSpecs"}
-RUN_POLICY_FIELDS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit",
-                     "suspend", "schedulingPolicy", "managedBy"}
-REPLICA_FIELDS = {"replicas", "restartPolicy", "template"}
 
 
 def docs_for(**overrides):
@@ -73,13 +68,10 @@ def test_manifests_parse_and_validate(label, docs):
 def test_mpijob_fields_follow_v2beta1_and_the_pitfalls(label, docs):
     job = mpijob(docs)
     spec = job["spec"]
-    assert set(spec) <= SPEC_FIELDS
-    assert set(spec["runPolicy"]) <= RUN_POLICY_FIELDS
     assert set(spec["mpiReplicaSpecs"]) == {"Launcher", "Worker"}
     ft = "--fault-tolerant" in str(spec["mpiReplicaSpecs"]["Launcher"])
     for role, replica in spec["mpiReplicaSpecs"].items():
-        assert set(replica) <= REPLICA_FIELDS
-        assert replica["restartPolicy"] == ("OnFailure" if ft and role == "Worker" else "ExitCode")
+        assert replica["restartPolicy"] == ("OnFailure" if ft and role == "Worker" else "Never")
         pod = replica["template"]["spec"]
         assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsNonRoot"]
         c = pod["containers"][0]
@@ -112,6 +104,54 @@ def test_mpijob_fields_follow_v2beta1_and_the_pitfalls(label, docs):
     assert worker["command"] == ["/usr/sbin/sshd"] and "/home/mpiuser/.sshd_config" in worker["args"]
     assert worker["readinessProbe"]["tcpSocket"]["port"] == 2222
     assert "nvidia.com/gpu" not in str(launcher["resources"])
+
+
+@pytest.mark.parametrize(("label", "docs"), list(all_rendered()))
+def test_every_mpijob_passes_the_operators_schema_and_its_controllers_validation(label, docs):
+    """What kubeflow/mpi-operator v0.8.2 accepts (tests/launch/mpijob_api.py): the CRD's schema, strict (a field
+    the API server would prune is an error), and the controller's ValidateMPIJob after its defaulting, which
+    refuses restartPolicy ExitCode: an MPIJob that fails it never runs, with nothing but a Warning event."""
+    job = mpijob(list(yaml.safe_load_all(dump(docs))))
+    assert schema_errors(job) == []
+    assert controller_errors(job) == []
+    launcher = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    assert launcher["env"] == [{"name": "MPI_INFER_LAUNCH_ID", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}}]  # supervise's retries
+
+
+def test_the_operator_checks_catch_what_the_operator_refuses():
+    """The checks themselves: each thing the operator refuses or prunes, put into a good MPIJob, is caught."""
+    good = mpijob(list(yaml.safe_load_all(dump(docs_for()))))
+    cases = [
+        (("spec", "mpiReplicaSpecs", "Launcher", "restartPolicy"), "ExitCode", controller_errors, "not supported"),
+        (("spec", "mpiReplicaSpecs", "Worker", "replicas"), 0, controller_errors, "must be >= 1"),
+        (("spec", "mpiReplicaSpecs", "Launcher", "replicas"), 2, controller_errors, "must be 1"),
+        (("spec", "runPolicy", "cleanPodPolicy"), "Sometimes", controller_errors, "not supported"),
+        (("metadata", "name"), "j" * 60, controller_errors, "DNS-1035"),
+        (("spec", "slotPerWorker"), 2, schema_errors, "Additional properties"),  # pruned without a word
+        (("spec", "runPolicy", "schedulingPolicy", "minAvailable"), "3", schema_errors, "is not of type"),
+        (("spec", "slotsPerWorker"), 2**31, schema_errors, "outside int32"),
+        (("spec", "mpiImplementation"), "OpenMPI5", schema_errors, "is not one of"),
+        (("spec", "mpiReplicaSpecs", "Worker", "template", "spec", "containers", 0, "imagePullPolicy"), 3,
+         schema_errors, "is not of type"),
+    ]
+    for path, value, check, says in cases:
+        job = yaml.safe_load(yaml.safe_dump(good))
+        node = job
+        for key in path[:-1]:
+            node = node[key] if isinstance(key, int) else node.setdefault(key, {})
+        node[path[-1]] = value
+        errors = check(job)
+        assert any(says in e for e in errors), (path, errors)
+
+
+@pytest.mark.skipif(not os.environ.get("MPI_INFER_MPIJOB_CRD"),
+                    reason="set MPI_INFER_MPIJOB_CRD to the operator's manifests/base/kubeflow.org_mpijobs.yaml "
+                           "(not shipped here: its CRD is the operator's file) to check against it too")
+def test_every_mpijob_passes_the_operators_own_crd_file():
+    schema = crd_schema(os.environ["MPI_INFER_MPIJOB_CRD"])
+    for label, docs in all_rendered():
+        assert schema_errors(mpijob(list(yaml.safe_load_all(dump(docs)))), schema) == [], label
 
 
 @pytest.mark.parametrize(("workers", "slots", "gpus"), [(1, 1, 0), (2, 4, 0), (8, 2, 2), (3, 0, 4)])

@@ -165,6 +165,36 @@ def test_supervise_turns_an_exit_0_without_a_finished_run_into_200(tmp_path, cap
     assert supervise(["sh", "-c", "exit 0", "--out", out]) == 0
 
 
+def test_a_permanent_exit_stays_permanent_across_the_launcher_jobs_retries(tmp_path, capsys, monkeypatch):
+    """No MPI Operator accepts restartPolicy ExitCode, so the launcher Job retries every failure: supervise
+    records a permanent exit under the Job's uid, and a retry of that Job exits with it at once, running nothing;
+    a retryable exit, mpirun's own 1, or a new Job (another uid) runs the command."""
+    from mpi_infer.launch.supervise import supervise
+    from mpi_infer.outputs.folder import FINAL_FILE
+
+    out = str(tmp_path / "o")
+    os.makedirs(out)
+    ran = tmp_path / "ran"
+
+    def attempt(code: int) -> int:
+        ran.unlink(missing_ok=True)
+        return supervise(["sh", "-c", f"touch {ran}; exit {code}", "--out", out])
+
+    monkeypatch.setenv("MPI_INFER_LAUNCH_ID", "uid-1")
+    assert attempt(200) == 200 and attempt(1) == 1 and not os.path.exists(os.path.join(out, FINAL_FILE))
+    assert attempt(10) == 10 and ran.exists()  # a dataset error: recorded
+    assert attempt(0) == 10 and not ran.exists()  # the retry exits 10 at once, running nothing
+    assert "already ended with exit 10 (dataset error (permanent))" in capsys.readouterr().err
+    monkeypatch.setenv("MPI_INFER_LAUNCH_ID", "uid-2")  # the fixed job, submitted anew
+    assert attempt(3) == 3 and ran.exists()
+    monkeypatch.delenv("MPI_INFER_LAUNCH_ID")  # outside Kubernetes: nothing recorded, nothing skipped
+    assert attempt(12) == 12 and ran.exists()
+    from mpi_infer.outputs.folder import remove_outputs
+
+    remove_outputs(out)  # --overwrite removes it with the rest of our files
+    assert not os.path.exists(os.path.join(out, FINAL_FILE))
+
+
 def test_supervise_under_real_mpirun_passes_a_finished_run(synth40, tmp_path):
     import subprocess
     import sys
