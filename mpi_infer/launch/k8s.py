@@ -165,7 +165,7 @@ class Site:
         return spec
 
 
-def _security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     """Pod Security "restricted": non-root, no privilege escalation, every capability dropped, the runtime's
     default seccomp profile."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
@@ -173,7 +173,7 @@ def _security() -> dict[str, Any]:
             "readOnlyRootFilesystem": True}  # writes go to /tmp (an emptyDir) and the claim
 
 
-def _pod_meta(name: str, role: str, site: Site) -> dict[str, Any]:
+def pod_meta(name: str, role: str, site: Site) -> dict[str, Any]:
     return {"labels": {**dict(site.labels), "app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name,
                        "mpi-infer/role": role},
             "annotations": {**dict(site.annotations), "sidecar.istio.io/inject": "false"}}
@@ -195,8 +195,66 @@ def _scheduling(queue: tuple[str, str] | None, priority_class: str | None, worke
     return {"schedulingPolicy": policy}
 
 
-def _volumes(pvc: str) -> list[dict[str, Any]]:
+def data_volumes(pvc: str) -> list[dict[str, Any]]:
     return [{"name": "data", "persistentVolumeClaim": {"claimName": pvc}}, {"name": "tmp", "emptyDir": {}}]
+
+
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
+MOUNTS = [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+
+
+def worker_slots(workers: int, slots: int, gpus_per_worker: int) -> int:
+    """Ranks per worker: as given, else one per GPU, else 1 (ConfigError for what cannot run)."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    slots = slots or max(1, gpus_per_worker)
+    if gpus_per_worker and slots != gpus_per_worker:
+        raise ConfigError(f"--slots {slots} != --gpus-per-worker {gpus_per_worker}: one rank per GPU")
+    return slots
+
+
+def storage_docs(name: str, namespace: str, pvc: str, nfs_server: str | None, nfs_path: str | None,
+                 storage: str) -> list[dict[str, Any]]:
+    """An NFS PersistentVolume and its ReadWriteMany claim, when an NFS server is given; else none (the claim
+    exists)."""
+    if bool(nfs_server) != bool(nfs_path):
+        raise ConfigError("give both --nfs-server and --nfs-path, or neither")
+    if not nfs_server:
+        return []
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume",
+         "metadata": {"name": f"{name}-data", "labels": {"app.kubernetes.io/instance": name}},
+         "spec": {"capacity": {"storage": storage}, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                  "mountOptions": ["nfsvers=4.1", "hard"],
+                  "nfs": {"server": nfs_server, "path": nfs_path}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": pvc, "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-data",
+                  "resources": {"requests": {"storage": storage}}}},
+    ]
+
+
+def worker_container(name: str, image: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+    """A worker: sshd on 2222 (non-root, its own config), ready when it accepts connections."""
+    resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
+    if gpus:
+        resources["limits"]["nvidia.com/gpu"] = gpus
+    return {"name": name, "image": image, "imagePullPolicy": "IfNotPresent",
+            "command": ["/usr/sbin/sshd"], "args": ["-De", "-f", f"{USER_HOME}/.sshd_config"],
+            "ports": [{"name": "ssh", "containerPort": SSH_PORT}],
+            "readinessProbe": {"tcpSocket": {"port": SSH_PORT}, "initialDelaySeconds": 2, "periodSeconds": 2},
+            "securityContext": container_security(), "resources": resources, "volumeMounts": MOUNTS}
+
+
+def launcher_container(name: str, image: str, command: list[str]) -> dict[str, Any]:
+    """The launcher: ``command`` (mpirun under supervise), small requests (the ranks run on the workers)."""
+    return {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "command": command[:1],
+            "args": command[1:], "securityContext": container_security(),
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
+            "volumeMounts": MOUNTS}
 
 
 def launcher_command(ranks: int, workers: int, dataset: str, model: str | list[str], out: str, gpu: bool,
@@ -230,59 +288,26 @@ def render(
     if priority_class:
         site = Site(site.image_pull_secrets, site.node_selector, site.tolerations, site.labels, site.annotations,
                     priority_class)
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    if gpus_per_worker < 0:
-        raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    slots = slots or max(1, gpus_per_worker)
-    if gpus_per_worker and slots != gpus_per_worker:
-        raise ConfigError(f"--slots {slots} != --gpus-per-worker {gpus_per_worker}: one rank per GPU")
-    if bool(nfs_server) != bool(nfs_path):
-        raise ConfigError("give both --nfs-server and --nfs-path, or neither")
-    docs: list[dict[str, Any]] = []
-    if nfs_server:
-        docs += [
-            {"apiVersion": "v1", "kind": "PersistentVolume",
-             "metadata": {"name": f"{name}-data", "labels": {"app.kubernetes.io/instance": name}},
-             "spec": {"capacity": {"storage": storage}, "accessModes": ["ReadWriteMany"],
-                      "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                      "mountOptions": ["nfsvers=4.1", "hard"],
-                      "nfs": {"server": nfs_server, "path": nfs_path}}},
-            {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-             "metadata": {"name": pvc, "namespace": namespace},
-             "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-data",
-                      "resources": {"requests": {"storage": storage}}}},
-        ]
+    slots = worker_slots(workers, slots, gpus_per_worker)
+    docs = storage_docs(name, namespace, pvc, nfs_server, nfs_path, storage)
     ranks = workers * slots
     command = launcher_command(ranks, workers, dataset, model, out, bool(gpus_per_worker), run_args or [],
                                fault_tolerant)
     if queue:  # a gang (or Kueue) starts the launcher with its workers: it waits for their sshd itself, bounded
         command[len(SUPERVISE) - 1:len(SUPERVISE) - 1] = ["--wait-for-workers", str(WAIT_FOR_WORKERS_S)]
-    worker_resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory},
-                                        "limits": {"cpu": cpu, "memory": memory}}
-    if gpus_per_worker:
-        worker_resources["limits"]["nvidia.com/gpu"] = gpus_per_worker
-    mount = [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
-    pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
     launcher = {
         "replicas": 1,
         "restartPolicy": "Never",
         "template": {
-            "metadata": _pod_meta(name, "launcher", site),
+            "metadata": pod_meta(name, "launcher", site),
             "spec": site.pod({
-                "securityContext": pod_security,
+                "securityContext": POD_SECURITY,
                 "automountServiceAccountToken": False,
                 "containers": [{
-                    "name": "launcher", "image": image, "imagePullPolicy": "IfNotPresent",
-                    "command": command[:1],
-                    "args": command[1:],
+                    **launcher_container("launcher", image, command),
                     "env": [{"name": LAUNCH_ID_ENV, "valueFrom": {"fieldRef": {"fieldPath": LAUNCH_ID_FIELD}}}],
-                    "securityContext": _security(),
-                    "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                  "limits": {"cpu": "1", "memory": "2Gi"}},
-                    "volumeMounts": mount,
                 }],
-                "volumes": _volumes(pvc),
+                "volumes": data_volumes(pvc),
             }),
         },
     }
@@ -294,21 +319,12 @@ def render(
         # 200) finds every worker again; without it, Never (a dead worker ends mpirun: the launcher retries).
         "restartPolicy": "OnFailure" if fault_tolerant else "Never",
         "template": {
-            "metadata": _pod_meta(name, "worker", site),
+            "metadata": pod_meta(name, "worker", site),
             "spec": site.pod({
-                "securityContext": pod_security,
+                "securityContext": POD_SECURITY,
                 "automountServiceAccountToken": False,
-                "containers": [{
-                    "name": "worker", "image": image, "imagePullPolicy": "IfNotPresent",
-                    "command": ["/usr/sbin/sshd"], "args": ["-De", "-f", f"{USER_HOME}/.sshd_config"],
-                    "ports": [{"name": "ssh", "containerPort": SSH_PORT}],
-                    "readinessProbe": {"tcpSocket": {"port": SSH_PORT}, "initialDelaySeconds": 2,
-                                       "periodSeconds": 2},
-                    "securityContext": _security(),
-                    "resources": worker_resources,
-                    "volumeMounts": mount,
-                }],
-                "volumes": _volumes(pvc),
+                "containers": [worker_container("worker", image, cpu, memory, gpus_per_worker)],
+                "volumes": data_volumes(pvc),
             }),
         },
     }
@@ -334,7 +350,7 @@ def render(
         },
     })
     if network_policy:
-        docs.append(_network_policy(name, namespace))
+        docs.append(network_policy_doc(name, namespace))
     return docs
 
 
@@ -362,32 +378,27 @@ def render_indexed_job(
     if priority_class:
         site = Site(site.image_pull_secrets, site.node_selector, site.tolerations, site.labels, site.annotations,
                     priority_class)
-    docs = render(name=name, namespace=namespace, workers=1, slots=1, image=image, pvc=pvc, dataset=dataset,
-                  model=model, out=out, nfs_server=nfs_server, nfs_path=nfs_path, storage=storage)[:-1]  # PV, PVC
+    docs = storage_docs(name, namespace, pvc, nfs_server, nfs_path, storage)
     models = [a for m in ([model] if isinstance(model, str) else model) for a in ("--model", m)]
     part_args = ["-m", "mpi_infer", "run", "--part", f"$({PART_INDEX_ENV})/{parts}", "--dataset", dataset, *models,
                  "--out", out, "--resume", *(["--gpu"] if gpus else []), *(run_args or [])]
     resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
     if gpus:
         resources["limits"]["nvidia.com/gpu"] = gpus
-    mount = [{"name": "data", "mountPath": DATA_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
-    pod_security = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
 
     def job(suffix: str, role: str, container: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         labels = {**dict(site.labels), "app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name,
                   **({"kueue.x-k8s.io/queue-name": queue[1]} if queue else {})}
+        pod = site.pod({"restartPolicy": "Never", "securityContext": POD_SECURITY,
+                        "automountServiceAccountToken": False,
+                        "containers": [{"name": container["name"], "image": image, "imagePullPolicy": "IfNotPresent",
+                                        **container, "securityContext": container_security(), "volumeMounts": MOUNTS}],
+                        "volumes": data_volumes(pvc)})
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": f"{name}-{suffix}", "namespace": namespace, "labels": labels,
                              **({"annotations": dict(site.annotations)} if site.annotations else {})},
                 "spec": {**spec, "activeDeadlineSeconds": deadline, "ttlSecondsAfterFinished": ttl,
-                         "template": {"metadata": _pod_meta(name, role, site),
-                                      "spec": site.pod({"restartPolicy": "Never", "securityContext": pod_security,
-                                                        "automountServiceAccountToken": False,
-                                                        "containers": [{
-                                                            "name": container["name"], "image": image,
-                                                            "imagePullPolicy": "IfNotPresent", **container,
-                                                            "securityContext": _security(), "volumeMounts": mount}],
-                                                        "volumes": _volumes(pvc)})}}}
+                         "template": {"metadata": pod_meta(name, role, site), "spec": pod}}}
 
     part_container = {
         "name": "part", "command": ["python"], "args": part_args,
@@ -410,11 +421,11 @@ def render_indexed_job(
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}}}
     docs.append(job("merge", "merge", merge_container, {"backoffLimit": backoff_limit}))
     if network_policy:
-        docs.append(_network_policy(name, namespace))
+        docs.append(network_policy_doc(name, namespace))
     return docs
 
 
-def _network_policy(name: str, namespace: str) -> dict[str, Any]:
+def network_policy_doc(name: str, namespace: str) -> dict[str, Any]:
     """Ingress to the job's pods only from the job's pods: the launcher's ssh and mpirun's daemons, the ranks'
     TCP between workers (ephemeral ports, hence no port list). Egress stays open (DNS, the volume)."""
     job = {"matchLabels": {"app.kubernetes.io/name": "mpi-infer", "app.kubernetes.io/instance": name}}
