@@ -32,3 +32,7 @@ $M --kind indexed-job --name isic-parts --namespace deephealth --workers 4 --par
   --image registry.example.org/mpi-infer:0.4.0 --pvc isic-data --dataset /data/isic/isic_segmentation.yml \
   --model /data/models/isic_segm_segnet.bin --out /data/results/isic-parts --queue kueue:imaging-queue \
   --run-args "--split test --batch-size 8" -o manifests/indexed-job-cpu.yaml
+$M --kind trainjob --name isic-trainer --namespace deephealth --workers 2 --slots 2 \
+  --image registry.example.org/mpi-infer:0.4.0 --pvc isic-data --dataset /data/isic/isic_segmentation.yml \
+  --model /data/models/isic_segm_segnet.bin --out /data/results/isic-trainer --queue kueue:imaging-queue \
+  --run-args "--split test --batch-size 8" -o manifests/trainjob-cpu.yaml

@@ -52,8 +52,9 @@ def add_manifest_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--name", required=True, type=k8s_job_name, help="MPIJob name (also names the PV)")
     p.add_argument("--namespace", default="default", type=k8s_label)
-    p.add_argument("--kind", choices=("mpijob", "indexed-job"), default="mpijob",
-                   help="mpijob (Kubeflow's MPI Operator) or indexed-job: a batch/v1 Indexed Job of --workers parts "
+    p.add_argument("--kind", choices=("mpijob", "trainjob", "indexed-job"), default="mpijob",
+                   help="mpijob (Kubeflow's MPI Operator), trainjob (Kubeflow Trainer v2: a TrainingRuntime with "
+                        "its MPI policy and a TrainJob) or indexed-job: a batch/v1 Indexed Job of --workers parts "
                         "(`run --part`, no MPI, no operator) and a merge Job (docs/kubernetes.md)")
     p.add_argument("--workers", type=int_range(1, 10_000), required=True,
                    help="worker pods (indexed-job: parts, one pod each)")
@@ -501,7 +502,13 @@ def manifest_from_args(args: argparse.Namespace) -> str:
             memory=args.memory, deadline=args.deadline, backoff_limit=args.backoff_limit, ttl=args.ttl,
             run_args=_split_run_args(args.run_args), site=site, queue=args.queue,
             priority_class=args.priority_class, network_policy=args.network_policy))
-    docs = render(
+    if args.kind == "trainjob":
+        from .trainjob import render_trainjob
+
+        renderer = render_trainjob
+    else:
+        renderer = render
+    docs = renderer(
         name=args.name, namespace=args.namespace, workers=args.workers, slots=args.slots, image=args.image,
         pvc=args.pvc, dataset=args.dataset, model=args.model, out=args.out, gpus_per_worker=args.gpus_per_worker,
         nfs_server=args.nfs_server, nfs_path=args.nfs_path, storage=args.storage, cpu=args.cpu,

@@ -1,6 +1,11 @@
-"""What the MPI Operator (kubeflow/mpi-operator v0.8.2) accepts as an MPIJob, for the manifest tests.
+"""What a cluster accepts, for the manifest tests: the Pod Security "restricted" profile, Kubeflow Trainer's
+TrainJob and TrainingRuntime, and the MPI Operator's (kubeflow/mpi-operator v0.8.2) MPIJob.
 
-Two checks, each as the operator makes it:
+Trainer's objects are read with its own published models (kubeflow-trainer-api, the pydantic classes generated
+from its OpenAPI spec) and must read back unchanged (a field they do not know is dropped, as the API server
+would prune it); its webhook's rules are below.
+
+For an MPIJob, two checks, each as the operator makes it:
 - the API server's: the CRD's structural schema (manifests/base/kubeflow.org_mpijobs.yaml, v2beta1), written out
   here as JSON Schema: field names, types, formats and defaults, strict (a field the schema does not know, which
   the API server would prune without a word, is an error), each pod template checked against Kubernetes' own
@@ -10,7 +15,8 @@ Two checks, each as the operator makes it:
   Warning event and never requeues it. Its restart policies are Never and OnFailure only (not ExitCode,
   kubeflow/mpi-operator#537).
 
-``crd_schema(path)`` reads the operator's own CRD file (where one is at hand) for the same check against it.
+``crd_schema(path)`` reads a CRD file (the operator's or Trainer's, where one is at hand) for the same check
+against it.
 """
 
 from __future__ import annotations
@@ -153,11 +159,11 @@ def controller_errors(job: dict[str, Any]) -> list[str]:
 
 
 def crd_schema(path: str) -> dict[str, Any]:
-    """The v2beta1 schema of an MPI Operator CRD file, made strict where the API server would prune (an object
-    with ``properties`` and no ``x-kubernetes-preserve-unknown-fields``)."""
+    """The schema of a CRD file's served version, made strict where the API server would prune (an object with
+    ``properties`` and no ``x-kubernetes-preserve-unknown-fields``)."""
     with open(path, encoding="utf-8") as fh:
         crd = yaml.safe_load(fh)
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v2beta1")
+    version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
 
     def strict(node: Any) -> Any:
         if isinstance(node, dict):
@@ -168,7 +174,75 @@ def crd_schema(path: str) -> dict[str, Any]:
         return [strict(v) for v in node] if isinstance(node, list) else node
 
     schema = strict(version["schema"]["openAPIV3Schema"])
-    schema["properties"]["apiVersion"] = {"const": "kubeflow.org/v2beta1"}
-    schema["properties"]["kind"] = {"const": "MPIJob"}
+    schema["properties"]["apiVersion"] = {"const": f"{crd['spec']['group']}/{version['name']}"}
+    schema["properties"]["kind"] = {"const": crd["spec"]["names"]["kind"]}
     schema["properties"]["metadata"] = {"$ref": K8S_DEFS + "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
     return schema
+
+
+def restricted_errors(spec: dict[str, Any]) -> list[str]:
+    """Where a pod spec breaks the "restricted" Pod Security Standard (kubernetes.io/docs/concepts/security/
+    pod-security-standards), field by field, or our own rules: a read-only root, writes to the claim and /tmp."""
+    errs = []
+    if spec.get("automountServiceAccountToken") is not False or spec["securityContext"].get("runAsNonRoot") is not True:
+        errs.append("pod: a service account token, or not runAsNonRoot")
+    errs += [f"pod: {k}" for k in ("hostNetwork", "hostPID", "hostIPC") if k in spec]
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False or sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            errs.append(f"{c['name']}: privilege escalation, or capabilities kept")
+        if sc.get("runAsNonRoot") is not True or sc.get("runAsUser") == 0 or "privileged" in sc:
+            errs.append(f"{c['name']}: root or privileged")
+        if sc.get("seccompProfile") != {"type": "RuntimeDefault"}:
+            errs.append(f"{c['name']}: seccompProfile is not RuntimeDefault")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            errs.append(f"{c['name']}: a hostPort")
+        if sc.get("readOnlyRootFilesystem") is not True or \
+                {m["mountPath"] for m in c.get("volumeMounts", [])} != {"/data", "/tmp"}:
+            errs.append(f"{c['name']}: a writable root, or mounts other than /data and /tmp")
+    if not all("persistentVolumeClaim" in v or "emptyDir" in v for v in spec.get("volumes", [])):
+        errs.append("pod: a volume other than the claim and an emptyDir (a hostPath?)")
+    return errs
+
+
+TRAINER_ANCESTOR = "trainer.kubeflow.org/trainjob-ancestor-step"
+MPI_RESERVED_ENV = {"OMPI_MCA_orte_default_hostfile", "OMPI_MCA_plm_rsh_args", "OMPI_MCA_orte_keep_fqdn_hostnames",
+                    "OMPI_MCA_orte_set_default_slots"}
+
+
+def trainer_errors(doc: dict[str, Any]) -> list[str]:
+    """A TrainingRuntime or TrainJob as Trainer takes it: read by its published models, which must give it back
+    unchanged, then its webhooks' rules (pkg/webhooks, the MPI plugin's Validate)."""
+    from kubeflow_trainer_api import models
+
+    cls = {"TrainingRuntime": models.TrainerV1alpha1TrainingRuntime, "TrainJob": models.TrainerV1alpha1TrainJob}
+    try:
+        back = cls[doc["kind"]].from_dict(doc).to_dict()
+    except Exception as exc:  # pydantic's ValidationError: a wrong type
+        return [f"{doc['kind']}: {exc}"]
+    errs = [f"{doc['kind']}: read back differently (an unknown field, or a value of another type): {diff}"
+            for diff in _differences(doc, back, doc["kind"])]
+    if doc["kind"] == "TrainingRuntime":
+        for k, job in enumerate(doc["spec"]["template"]["spec"]["replicatedJobs"]):
+            ancestor = job["template"].get("metadata", {}).get("labels", {}).get(TRAINER_ANCESTOR)
+            if ancestor == "trainer":
+                if job.get("replicas", 1) != 1:
+                    errs.append(f"replicatedJobs[{k}].replicas: always must be 1")
+                names = [c["name"] for c in job["template"]["spec"]["template"]["spec"]["containers"]]
+                if "node" not in names:
+                    errs.append(f"replicatedJobs[{k}]: the trainer's pod set needs a container named node")
+    else:
+        env = {e["name"] for e in doc["spec"].get("trainer", {}).get("env", [])}
+        errs += [f"trainer.env: {name} is reserved for the MPI plugin" for name in sorted(env & MPI_RESERVED_ENV)]
+    return errs
+
+
+def _differences(want: Any, got: Any, path: str) -> list[str]:
+    if isinstance(want, dict) and isinstance(got, dict):
+        out = [f"{path}.{k}" for k in want if k not in got]
+        return out + [d for k in want if k in got for d in _differences(want[k], got[k], f"{path}.{k}")]
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        return [d for k, (a, b) in enumerate(zip(want, got)) for d in _differences(a, b, f"{path}[{k}]")]
+    if isinstance(want, int) and isinstance(got, float) and not isinstance(want, bool) and want == got:
+        return []  # a quantity (int or string) the models hold as a number: 4 GPUs read as 4.0
+    return [] if want == got and type(want) is type(got) else [f"{path}: {want!r} read as {got!r}"]
