@@ -110,8 +110,7 @@ def read_dicom(path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.
         raise ImageFault(f"DICOM image cannot be decoded ({syntax.name if syntax else 'unknown transfer syntax'}: "
                          f"{type(exc).__name__}: {_one_line(exc)}): {path}") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if frames > 1:
-        notes.append(f"DICOM has {frames} frames; frame 0 read, as ECVL does")
+    notes += dicom_notes(ds)
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
         if arr.dtype != np.uint8:  # 16-bit palette entries: their high byte, as an 8-bit RGB image
@@ -121,11 +120,40 @@ def read_dicom(path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.
         if values is not arr and values.dtype.kind == "f":
             values = np.trunc(values)  # DCMTK stores the transformed value in an integer: a C cast
         arr = values
-        if photometric == "MONOCHROME1":
-            notes.append("DICOM is MONOCHROME1 (white is low); not inverted, as ECVL does")
     if arr.ndim == 3 and arr.shape[2] not in (3,):
         raise ImageFault(f"DICOM image has shape {arr.shape}; expected rows x columns (x 3): {path}")
     return smallest_type(arr)
+
+
+def dicom_notes(ds) -> list[str]:
+    """What ECVL's reading of this DICOM leaves as it is, from its header: frame 0 of several, MONOCHROME1."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return ([f"DICOM has {frames} frames; frame 0 read, as ECVL does"] if frames > 1 else []) + \
+        (["DICOM is MONOCHROME1 (white is low); not inverted, as ECVL does"]
+         if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1" else [])
+
+
+def nifti_notes(path: str) -> list[str]:
+    """``scaling_notes`` of a NIfTI file, from its header."""
+    return scaling_notes(_nifti(path))
+
+
+class Readers:
+    """How DICOM files and NIfTI volumes are read: pydicom and nibabel following ECVL's rules (here), or ECVL's
+    own ``ImRead`` (loaders/ecvl_files.py). Everything after the read (slicing, resizing) is shared."""
+
+    name = "pydicom/nibabel"
+
+    def dicom(self, path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.ndarray:
+        """H x W (grey) or H x W x 3 (RGB) values, as ``read_dicom``."""
+        return read_dicom(path, notes, max_pixels)
+
+    def nifti_volume(self, path: str, notes: list[str]) -> np.ndarray:
+        """(x, y, z) stored values, as ``read_nifti_volume``."""
+        return read_nifti_volume(path, notes)
+
+
+READERS = Readers()
 
 
 def _nifti(path: str):
@@ -146,10 +174,10 @@ def nifti_slices(path: str) -> int:
     return int(shape[2]) if len(shape) >= 3 else 1
 
 
-def read_nifti(path: str, notes: list[str], k: int | None = None) -> np.ndarray:
+def read_nifti(path: str, notes: list[str], k: int | None = None, readers: Readers = READERS) -> np.ndarray:
     """A NIfTI file as ECVL's reader yields it: the stored values (no scl_slope/scl_inter, no reorientation);
     a 2D image as rows x columns (``arr.T``); ``k``: slice k of a volume (``arr[:, :, k].T``)."""
-    volume = read_nifti_volume(path, notes)
+    volume = readers.nifti_volume(path, notes)
     depth = volume.shape[2]
     if k is None and depth > 1:
         raise ImageFault(f"NIfTI file is a volume of {depth} slices {volume.shape}: {path}")

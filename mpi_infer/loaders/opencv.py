@@ -34,7 +34,7 @@ from .imagefiles import (
     read_header,
     truncation_notes,
 )
-from .medical import read_dicom, read_nifti, sniff
+from .medical import READERS, Readers, read_nifti, sniff
 from .volumes import VolumeCache, read_label_slice, read_sample, read_slice
 
 CV_INTERP = {
@@ -220,16 +220,16 @@ def mask_notes(mask: np.ndarray, path: str) -> list[str]:
     return [f"mask has {odd} value(s) other than 0 and 255; binarised at the threshold"]
 
 
-def read_any(path: str, notes: list[str], reduce_for: tuple[int, int] | None, max_pixels: int
-             ) -> tuple[np.ndarray, tuple[int, int], bool]:
-    """An image by its content: DICOM or NIfTI (loaders/medical.py: values as ECVL reads them, RGB when colour),
-    else OpenCV's formats (BGR when colour). Returns (pixels, (H, W), whether a colour image is BGR)."""
+def read_any(path: str, notes: list[str], reduce_for: tuple[int, int] | None, max_pixels: int,
+             readers: Readers = READERS) -> tuple[np.ndarray, tuple[int, int], bool]:
+    """An image by its content: DICOM or NIfTI (``readers``: values as ECVL reads them, RGB when colour), else
+    OpenCV's formats (BGR when colour). Returns (pixels, (H, W), whether a colour image is BGR)."""
     check_image_file(path, "image")
     kind = sniff(path)
     if kind == "dicom":
-        img = read_dicom(path, notes, max_pixels)
+        img = readers.dicom(path, notes, max_pixels)
     elif kind == "nifti":
-        img = read_nifti(path, notes)
+        img = read_nifti(path, notes, readers=readers)
     else:
         img, full = read_image(path, notes, reduce_for, max_pixels)
         return img, full, True
@@ -276,7 +276,7 @@ def load_item(item: WorkItem, profile: Profile, decode_mode: str = "exact", keep
             out.original_hw = (int(img.shape[0]), int(img.shape[1]))
         elif len(item.locations) == 1:
             reduce_for = profile.size if decode_mode == "reduced" else None
-            img, out.original_hw, bgr = read_any(item.locations[0], out.notes, reduce_for, max_pixels)
+            img, out.original_hw, bgr = read_any(item.locations[0], out.notes, reduce_for, max_pixels, cache.readers)
         else:
             img, bgr = read_planes(item.locations, out.notes, max_pixels), False  # RGB order already
             out.original_hw = (int(img.shape[0]), int(img.shape[1]))
@@ -386,7 +386,7 @@ def batch_of(loaded: list[Loaded], profile: Profile) -> Batch:
 def iter_batches(
     items: Iterable[WorkItem], profile: Profile, batch_size: int, threads: int = 2, prefetch: int = 2,
     decode_mode: str = "exact", keep_full_mask: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-    slice_order: str = "yaml",
+    slice_order: str = "yaml", readers: Readers = READERS,
 ) -> Iterator[Batch]:
     """Batches in order; the short last batch is yielded, never dropped.
 
@@ -397,7 +397,7 @@ def iter_batches(
         raise ValueError("batch_size must be >= 1")
     source = iter(items)
     window = batch_size * (prefetch + 1)
-    volumes = VolumeCache()  # this rank's volumes: each read once, its slices served from memory
+    volumes = VolumeCache(readers=readers)  # this rank's volumes: each read once, its slices served from memory
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="loader") as pool:
         pending: deque[Future[Loaded]] = deque()
         exhausted = False

@@ -21,7 +21,7 @@ import numpy as np
 from ..data.dataset import Dataset
 from ..errors import DatasetError, clip
 from .imagefiles import ImageFault, check_image_file
-from .medical import nifti_slices, read_dicom, read_nifti_volume, smallest_type, sniff
+from .medical import READERS, Readers, nifti_slices, smallest_type, sniff
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -131,13 +131,14 @@ class VolumeCache:
     volume is read once however many of its slices the rank scores, and a K-slice sample is read and resized
     once for its K slices."""
 
-    def __init__(self, keep: int = 2, samples: int = 16) -> None:
+    def __init__(self, keep: int = 2, samples: int = 16, readers: Readers = READERS) -> None:
         self.volumes = OnceCache(keep)
         self.samples = OnceCache(samples)
+        self.readers = readers  # pydicom/nibabel, or ECVL's ImRead
 
     def get(self, path: str, notes: list[str]) -> np.ndarray:
         """The NIfTI volume's stored values (its notes, scaling not applied, added to ``notes``)."""
-        return self.volumes.get(path, lambda said: read_nifti_volume(path, said), notes)
+        return self.volumes.get(path, lambda said: self.readers.nifti_volume(path, said), notes)
 
 
 def read_slice(locations: tuple[str, ...], k: int, order: str, cache: VolumeCache, notes: list[str]
@@ -146,7 +147,7 @@ def read_slice(locations: tuple[str, ...], k: int, order: str, cache: VolumeCach
     ``arr[:, :, k].T`` of a NIfTI volume's stored values."""
     if len(locations) > 1:
         pos = len(locations) - 1 - k if order == "reversed" else k
-        return read_dicom(locations[pos], notes)
+        return cache.readers.dicom(locations[pos], notes)
     volume = cache.get(locations[0], notes)
     return np.ascontiguousarray(volume[:, :, k].T)
 

@@ -58,6 +58,7 @@ def open_run(cfg: RunConfig, prepared: Prepared, stack: Stack, *, rank: int, thr
         engine = open_model(prepared.run_model, prepared.arch, cfg.activation)
     if engine.name != stack.engine:  # auto fell back to EDDL's importer
         stack = Stack(stack.loader, engine.name, stack.loader_why, "auto: ONNX Runtime cannot load the model")
-    loader = open_loader(stack.loader, prepared.profile, prepared.classes or None, cfg.max_pixels)
+    loader = open_loader(stack.loader, prepared.profile, prepared.classes or None, cfg.max_pixels, prepared.medical,
+                         cfg.slice_order)
     warnings = [w for head in heads for w in getattr(head, "warnings", [])]
     return Opened(stack, engine, predictors, loader, Ledger(ledger_dir, prepared.attempt, rank), threads, warnings)

@@ -51,22 +51,19 @@ class Stack:
 
 
 MEDICAL_WHY = {
-    "volumes": "the dataset holds volumes, which ECVL's DLDataset feeds as one image of Z channels; our loader reads "
-               "them slice by slice",
-    "files": "the dataset names DICOM or NIfTI files, which our loader reads as ECVL reads them (pydicom, nibabel); "
-             "the ECVL loader's pre-check here reads OpenCV's formats only, and pyecvl's minimal build reads no "
-             "DICOM",
+    "volumes": "the dataset holds volumes, which ECVL's DLDataset feeds as one image of Z channels: ECVL reads each "
+               "file (ImRead), our loader slices and resizes it, as the DeepHealth volume pipelines do",
+    "files": "the dataset names DICOM or NIfTI files: ECVL reads each file (ImRead), our loader resizes it (the "
+             "DLDataset path's pre-check reads OpenCV's formats only)",
 }
 
 
 def for_medical(stack: Stack, medical: str) -> Stack:
-    """DICOM, NIfTI and volumes go to our loader (loaders/medical.py, loaders/volumes.py): ``auto`` falls back to
-    it, saying why; an explicit ``--loader ecvl`` is refused, saying why."""
+    """DICOM, NIfTI and volumes: the ECVL loader reads them with ECVL's ``ImRead`` through our loader
+    (loaders/ecvl_files.py), saying so; the OpenCV loader reads them with pydicom and nibabel."""
     if not medical or stack.loader != "ecvl":
         return stack
-    if not stack.loader_why.startswith("auto"):
-        raise ConfigError(f"--loader ecvl: {MEDICAL_WHY[medical]}: use --loader opencv")
-    return Stack("opencv", stack.engine, f"auto: {MEDICAL_WHY[medical]}", stack.engine_why)
+    return Stack("ecvl", stack.engine, f"{stack.loader_why}; {MEDICAL_WHY[medical]}", stack.engine_why)
 
 
 def has_module(name: str) -> bool:

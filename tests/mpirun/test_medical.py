@@ -137,13 +137,19 @@ def test_the_dry_run_reads_every_header_and_refuses_a_set_it_cannot_read(dicom_s
     assert "1 missing" in proc.stderr and "1 unsupported" in proc.stderr
 
 
-def test_medical_sets_go_to_our_loader_auto_falls_back_and_an_explicit_ecvl_is_refused():
-    from mpi_infer.errors import ConfigError
+def test_the_ecvl_loader_reads_medical_sets_with_ecvls_imread_and_says_so():
+    """ECVL's DLDataset cannot serve DICOM, NIfTI or volumes: the ECVL loader reads them with ECVL's ImRead
+    through our loader (loaders/ecvl_files.py), and says why; the OpenCV loader is unchanged."""
+    from mpi_infer.loaders import open_loader
+    from mpi_infer.profiles import get_profile
     from mpi_infer.stages.stack import Stack, for_medical
 
     auto = Stack("ecvl", "eddl", "auto: pyecvl imports", "auto: a .bin")
     assert for_medical(auto, "") is auto
-    fell = for_medical(auto, "volumes")
-    assert fell.loader == "opencv" and fell.engine == "eddl" and "slice by slice" in fell.loader_why
-    with pytest.raises(ConfigError, match="--loader ecvl: the dataset names DICOM or NIfTI files"):
-        for_medical(Stack("ecvl", "eddl", "--loader ecvl", "auto"), "files")
+    volumes = for_medical(auto, "volumes")
+    assert volumes.loader == "ecvl" and volumes.engine == "eddl" and "ECVL reads each file (ImRead)" in \
+        volumes.loader_why and volumes.loader_why.startswith("auto: pyecvl imports")
+    assert for_medical(Stack("ecvl", "onnx", "--loader ecvl", "auto"), "files").loader == "ecvl"
+    opencv = Stack("opencv", "onnx", "requested", "auto")
+    assert for_medical(opencv, "volumes") is opencv
+    assert open_loader("opencv", get_profile("kidney-seg"), medical="volumes") is None  # pydicom and nibabel

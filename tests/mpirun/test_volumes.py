@@ -286,3 +286,61 @@ def test_a_k_slice_model_refuses_2d_images_and_a_map_per_class(volume_set, volum
     proc = mpirun(1, "run", "--dataset", volumes_only, "--model", model, "--out",
                   str(tmp_path / "b"), "--size", str(SIZE), str(SIZE), "--activation", "softmax")
     assert proc.returncode == 11 and "gives one map per slice, not classes" in proc.stderr
+
+
+def ecvl_reads(readers, volume_set) -> dict:
+    """What ``readers`` make of the fixture's NIfTI volumes (image and label) and its DICOM series."""
+    root, notes = volume_set["root"], []
+    out = {name: readers.nifti_volume(str(root / name), notes)
+           for name in ("anatomical.nii", "standard.nii.gz", "label-anatomical.nii", "label-ct.nii.gz")}
+    return out, notes
+
+
+@pytest.mark.usefixtures("ecvl_stack")
+def test_ecvls_imread_gives_the_nifti_values_our_reader_gives_and_the_same_scores(volume_set, volumes_only,
+                                                                                 tmp_path):
+    """Where pyecvl imports: ECVL's NiftiRead and nibabel's stored values agree voxel for voxel, and a run with
+    --loader ecvl (ECVL reads, our loader slices) scores every slice as --loader opencv does, K-slice model too."""
+    from conftest import slices_model
+
+    from mpi_infer.loaders.ecvl_files import EcvlReaders
+    from mpi_infer.loaders.medical import READERS
+
+    ecvl, ecvl_notes = ecvl_reads(EcvlReaders(), volume_set)
+    ours, our_notes = ecvl_reads(READERS, volume_set)
+    for name in ours:
+        assert ecvl[name].shape == ours[name].shape and np.array_equal(ecvl[name], ours[name]), name
+    assert ecvl_notes == our_notes
+    nifti_only = volume_set["root"] / "nifti-only.yml"
+    doc = yaml.safe_load(Path(volumes_only).read_text())
+    nifti_only.write_text(yaml.safe_dump({**doc, "split": {"test": [0, 3]}}))
+    for model in (volume_set["model"], slices_model(str(tmp_path / "k3.onnx"), SIZE, 3)):
+        got = {}
+        for loader in ("ecvl", "opencv"):
+            out = str(tmp_path / f"{loader}-{os.path.basename(model)}")
+            proc = mpirun(2, "run", "--dataset", str(nifti_only), "--model", model, "--out", out, "--size",
+                          str(SIZE), str(SIZE), "--intensity", "raw", "--loader", loader, "--engine", "onnx")
+            assert proc.returncode == 0, proc.stderr
+            got[loader] = [(r["index"], r["volume"], r["slice"], r["status"], r["dice"]) for r in read_rows(out)]
+        assert got["ecvl"] == got["opencv"] and len(got["ecvl"]) == 25 + 7
+        backend = read_summary(out.replace("opencv-", "ecvl-"))["backend"]
+        assert backend["loader"] == "ecvl" and "ECVL reads each file (ImRead)" in backend["loader_chosen_because"]
+
+
+@pytest.mark.usefixtures("ecvl_stack")
+def test_ecvls_dicom_reading_gives_our_values(volume_set):
+    """Where pyecvl imports with DICOM support: DCMTK's modality transform (truncated) equals ours, slice by slice;
+    pyecvl's minimal build has no DICOM, which the reader says."""
+    from mpi_infer.loaders.ecvl_files import EcvlReaders
+    from mpi_infer.loaders.imagefiles import ImageFault
+    from mpi_infer.loaders.medical import READERS
+
+    readers = EcvlReaders()
+    for k in range(3):
+        path = str(volume_set["root"] / f"ct_{k}.dcm")
+        try:
+            got = readers.dicom(path, [])
+        except ImageFault as exc:
+            assert "without DICOM support" in str(exc)
+            pytest.skip(f"this pyecvl reads no DICOM: {exc}")
+        assert np.array_equal(got, READERS.dicom(path, [])), path
