@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -153,6 +153,10 @@ class Site:
     annotations: tuple[tuple[str, str], ...] = ()
 
     priority_class: str | None = None
+
+    def with_priority(self, priority_class: str | None) -> Site:
+        """This site with ``--priority-class`` (when given) on every pod."""
+        return replace(self, priority_class=priority_class) if priority_class else self
 
     def pod(self, spec: dict[str, Any]) -> dict[str, Any]:
         if self.priority_class:
@@ -285,10 +289,7 @@ def render(
     queue: tuple[str, str] | None = None, priority_class: str | None = None, network_policy: bool = False,
 ) -> list[dict[str, Any]]:
     """The documents: [PV, PVC] (when an NFS server is given) + the MPIJob."""
-    site = site or Site()
-    if priority_class:
-        site = Site(site.image_pull_secrets, site.node_selector, site.tolerations, site.labels, site.annotations,
-                    priority_class)
+    site = (site or Site()).with_priority(priority_class)
     slots = worker_slots(workers, slots, gpus_per_worker)
     docs = storage_docs(name, namespace, pvc, nfs_server, nfs_path, storage)
     ranks = workers * slots
@@ -375,10 +376,7 @@ def render_indexed_job(
     if queue and queue[0] != "kueue":
         raise ConfigError(f"--queue {queue[0]}: the parts of an Indexed Job run independently and need no gang; "
                           f"use --queue kueue:LOCALQUEUE (Kueue admits batch/v1 Jobs) or none")
-    site = site or Site()
-    if priority_class:
-        site = Site(site.image_pull_secrets, site.node_selector, site.tolerations, site.labels, site.annotations,
-                    priority_class)
+    site = (site or Site()).with_priority(priority_class)
     docs = storage_docs(name, namespace, pvc, nfs_server, nfs_path, storage)
     models = [a for m in ([model] if isinstance(model, str) else model) for a in ("--model", m)]
     part_args = ["-m", "mpi_infer", "run", "--part", f"$({PART_INDEX_ENV})/{parts}", "--dataset", dataset, *models,

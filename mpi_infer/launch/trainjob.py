@@ -51,10 +51,7 @@ def render_trainjob(
         raise ConfigError(f"--queue {queue[0]}: a TrainJob's launcher is created only once its workers are ready "
                           f"(dependsOn), and a gang that holds every pod until all of them exist would wait "
                           f"forever; use --queue kueue:LOCALQUEUE, or --kind mpijob for {queue[0]}")
-    site = site or Site()
-    if priority_class:
-        site = Site(site.image_pull_secrets, site.node_selector, site.tolerations, site.labels, site.annotations,
-                    priority_class)
+    site = (site or Site()).with_priority(priority_class)
     slots = worker_slots(workers, slots, gpus_per_worker)
     docs = storage_docs(name, namespace, pvc, nfs_server, nfs_path, storage)
     command = launcher_command(workers * slots, workers, dataset, model, out, bool(gpus_per_worker), run_args or [],
