@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--profile", default=None)
 
     man = sub.add_parser("manifest", help="render the Kubernetes PV/PVC/MPIJob YAML")
-    from .launch.k8s import add_manifest_arguments
+    from .launch.manifest import add_manifest_arguments
 
     add_manifest_arguments(man)
 
@@ -386,7 +386,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({args.arch}, input [batch, 3, {h}, {w}])")
         return EXIT_OK
     if args.command == "manifest":
-        from .launch.k8s import manifest_from_args
+        from .launch.manifest import manifest_from_args
 
         text = manifest_from_args(args)
         if args.output in (None, "-"):
