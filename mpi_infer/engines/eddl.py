@@ -67,7 +67,7 @@ class EddlEngine:
     def _build(self) -> Any:
         from pyeddl import eddl
 
-        c, h, w = 3, self.profile.height, self.profile.width
+        c, h, w = self.profile.tensor_channels, self.profile.height, self.profile.width  # grey, RGB or K slices
         cs = self._computing_service()
         optimizer = eddl.adam(0.0001)  # build needs one; inference never steps it
         try:
