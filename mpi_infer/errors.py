@@ -18,6 +18,7 @@ EXIT_TOPOLOGY = 13  # ranks are not where the job expected them (e.g. all on the
 EXIT_LAUNCH = 14  # MPI's world is not what the launcher started (srun without PMI: N singletons)
 EXIT_SOFTWARE = 70  # an unexpected exception: a bug, which a retry will not fix
 EXIT_RETRYABLE = 200  # I/O trouble or an aborted peer: worth retrying (with --resume)
+EXIT_STALLED = 201  # a stopped or blocked rank (mpi/watchdog.py): the ledger has what finished; retry with --resume
 EXIT_INTERRUPTED = 202  # SIGTERM or SIGINT (an eviction, a preemption, Ctrl-C): worth retrying (with --resume)
 
 EXIT_CODES = {
@@ -31,6 +32,7 @@ EXIT_CODES = {
     EXIT_LAUNCH: "MPI's world does not match what the launcher started (permanent)",
     EXIT_SOFTWARE: "unexpected internal error (permanent)",
     EXIT_RETRYABLE: "transient failure (I/O, a peer died); retry with --resume",
+    EXIT_STALLED: "stalled: a rank finished no batch, or fell silent, for --stall-timeout seconds; retry with --resume",
     EXIT_INTERRUPTED: "interrupted (SIGTERM or SIGINT: an eviction, a preemption, Ctrl-C); retry with --resume",
 }
 

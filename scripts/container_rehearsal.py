@@ -26,6 +26,12 @@ operator would run its pods.
   on; new worker containers start and the Job's retry (a new launcher, ``--resume``) must complete with the local
   run's results.
 
+- ``--kind trainjob`` rehearses Kubeflow Trainer's TrainJob instead, as Trainer's MPI plugin and JobSet lay it
+  out: workers named ``<job>-node-0-<i>``, the hostfile of their endpoints ``<job>-node-0-<i>.<job> slots=S``, the
+  SSH secret as Trainer makes it (an ECDSA P-521 key pair in PEM; the private key root-owned with mode 0640 and
+  the pod's fsGroup, the rest 0644), the launcher started once every worker's sshd is up (JobSet's dependsOn
+  Ready), its command taken from the rendered TrainingRuntime.
+
 - ``--kind indexed-job`` rehearses the Indexed Job instead (no MPI, no ssh): the merge pod and one pod per part
   start together, each part's command taken from the rendered Job with ``$(MPI_INFER_PART)`` expanded as the
   kubelet expands it; ``--kill-worker K`` kills part K's container mid-run and starts it anew (the Job's retry of
@@ -33,6 +39,7 @@ operator would run its pods.
 
     sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --workers 3
     sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --kind indexed-job --workers 3
+    sudo python scripts/container_rehearsal.py --image localhost/mpi-infer:latest --kind trainjob --workers 3
     # one JSON line; exit 0 on success, 77 (with the reason) where podman or the image is missing
 """
 
@@ -90,16 +97,24 @@ def same_records(a: list[dict[str, str]], b: list[dict[str, str]]) -> bool:
     return bool(a) and pick(a) == pick(b)
 
 
-def launcher_command(workers: int, slots: int, model: str, run_args: list[str], fault_tolerant: bool = False
-                     ) -> list[str]:
+def launcher_command(workers: int, slots: int, model: str, run_args: list[str], fault_tolerant: bool = False,
+                     kind: str = "mpijob") -> list[str]:
+    """The launcher container's command line, from the MPIJob (or the TrainingRuntime) ``manifest`` renders."""
     sys.path.insert(0, ROOT)
     from mpi_infer.launch.k8s import render
+    from mpi_infer.launch.trainjob import render_trainjob
 
-    docs = render(name=JOB, namespace=NAMESPACE, workers=workers, slots=slots, image="local", pvc="local",
-                  dataset="/data/data/dataset.yml", model=model, out="/data/out", run_args=run_args,
-                  fault_tolerant=fault_tolerant)
-    job = next(d for d in docs if d["kind"] == "MPIJob")
-    c = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    docs = (render_trainjob if kind == "trainjob" else render)(
+        name=JOB, namespace=NAMESPACE, workers=workers, slots=slots, image="local", pvc="local",
+        dataset="/data/data/dataset.yml", model=model, out="/data/out", run_args=run_args,
+        fault_tolerant=fault_tolerant)
+    if kind == "trainjob":
+        runtime = next(d for d in docs if d["kind"] == "TrainingRuntime")
+        launcher = next(j for j in runtime["spec"]["template"]["spec"]["replicatedJobs"] if j["name"] == "launcher")
+        c = launcher["template"]["spec"]["template"]["spec"]["containers"][0]
+    else:
+        job = next(d for d in docs if d["kind"] == "MPIJob")
+        c = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     return c["command"] + c["args"]
 
 
@@ -139,10 +154,11 @@ def network_prefix(net: str) -> str:
 
 
 def run_launcher(net: str, subnet: str, name: str, mounts: list[str], hosts: list[str], hostfile: str, slots: int,
-                 image: str, command: list[str], kill: tuple[str, str, str] | None) -> tuple[int, str, float, dict]:
+                 image: str, command: list[str], kill: tuple[str, str, str] | None, hostname: str = f"{JOB}-launcher"
+                 ) -> tuple[int, str, float, dict]:
     """The launcher pod: its exit code, its stderr, its wall time, and what was killed meanwhile."""
     t0 = time.monotonic()
-    podman("run", "-d", "--name", name, "--hostname", f"{JOB}-launcher", "--network", net, "--ip", f"{subnet}.5",
+    podman("run", "-d", "--name", name, "--hostname", hostname, "--network", net, "--ip", f"{subnet}.5",
            *SECURITY, *mounts, *hosts, "-v", f"{hostfile}:/etc/mpi/hostfile:ro", "-e", "MPIEXEC_TIMEOUT=300",
            *operator_env(slots), image, *command)
     killed = kill_when_busy(kill[0] or name, kill[1], name, kill[2]) if kill else {}
@@ -155,14 +171,16 @@ def run_launcher(net: str, subnet: str, name: str, mounts: list[str], hosts: lis
 
 def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop_hostfile: bool,
              reference: str | None, run_args: list[str], kill_rank: int = -1, kill_worker: int = -1,
-             evict_launcher: bool = False) -> dict:
+             evict_launcher: bool = False, kind: str = "mpijob") -> dict:
     preflight(image)
     work = tempfile.mkdtemp(prefix="mi-crehearsal-", dir="/var/tmp")
     os.chmod(work, 0o755)
     net = f"mi-rehearsal-{os.getpid()}"
-    names = [f"{JOB}-worker-{k}" for k in range(workers)]
+    trainer = kind == "trainjob"
+    names = [f"{JOB}-node-0-{k}" if trainer else f"{JOB}-worker-{k}" for k in range(workers)]
     containers: list[str] = []
-    result: dict = {"figure": "container_rehearsal", "image": image, "workers": workers, "slots": slots}
+    result: dict = {"figure": "container_rehearsal", "kind": kind, "image": image, "workers": workers,
+                    "slots": slots}
     try:
         # the shared volume (the NFS claim): data made by the image itself, writable by uid 1000
         shared = os.path.join(work, "shared")
@@ -170,15 +188,20 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         os.chown(shared, UID, UID)
         podman("run", "--rm", *SECURITY, "--network=none", "-v", f"{shared}:/data", image,
                "mpi_infer", "synth", "/data/data", "--n", str(images), "--seed", "11")
-        # the ssh secret as mpi-operator mounts it: root-owned, mode 0644, read-only
+        # the ssh secret as mpi-operator mounts it (root-owned, mode 0644, read-only), or as Trainer's MPI plugin
+        # makes and mounts it (an ECDSA P-521 key in PEM; the private key 0640 with the pod's fsGroup)
         secret = os.path.join(work, "ssh")
         os.makedirs(secret)
-        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", f"{secret}/id_rsa"], check=True)
+        key = ["-t", "ecdsa", "-b", "521", "-m", "PEM"] if trainer else ["-t", "rsa", "-b", "2048"]
+        subprocess.run(["ssh-keygen", "-q", *key, "-N", "", "-f", f"{secret}/id_rsa"], check=True)
         shutil.copy(f"{secret}/id_rsa.pub", f"{secret}/authorized_keys")
         for f in os.listdir(secret):
             os.chmod(os.path.join(secret, f), 0o644)
+        if trainer:
+            os.chown(f"{secret}/id_rsa", 0, UID)
+            os.chmod(f"{secret}/id_rsa", 0o640)
         hostfile = os.path.join(work, "hostfile")
-        fqdn = [f"{n}.{JOB}.{NAMESPACE}.svc" for n in names]
+        fqdn = [f"{n}.{JOB}" if trainer else f"{n}.{JOB}.{NAMESPACE}.svc" for n in names]  # Trainer's endpoints
         with open(hostfile, "w") as fh:
             fh.writelines(f"{h} slots={slots}\n" for h in fqdn)
         os.chmod(hostfile, 0o644)
@@ -194,7 +217,7 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         containers.extend(start_worker(k) for k in range(workers))
         wait_for_sshd(containers)
         victim = max(kill_rank, kill_worker)
-        command = launcher_command(workers, slots, model, run_args, fault_tolerant=victim >= 0)
+        command = launcher_command(workers, slots, model, run_args, fault_tolerant=victim >= 0, kind=kind)
         if drop_hostfile:
             at = command.index("--hostfile")
             del command[at : at + 2]
@@ -205,8 +228,10 @@ def rehearse(image: str, workers: int, slots: int, images: int, model: str, drop
         elif evict_launcher:  # once rank 0 (in worker 0) has a batch done, every container gets SIGTERM at once
             kill = (",".join([f"{net}-launcher", *containers]),
                     os.path.join(shared, "out", "ledger", "attempt-000-rank-00000.jsonl"), "evict")
+        # JobSet creates the launcher once every node pod is Ready: the workers' sshd is up (wait_for_sshd above)
+        launcher_host = f"{JOB}-launcher-0-0" if trainer else f"{JOB}-launcher"
         code, stderr, wall, killed = run_launcher(net, subnet, f"{net}-launcher", mounts, hosts, hostfile, slots, image,
-                                                  command, kill)
+                                                  command, kill, launcher_host)
         result.update(returncode=code, wall_s=round(wall, 2), command=shlex.join(command), **killed)
         if evict_launcher and code >= 128:  # stopped as a retry: new pods, the Job's new launcher, --resume
             result["first_attempt"] = {"returncode": code, "said": [ln for ln in stderr.splitlines()
@@ -348,7 +373,7 @@ def wait_for_sshd(containers: list[str], timeout: float = 60) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", default="localhost/mpi-infer:latest")
-    ap.add_argument("--kind", choices=("mpijob", "indexed-job"), default="mpijob")
+    ap.add_argument("--kind", choices=("mpijob", "trainjob", "indexed-job"), default="mpijob")
     ap.add_argument("--reference-image", default=None, help="run the local reference with this image instead")
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--slots", type=int, default=1)
@@ -370,7 +395,8 @@ def main() -> int:
             print(json.dumps(result))
             return 0 if result["returncode"] == 0 and result.get("equal_to_local_run") else 1
         result = rehearse(args.image, args.workers, args.slots, args.images, args.model, args.drop_hostfile,
-                          args.reference_image, run_args, args.kill_rank, args.kill_worker, args.evict_launcher)
+                          args.reference_image, run_args, args.kill_rank, args.kill_worker, args.evict_launcher,
+                          args.kind)
     except Skip as why:
         print(json.dumps({"figure": "container_rehearsal", "skipped": str(why)}))
         return SKIP

@@ -6,7 +6,9 @@ kills every rank, and exits **0** (measured in scripts/rehearsal.py --lose-host,
 errmgr aborts the daemon job on any daemon COMM_FAILED). On Kubernetes that launcher exit marks the MPIJob
 Succeeded with no results. ``mpi_infer supervise -- mpirun ...`` runs the command, and when it exits 0 but
 ``--out`` holds no summary of the attempt it started, says so and exits 200, so the launcher Job retries and
-``--resume`` continues. Any other exit code passes through; SIGTERM and SIGINT are forwarded to mpirun.
+``--resume`` continues. An exit of 128 or more that is none of ours (mpirun's 255 when its runtime fails, a
+killed process) becomes 200 as well, saying so; our own codes pass through; SIGTERM and SIGINT are forwarded to
+mpirun (and the launcher then exits 202).
 
 A permanent failure stays permanent. No MPI Operator release accepts ``restartPolicy: ExitCode`` (validation.go
 allows Never and OnFailure; kubeflow/mpi-operator#537), so the launcher Job retries every failure up to its
@@ -165,4 +167,11 @@ def _run(command: Sequence[str], out: str | None) -> int:
               f"loses a host's daemon). Exit {EXIT_RETRYABLE} (retryable): finished images are in "
               f"{os.path.join(out, 'ledger')}; a retry with --resume continues", file=sys.stderr, flush=True)
         return EXIT_RETRYABLE
-    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+    code = code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+    if code >= 128 and code not in EXIT_CODES:
+        print(f"mpi_infer supervise: {command[0]} exited {code}, which is none of mpi_infer's codes (Open MPI's "
+              f"runtime failed, e.g. 255 when a host's daemon is lost, or a process was killed): exit {EXIT_RETRYABLE} "
+              f"(retryable); finished images are in {os.path.join(out or '--out', 'ledger')}, a retry with --resume "
+              f"continues", file=sys.stderr, flush=True)
+        return EXIT_RETRYABLE
+    return code

@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable
 
 from ..data.worklist import WorkList
-from ..errors import RetryableError, clip
+from ..errors import EXIT_STALLED, RetryableError, clip
 
 DEFAULT_STALL_TIMEOUT_S = 600.0
-EXIT_STALLED = 201  # retryable (128-255): a stopped or blocked rank, the ledger has what finished
 ADVICE = (f"the job ends with exit {EXIT_STALLED} (retryable): finished images are in the ledger, rerun with "
           f"--resume")
 

@@ -124,6 +124,16 @@ def test_mpijob_rehearsal_on_three_workers_equals_a_local_run(images):
     assert r["equal_to_local_run"] is True, r
 
 
+def test_trainjob_rehearsal_on_two_workers_equals_a_local_run(images):
+    """Kubeflow Trainer's layout: its worker names and hostfile of endpoints, its ECDSA key pair with the private
+    key mode 0640 (group fsGroup), the launcher container's command from the rendered TrainingRuntime."""
+    r = rehearse("--image", images["mpi-infer"]["tag"], "--kind", "trainjob", "--workers", "2", "--slots", "2",
+                 "--images", "24")
+    assert r["returncode"] == 0, r
+    assert r["hosts"] == ["rehearsal-node-0-0", "rehearsal-node-0-1"] and r["world_size"] == 4
+    assert r["images"]["selected"] == 24 and r["equal_to_local_run"] is True, r
+
+
 def test_a_killed_rank_in_a_worker_pod_is_survived(images):
     """--fault-tolerant in containers: the rank in worker container 2 is SIGKILLed mid-run (an OOM kill); the
     survivors finish its images with no restart, the same per-image results as one local process."""

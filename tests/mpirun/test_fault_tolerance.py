@@ -155,6 +155,10 @@ def test_supervise_turns_an_exit_0_without_a_finished_run_into_200(tmp_path, cap
     assert supervise(["sh", "-c", "exit 0", "--out", out]) == EXIT_RETRYABLE  # nothing was written
     assert "did not finish" in capsys.readouterr().err
     assert supervise(["sh", "-c", "exit 11", "--out", out]) == 11  # our own codes pass through
+    assert supervise(["sh", "-c", "exit 201", "--out", out]) == 201
+    assert supervise(["sh", "-c", "exit 255", "--out", out]) == EXIT_RETRYABLE  # mpirun's runtime failed
+    assert "exited 255, which is none of mpi_infer's codes" in capsys.readouterr().err
+    assert supervise(["sh", "-c", "kill -KILL $$", "--out", out]) == EXIT_RETRYABLE  # 137: killed
     os.makedirs(os.path.join(out, "ledger"))
     open(os.path.join(out, "ledger", "attempt-000-rank-00000.jsonl"), "w").close()  # attempt 0 ran before
     with open(os.path.join(out, "summary.json"), "w") as fh:
