@@ -112,10 +112,10 @@ def earlier_final(out: str, launch_id: str) -> dict | None:
     return final
 
 
-def record_final(out: str, launch_id: str, code: int, attempt: int) -> None:
+def record_final(out: str, launch_id: str, code: int) -> None:
     """Remember a permanent exit for this launch's retries (best effort: without it a retry just runs again)."""
     try:
-        write_text(os.path.join(out, FINAL_FILE), json.dumps({"launch": launch_id, "code": code, "attempt": attempt,
+        write_text(os.path.join(out, FINAL_FILE), json.dumps({"launch": launch_id, "code": code,
                                                               "meaning": EXIT_CODES.get(code, "")}))
     except OSError as exc:
         print(f"mpi_infer supervise: cannot record the permanent exit {code} in {out}: {exc}", file=sys.stderr)
@@ -129,14 +129,14 @@ def supervise(command: Sequence[str]) -> int:
     launch_id = os.environ.get(LAUNCH_ID_ENV, "")
     final = earlier_final(out, launch_id) if out and launch_id else None
     if final is not None:
-        print(f"mpi_infer supervise: attempt {final.get('attempt')} of this job already ended with exit "
+        print(f"mpi_infer supervise: an earlier attempt of this job already ended with exit "
               f"{final['code']} ({final.get('meaning') or 'permanent'}), which a retry cannot change: exit "
               f"{final['code']} again without running. Fix the cause and submit a new job (its log has the "
               f"reason)", file=sys.stderr, flush=True)
         return int(final["code"])
     code = _run(command, out)
     if out and launch_id and permanent(code):
-        record_final(out, launch_id, code, next_attempt(out) - 1)
+        record_final(out, launch_id, code)
     return code
 
 
