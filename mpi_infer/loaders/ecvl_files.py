@@ -21,7 +21,7 @@ import numpy as np
 from ..data.worklist import WorkItem
 from ..profiles import Profile
 from .imagefiles import DEFAULT_MAX_PIXELS, ImageFault, check_image_file
-from .medical import Readers, dicom_notes, dicom_size, nifti_notes, smallest_type
+from .medical import Readers, check_dicom_pixels, dicom_header, dicom_notes, nifti_notes, smallest_type
 from .opencv import Batch, iter_batches
 
 
@@ -42,8 +42,6 @@ def xy_planes(img: Any, path: str) -> np.ndarray:
 class EcvlReaders(Readers):
     """DICOM files and NIfTI volumes read by ECVL's ``ImRead``; the headers give the notes and the size bound."""
 
-    name = "ecvl"
-
     def _read(self, path: str) -> np.ndarray:
         from pyecvl import ecvl
 
@@ -58,17 +56,9 @@ class EcvlReaders(Readers):
         return xy_planes(img, path)
 
     def dicom(self, path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.ndarray:
-        import pydicom
-
         check_image_file(path, "image")
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:
-            raise ImageFault(f"DICOM file cannot be read ({type(exc).__name__}): {path}") from None
-        rows, cols = dicom_size(ds, path)
-        if rows * cols > max_pixels:
-            raise ImageFault(f"DICOM declares {cols}x{rows} ({rows * cols / 1e6:.0f} megapixels), more than "
-                             f"--max-megapixels allows: {path}")
+        ds = dicom_header(path)
+        check_dicom_pixels(ds, path, max_pixels)
         planes = self._read(path)
         notes += dicom_notes(ds)
         image = planes[:, :, 0].T if planes.shape[2] == 1 else planes.transpose(1, 0, 2)

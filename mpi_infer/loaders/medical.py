@@ -19,6 +19,7 @@ import gzip
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -60,19 +61,24 @@ class Header:
 def read_header(path: str, kind: str) -> Header:
     """The header of a DICOM or NIfTI file; an ImageFault naming the format when it cannot be read."""
     if kind == "dicom":
-        import pydicom
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many kinds for a damaged file
-            raise ImageFault(f"DICOM file cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
+        ds = dicom_header(path)
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         return Header("dicom", dicom_size(ds, path),
                       f"{ds.get('PhotometricInterpretation', '?')}, {syntax.name if syntax else 'no transfer syntax'}")
     img = _nifti(path)
     return Header("nifti", tuple(int(s) for s in img.shape), NIFTI_SIZES.get(img.header.sizeof_hdr, "NIfTI"))
+
+
+def dicom_header(path: str) -> Any:
+    """A DICOM file's data set without its pixels; an ImageFault when it cannot be read."""
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many kinds for a damaged file
+        raise ImageFault(f"DICOM file cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
 
 
 def dicom_size(ds, path: str) -> tuple[int, int]:
@@ -81,6 +87,15 @@ def dicom_size(ds, path: str) -> tuple[int, int]:
         raise ImageFault(f"DICOM file holds no image (no Rows/Columns: {ds.get('Modality', 'no modality')}, "
                          f"e.g. a structured report or an RT plan): {path}")
     return int(ds.Rows), int(ds.Columns)
+
+
+def check_dicom_pixels(ds, path: str, max_pixels: int) -> None:
+    """ImageFault for a data set with no image, or one whose frame declares more than ``max_pixels``: checked
+    from the header, before any pixel is decoded."""
+    rows, cols = dicom_size(ds, path)
+    if rows * cols > max_pixels:
+        raise ImageFault(f"DICOM declares {cols}x{rows} ({rows * cols / 1e6:.0f} megapixels), more than "
+                         f"--max-megapixels allows: {path}")
 
 
 def read_dicom(path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.ndarray:
@@ -96,10 +111,7 @@ def read_dicom(path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.
             ds = pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises many kinds for a damaged file
         raise ImageFault(f"DICOM file cannot be read ({type(exc).__name__}: {_one_line(exc)}): {path}") from None
-    rows, cols = dicom_size(ds, path)
-    if rows * cols > max_pixels:
-        raise ImageFault(f"DICOM declares {cols}x{rows} ({rows * cols / 1e6:.0f} megapixels), more than "
-                         f"--max-megapixels allows: {path}")
+    check_dicom_pixels(ds, path, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -141,8 +153,6 @@ def nifti_notes(path: str) -> list[str]:
 class Readers:
     """How DICOM files and NIfTI volumes are read: pydicom and nibabel following ECVL's rules (here), or ECVL's
     own ``ImRead`` (loaders/ecvl_files.py). Everything after the read (slicing, resizing) is shared."""
-
-    name = "pydicom/nibabel"
 
     def dicom(self, path: str, notes: list[str], max_pixels: int = 64_000_000) -> np.ndarray:
         """H x W (grey) or H x W x 3 (RGB) values, as ``read_dicom``."""

@@ -164,10 +164,13 @@ def sample_start(k: int, depth: int, slices: int) -> int:
 def read_sample(locations: tuple[str, ...], k: int, slices: int, order: str, cache: VolumeCache, notes: list[str]
                 ) -> tuple[np.ndarray, int]:
     """The K consecutive slices (H x W x K, stored values, grey, in the smallest type that holds them all) of the
-    sample that scores slice ``k``, and its first slice."""
-    depth = len(locations) if len(locations) > 1 else cache.get(locations[0], notes).shape[2]
+    sample that scores slice ``k``, and its first slice. Its notes are said once (a NIfTI volume's scaling note
+    comes with each of its slices)."""
+    said: list[str] = []
+    depth = len(locations) if len(locations) > 1 else cache.get(locations[0], said).shape[2]
     start = sample_start(k, depth, slices)
-    planes = [read_slice(locations, j, order, cache, notes) for j in range(start, start + slices)]
+    planes = [read_slice(locations, j, order, cache, said) for j in range(start, start + slices)]
+    notes += dict.fromkeys(said)
     if any(p.ndim != 2 for p in planes):
         raise ImageFault(f"slices {start}..{start + slices - 1} of {locations[0]}: a K-slice sample takes grey "
                          f"slices, got shapes {[p.shape for p in planes]}")

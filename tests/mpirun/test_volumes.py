@@ -344,3 +344,17 @@ def test_ecvls_dicom_reading_gives_our_values(volume_set):
             assert "without DICOM support" in str(exc)
             pytest.skip(f"this pyecvl reads no DICOM: {exc}")
         assert np.array_equal(got, READERS.dicom(path, [])), path
+
+
+def test_a_k_slice_sample_says_its_volumes_notes_once(tmp_path):
+    """A NIfTI volume's scaling note comes with each of its slices; the K-slice sample built from them says it once,
+    as a single slice does."""
+    from mpi_infer.loaders.volumes import VolumeCache, read_sample
+
+    img = nib.Nifti1Image(np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6), np.eye(4))
+    img.header.set_slope_inter(2.0, 1.0)
+    nib.save(img, tmp_path / "v.nii.gz")
+    notes: list[str] = []
+    stack, start = read_sample((str(tmp_path / "v.nii.gz"),), 5, 3, "yaml", VolumeCache(), notes)
+    assert stack.shape == (5, 4, 3) and start == 3  # the last sample ends on the last slice
+    assert notes == ["NIfTI scl_slope 2, scl_inter 1 not applied (the stored values, as ECVL reads them)"]
